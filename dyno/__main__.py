@@ -1,0 +1,5 @@
+import sys
+
+from dyno.cli import main
+
+sys.exit(main())

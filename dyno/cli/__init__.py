@@ -1,0 +1,63 @@
+"""The ``dyno`` command: argument parsing only; each subcommand calls a library function.
+
+Each subcommand lives in its own module here exposing ``register(subparsers)``, which adds a parser
+whose ``func`` default takes the parsed arguments and returns an exit code (or None for 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dyno.errors import DynoError
+
+# Modules that register subcommands, in the order ``dyno --help`` lists them.
+_COMMAND_MODULES = (
+    "dyno.cli.zoo_commands",
+    "dyno.cli.cuts_command",
+    "dyno.cli.codec_commands",
+    "dyno.cli.analysis_commands",
+    "dyno.cli.simulate_command",
+    "dyno.cli.runtime_commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dyno",
+        description="Adaptive device-to-cloud split inference for CNNs (DynO). "
+        "A device runs the head of a CNN, packs the activation at the split point into few bits, "
+        "and a cloud server finishes the inference.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:  # that part is not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except DynoError as error:
+        print(f"dyno {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dyno {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

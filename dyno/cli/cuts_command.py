@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _print_table(model: str, cuts: list[partition.Cut]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dyno.cli._console import stdout_console
 
     total = cuts[-1].device_macs or 1
     table = Table(title=f"{model}: {len(cuts)} cuts", header_style="bold")
@@ -51,5 +52,5 @@ def _print_table(model: str, cuts: list[partition.Cut]) -> None:
             sides += " (batch size 1 only)"
         table.add_row(str(cut.id), cut.name, "×".join(map(str, cut.shape)), *(f"{k:,.1f}" for k in kib),
                       "yes" if cut.nonnegative else "", f"{cut.device_macs / total:.0%}", sides)
-    Console().print(table)
+    stdout_console().print(table)
 

@@ -1,0 +1,222 @@
+"""``dyno serve``, ``dyno run``, ``dyno demo`` and ``dyno bench-runtime``: argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from dyno.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_serve(subparsers)
+    _register_run(subparsers)
+    _register_demo(subparsers)
+    _register_bench(subparsers)
+
+
+# ---------------------------------------------------------------------------------------- shared
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token-file, else $DYNO_TOKEN (a token on the command line would show in `ps`)."""
+    if getattr(args, "token_file", None):
+        try:
+            return Path(args.token_file).read_text().strip() or None
+        except OSError as error:
+            raise ConfigError(f"cannot read --token-file: {error}") from error
+    return os.environ.get("DYNO_TOKEN") or None
+
+
+def _add_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token-file", metavar="F",
+                        help="file holding the bearer token (default: $DYNO_TOKEN if set; none)")
+
+
+def _load_plan_and_model(path: str, weights: str):
+    from dyno import zoo
+    from dyno.plan import Plan
+
+    plan = Plan.load(path)
+    model = zoo.load_model(plan.model, weights=weights)
+    Plan.load(path, model=model)  # refuse a plan made for other weights
+    return plan, model
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the cloud server for a plan",
+        description="Serve the tails of the plan's model for every cut over gRPC (dyno.v1.Inference), "
+        "with dynamic batching per cut, a health service, and Prometheus metrics over HTTP. "
+        "Stops gracefully on SIGINT/SIGTERM (in-flight requests are answered).")
+    p.add_argument("--plan", required=True, help="plan file (from `dyno analyze`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port (0: any free port; default 50051)")
+    p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch per tail run (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="longest a request waits for its batch to fill (default 2 ms)")
+    p.add_argument("--workers", type=int, default=1, help="concurrent tail runs (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the tails")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus metrics HTTP port (0: any free port; -1: off)")
+    p.add_argument("--max-message-mb", type=float, default=8.0, help="largest message (default 8 MiB)")
+    p.add_argument("--max-streams", type=int, default=256, help="concurrent streams, whole server")
+    p.add_argument("--max-streams-per-client", type=int, default=16)
+    p.add_argument("--max-in-flight-per-client", type=int, default=64)
+    _add_token(p)
+    p.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA for client certificates (PEM): mutual TLS")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds to finish in-flight work on stop")
+    p.add_argument("--ready-file", help="write {address, port, metrics_port, ...} as JSON here once serving")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from dyno.runtime import BatchConfig, ServerConfig, TLSConfig, serve
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    tls = (TLSConfig(cert=Path(args.tls_cert), key=Path(args.tls_key),
+                     client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None)
+           if args.tls_cert else None)
+    config = ServerConfig(
+        batching=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers),
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_streams=args.max_streams,
+        max_streams_per_client=args.max_streams_per_client,
+        max_in_flight_per_client=args.max_in_flight_per_client, token=_token(args), tls=tls,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port, torch_threads=args.threads)
+    plan, model = _load_plan_and_model(args.plan, args.weights)
+    serve(plan, model, config, address=f"{args.host}:{args.port}", ready_file=args.ready_file,
+          grace=args.grace)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+def _add_device_and_link(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tier", default=None,
+                   help="emulated device: low (k_d=33), mid (8), high (2), native, or a number")
+    p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
+                   help="slow the device by padding each run (default) or by a cgroup v1 CPU quota")
+    p.add_argument("--trace", help="uplink bandwidth trace file to replay (a token bucket in the client)")
+
+
+def _register_run(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a device client against a server over a labelled dataset",
+        description="Load the plan and the model's heads, and run inputs of DATA through the policy, "
+        "the head, the codec and the server, pipelined; inferences the server does not answer finish "
+        "on the device. Prints a summary (--json: one document).")
+    p.add_argument("--plan", required=True, help="plan file (from `dyno analyze`)")
+    p.add_argument("--server", required=True, help="server address host:port")
+    p.add_argument("--data", default=None,
+                   help="fashion-mnist, imagenet-samples, or a dataset folder (default: the model's data)")
+    p.add_argument("--n", type=int, default=500, help="number of inputs (default 500)")
+    p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
+    p.add_argument("--policy", default="dyno", help="dyno, device-only, cloud-only, cloud-only-raw, ...")
+    p.add_argument("--slo", default=None, help="e.g. 'throughput,cloud_cost;drop<=1'")
+    p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (default 2)")
+    _add_device_and_link(p)
+    _add_token(p)
+    p.add_argument("--tls-ca", help="CA of the server's certificate (PEM); enables TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", help="client key (PEM) for mutual TLS")
+    p.add_argument("--tls-server-name", help="name to check in the server's certificate")
+    p.add_argument("--json", action="store_true", help="print one JSON summary document")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from dyno.demo import run_client
+    from dyno.runtime import ClientTLS
+
+    tls = None
+    if args.tls_ca:
+        tls = ClientTLS(ca=Path(args.tls_ca), cert=Path(args.tls_cert) if args.tls_cert else None,
+                        key=Path(args.tls_key) if args.tls_key else None,
+                        server_name=args.tls_server_name)
+    plan, model = _load_plan_and_model(args.plan, args.weights)
+    summary = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
+                         slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,
+                         device_emulation=args.device_emulation, trace=args.trace, token=_token(args),
+                         tls=tls, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        from dyno.demo import print_summary
+
+        print_summary({args.policy: summary}, title=f"dyno run: {plan.model} via {args.server}")
+
+
+# ---------------------------------------------------------------------------------------- demo
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="the whole system on this machine: DynO against device-only and cloud-only",
+        description="Start a cloud server on localhost (a child process), emulate a slow device and an "
+        "uplink replaying a bandwidth pattern (8 -> 1 -> 0.3 -> 4 Mbit/s unless --trace), and run real "
+        "labelled inputs through DynO, device-only and cloud-only in turn, with a live display; then a "
+        "summary table and a PNG timeline. The first run trains and analyses what it needs (cached).")
+    p.add_argument("--model", default="fmnist-resnet", help="zoo model (default fmnist-resnet)")
+    p.add_argument("--data", default=None, help="dataset (default: the model's; e.g. ../shared/imagenet-samples)")
+    p.add_argument("--n", type=int, default=400, help="inputs per system (default 400)")
+    p.add_argument("--systems", default="dyno,device-only,cloud-only",
+                   help="comma-separated policies to compare (default dyno,device-only,cloud-only)")
+    p.add_argument("--slo", default=None, help="SLO for the dyno policy (default: throughput, then cloud cost)")
+    p.add_argument("--tier", default="mid", help="device tier: low (33), mid (8), high (2), native, a number")
+    p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad")
+    p.add_argument("--trace", help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
+    p.add_argument("--segment-s", type=float, default=6.0,
+                   help="seconds per step of the built-in bandwidth pattern (default 6)")
+    p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
+    p.add_argument("--plot", default="dyno-demo.png", help="timeline PNG path ('' for none)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary document at the end")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from dyno.demo import demo
+
+    summary = demo(model=args.model, data=args.data, n=args.n,
+                   systems=[s.strip() for s in args.systems.split(",") if s.strip()], slo=args.slo,
+                   tier=args.tier, device_emulation=args.device_emulation, trace=args.trace,
+                   segment_s=args.segment_s, in_flight=args.in_flight, plot=args.plot or None,
+                   live=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+
+
+# ---------------------------------------------------------------------------------------- bench
+
+def _register_bench(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench-runtime", help="measure the runtime: per-request overhead and batching throughput",
+        description="(1) Overhead per request on loopback (gRPC, framing, validation, decoding, "
+        "batching) against calling the tail in-process, for fp32 payloads of 1 KB..1 MB; "
+        "(2) server throughput on fmnist-resnet tails with dynamic batching against batch size 1, "
+        "64 concurrent streams, in the same run. The server runs in a child process.")
+    p.add_argument("--what", choices=("all", "overhead", "throughput"), default="all")
+    p.add_argument("--requests", type=int, default=300, help="sequential requests per payload size")
+    p.add_argument("--streams", type=int, default=64, help="concurrent streams for throughput")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput measurement")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per throughput setting")
+    p.add_argument("--cut", type=int, default=None, help="fmnist-resnet cut for throughput (default 0)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from dyno.runtime.bench import run_bench
+
+    report = run_bench(what=args.what, requests=args.requests, streams=args.streams,
+                       seconds=args.seconds, rounds=args.rounds, cut=args.cut,
+                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, verbose=not args.json)
+    if args.json:
+        print(json.dumps(report))

@@ -1,0 +1,106 @@
+"""``dyno train MODEL`` and ``dyno eval MODEL``: argument parsing only; the work is in ``dyno.zoo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["register"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _models_help() -> str:
+    from dyno import zoo
+
+    lines = []
+    for name in zoo.list_models():
+        entry = zoo.get_model(name)
+        lines.append(f"{name} ({entry.default_data or 'no default data'}): {entry.description}")
+    return "models: " + "; ".join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = _models_help()
+    train = subparsers.add_parser(
+        "train",
+        help="train a reference Fashion-MNIST model and cache its weights",
+        description="Train MODEL (fmnist-resnet or fmnist-vgg) on Fashion-MNIST's training split with a "
+        "fixed seed, print its top-1 on the test split and the time taken, and cache the weights "
+        "where `dyno eval` and the other commands find them (DYNO_CACHE, default ~/.cache/dyno). "
+        + models,
+    )
+    train.add_argument("model", help="model name, e.g. fmnist-resnet")
+    train.add_argument("--epochs", type=_positive, help="epochs (default: the model's recipe)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--limit", type=_positive,
+                       help="train on the first N images only, a quick check (weights are then not cached)")
+    train.add_argument("--data", metavar="DIR",
+                       help="directory with the Fashion-MNIST IDX files (default: DYNO_FASHION_MNIST, "
+                       "else /usr/share/datasets/fashion-mnist)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true", help="print one JSON document")
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="top-1 accuracy of a model on a labelled dataset",
+        description="Measure MODEL's top-1 accuracy on labelled data: its default dataset, a named one "
+        "(fashion-mnist, imagenet-samples) or a folder (labels.tsv, class subfolders, or IDX files). "
+        + models,
+    )
+    evaluate.add_argument("model", help="model name, e.g. efficientnet-lite0")
+    evaluate.add_argument("--data", help="dataset name or directory (default: the model's own)")
+    evaluate.add_argument("--split", default="test", choices=("test", "train"),
+                          help="Fashion-MNIST split (default test)")
+    evaluate.add_argument("--weights", default="trained",
+                          help="trained (default), random, trained-or-random, or a state_dict file")
+    evaluate.add_argument("--limit", type=_positive, help="only the first N items")
+    evaluate.add_argument("--batch-size", type=_positive, default=64, help="batch size (default 64)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--json", action="store_true",
+                          help='print one JSON document {"model", "data", "n", "top1"} (top1 in 0..1)')
+    evaluate.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from dyno import zoo
+
+    result = zoo.train(args.model, epochs=args.epochs, seed=args.seed, limit=args.limit,
+                       data_root=args.data, progress=not args.no_progress and not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    minutes, seconds = divmod(round(result.seconds), 60)
+    where = f"weights saved to {result.path}" if result.path else "weights not saved (--limit run)"
+    print(f"{result.model}: test top-1 {result.test_accuracy:.2%} on {result.test_images} images; "
+          f"trained in {minutes}m{seconds:02d}s ({result.epochs} epochs on {result.train_images} images, "
+          f"seed {result.seed}); {where}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from dyno import zoo
+
+    entry = zoo.get_model(args.model)
+    data = args.data or entry.default_data
+    if data is None:
+        from dyno.errors import ConfigError
+
+        raise ConfigError(f"model {entry.name!r} has no default dataset; pass --data NAME_OR_DIR")
+    dataset = zoo.load_dataset(data, split=args.split, model=entry)
+    model = zoo.load_model(entry, weights=args.weights)
+    progress = not args.no_progress and not args.json
+    top1 = zoo.evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, progress=progress)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    if args.json:
+        print(json.dumps({"model": entry.name, "data": str(data), "n": n, "top1": top1}))
+        return
+    print(f"{entry.name} on {data}: top-1 {top1:.1%} ({round(top1 * n)}/{n}), weights {args.weights}")

@@ -1,0 +1,344 @@
+"""The frame metadata: a small, versioned, strictly validated binary struct.
+
+Wire layout (little-endian), 37 bytes for a 3-d tensor with one range::
+
+    offset  size      field
+    0       2         magic b"DY"
+    2       1         version (FORMAT_VERSION)
+    3       1         mode          index into MODES
+    4       1         bits          1..16 quantised modes; quality 1..100 image modes; 0 fp16/fp32
+    5       1         flags         bit 0: per-channel ranges; other bits must be 0
+    6       1         dtype         index into DTYPES: what encode was given
+    7       1         compressor    index into COMPRESSORS: what produced the payload
+    8       1         ndim          0..MAX_NDIM
+    9       4*ndim    shape         uint32 each
+    ..      8 or 8*C  ranges        float32 (lo, hi), or (lo, hi) per channel, C = shape[0]
+    ..      4         payload_nbytes
+    ..      4         crc32         zlib.crc32 of all the bytes above followed by the payload
+
+The crc32 is an integrity check against corruption and truncation (and it keeps garbage away from
+blosc2 and Pillow); it is not authentication, which is the transport's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import struct
+import zlib
+from typing import Any
+
+from dyno.errors import FrameError
+
+__all__ = [
+    "MODES",
+    "QUANT_MODES",
+    "IMAGE_MODES",
+    "FLOAT_MODES",
+    "COMPRESSORS",
+    "DTYPES",
+    "FORMAT_VERSION",
+    "MAX_NDIM",
+    "FrameMeta",
+    "dense_nbytes",
+    "container_itemsize",
+]
+
+MODES: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense", "fp16", "fp32", "jpeg", "webp")
+QUANT_MODES = frozenset({"shuffle-lz4", "shuffle-zstd", "dense"})
+FLOAT_MODES = frozenset({"fp16", "fp32"})
+IMAGE_MODES = frozenset({"jpeg", "webp"})
+
+#: What turned the codes (or values, or pixels) into the payload.
+#: ``raw``: fp16/fp32 values as they are; ``bitpack``: exactly ``bits`` bits per code (see _pack);
+#: ``blosc2-*``: one blosc2 chunk, bit-shuffled; ``jpeg``/``webp``: a Pillow-written image file.
+COMPRESSORS: tuple[str, ...] = ("raw", "bitpack", "blosc2-lz4", "blosc2-zstd", "jpeg", "webp")
+
+#: Which compressors each mode may carry. A shuffle mode falls back to ``bitpack`` whenever blosc2
+#: would not make the payload smaller than dense packing (random codes; tiny tensors).
+ALLOWED_COMPRESSORS: dict[str, frozenset[str]] = {
+    "shuffle-lz4": frozenset({"blosc2-lz4", "bitpack"}),
+    "shuffle-zstd": frozenset({"blosc2-zstd", "bitpack"}),
+    "dense": frozenset({"bitpack"}),
+    "fp16": frozenset({"raw"}),
+    "fp32": frozenset({"raw"}),
+    "jpeg": frozenset({"jpeg"}),
+    "webp": frozenset({"webp"}),
+}
+
+DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "bfloat16", "uint8")
+
+MAGIC = b"DY"
+FORMAT_VERSION = 1
+MAX_NDIM = 8
+FLAG_PER_CHANNEL = 0x01
+
+_HEAD = struct.Struct("<2sBBBBBBB")
+_TAIL = struct.Struct("<II")
+_F32 = struct.Struct("<f")
+
+
+def container_itemsize(bits: int) -> int:
+    """Bytes per code in memory: 1 for 1..8 bits, 2 for 9..16."""
+    return 1 if bits <= 8 else 2
+
+
+def dense_nbytes(numel: int, bits: int) -> int:
+    """Payload bytes of dense packing: exactly ``bits`` bits per value, rounded up to whole bytes."""
+    return (numel * bits + 7) // 8
+
+
+def _f32(value: float) -> float:
+    """The float32 nearest to value, as a Python float (what the wire can carry)."""
+    return _F32.unpack(_F32.pack(value))[0]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FrameMeta:
+    """Everything the receiver needs to decode a payload, and nothing else.
+
+    ``bits`` is the number of bits per code for the quantised modes (``shuffle-lz4``,
+    ``shuffle-zstd``, ``dense``: 1..16), the quality for ``jpeg``/``webp`` (1..100), and None for
+    ``fp16``/``fp32``. ``shape`` is the shape of the tensor given to encode; ``dtype`` its dtype
+    (decode always returns float32). Values map to codes over ``[lo, hi]`` (see
+    ``dyno.codec._quant.Grid``); with per-channel ranges ``channel_ranges`` holds one ``(lo, hi)`` per
+    entry of axis 0 and ``lo``/``hi`` are 0. ``compressor`` names what made the payload (one of
+    ``COMPRESSORS``, allowed for the mode), ``payload_nbytes`` its length and ``crc32`` the checksum of
+    the metadata bytes before it followed by the payload.
+
+    Construction validates every field on its own and against the others, and raises FrameError.
+    """
+
+    version: int = FORMAT_VERSION
+    mode: str
+    bits: int | None
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    lo: float = 0.0
+    hi: float = 0.0
+    channel_ranges: tuple[tuple[float, float], ...] | None = None
+    compressor: str
+    payload_nbytes: int
+    crc32: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        if self.version != FORMAT_VERSION:
+            raise FrameError(f"unsupported frame version {self.version!r}; this dyno reads version "
+                             f"{FORMAT_VERSION} (upgrade the older side)")
+        if self.mode not in MODES:
+            raise FrameError(f"unknown codec mode {self.mode!r}; known: {', '.join(MODES)}")
+        try:
+            shape = tuple(int(d) for d in self.shape)
+        except (TypeError, ValueError):
+            raise FrameError(f"frame shape must be a tuple of ints, got {self.shape!r}") from None
+        if len(shape) > MAX_NDIM or any(d < 0 or d > 0xFFFFFFFF for d in shape):
+            raise FrameError(f"frame shape {shape} is invalid (at most {MAX_NDIM} dims of 0..2**32-1)")
+        set_("shape", shape)
+        if self.dtype not in DTYPES:
+            raise FrameError(f"unknown frame dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        if self.compressor not in ALLOWED_COMPRESSORS[self.mode]:
+            raise FrameError(f"compressor {self.compressor!r} is not valid for mode {self.mode!r} "
+                             f"(allowed: {', '.join(sorted(ALLOWED_COMPRESSORS[self.mode]))})")
+        self._check_bits()
+        self._check_ranges(set_)
+        if not isinstance(self.payload_nbytes, int) or not 0 <= self.payload_nbytes <= 0xFFFFFFFF:
+            raise FrameError(f"payload size {self.payload_nbytes!r} is out of range")
+        if not isinstance(self.crc32, int) or not 0 <= self.crc32 <= 0xFFFFFFFF:
+            raise FrameError(f"crc32 {self.crc32!r} is out of range")
+        self._check_payload_size()
+
+    def _check_bits(self) -> None:
+        bits = self.bits
+        if self.mode in FLOAT_MODES:
+            if bits is not None:
+                raise FrameError(f"mode {self.mode!r} carries no bit width, got bits={bits!r}")
+            return
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise FrameError(f"bits must be an int for mode {self.mode!r}, got {bits!r}")
+        top = 16 if self.mode in QUANT_MODES else 100
+        if not 1 <= bits <= top:
+            what = "bits" if self.mode in QUANT_MODES else "quality"
+            raise FrameError(f"{what} {bits} is out of range 1..{top} for mode {self.mode!r}")
+        if self.mode in IMAGE_MODES:
+            if self.dtype == "uint8":
+                ok = len(self.shape) == 2 or (len(self.shape) == 3 and self.shape[2] in (1, 3))
+                layout = "(H, W), (H, W, 1) or (H, W, 3)"
+            else:
+                ok = len(self.shape) == 2 or (len(self.shape) == 3 and self.shape[0] in (1, 3))
+                layout = "(H, W), (1, H, W) or (3, H, W)"
+            if not ok or 0 in self.shape:
+                raise FrameError(f"image frame of dtype {self.dtype} must have shape {layout} with no "
+                                 f"empty axis, got {self.shape}")
+
+    def _check_ranges(self, set_: Any) -> None:
+        def finite32(value: Any, what: str) -> float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise FrameError(f"{what} must be a float, got {value!r}")
+            result = _f32(float(value)) if math.isfinite(value) else math.nan
+            if not math.isfinite(result):
+                raise FrameError(f"{what} = {value!r} is not a finite float32")
+            return result
+
+        lo, hi = finite32(self.lo, "range lo"), finite32(self.hi, "range hi")
+        set_("lo", lo)
+        set_("hi", hi)
+        if self.channel_ranges is None:
+            if lo > hi:
+                raise FrameError(f"range lo {lo} is above hi {hi}")
+            if self.mode in FLOAT_MODES and (lo, hi) != (0.0, 0.0):
+                raise FrameError(f"mode {self.mode!r} carries no range, got ({lo}, {hi})")
+            if self.mode in IMAGE_MODES and self.dtype == "uint8" and (lo, hi) != (0.0, 255.0):
+                raise FrameError(f"a uint8 image frame has range (0, 255), got ({lo}, {hi})")
+            return
+        if self.mode not in QUANT_MODES:
+            raise FrameError(f"per-channel ranges are only valid for quantised modes, not {self.mode!r}")
+        if not self.shape:
+            raise FrameError("per-channel ranges need a tensor with at least one axis")
+        if (lo, hi) != (0.0, 0.0):
+            raise FrameError("a per-channel frame keeps its ranges in channel_ranges; lo and hi must be 0")
+        try:
+            table = tuple((finite32(a, "channel lo"), finite32(b, "channel hi"))
+                          for a, b in self.channel_ranges)
+        except (TypeError, ValueError):
+            raise FrameError("channel_ranges must be a sequence of (lo, hi) pairs") from None
+        if len(table) != self.shape[0]:
+            raise FrameError(f"{len(table)} channel ranges for {self.shape[0]} channels")
+        for c, (a, b) in enumerate(table):
+            if a > b:
+                raise FrameError(f"channel {c}: range lo {a} is above hi {b}")
+        set_("channel_ranges", table)
+
+    def _check_payload_size(self) -> None:
+        n = self.numel
+        size = self.payload_nbytes
+        if self.mode in FLOAT_MODES:
+            want = n * (2 if self.mode == "fp16" else 4)
+            if size != want:
+                raise FrameError(f"{self.mode} payload of {size} bytes for {n} values (want {want})")
+        elif self.compressor == "bitpack":
+            want = dense_nbytes(n, self.bits)
+            if size != want:
+                raise FrameError(f"dense payload of {size} bytes for {n} values at {self.bits} bits "
+                                 f"(want {want})")
+        elif self.compressor.startswith("blosc2"):
+            # The encoder sends blosc2 only when it beats dense packing; 32 bytes is its header.
+            if not 32 <= size < dense_nbytes(n, self.bits):
+                raise FrameError(f"blosc2 payload of {size} bytes is impossible for {n} values at "
+                                 f"{self.bits} bits (dense packing takes {dense_nbytes(n, self.bits)})")
+        elif size == 0:
+            raise FrameError(f"empty {self.mode} payload")
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.channel_ranges is not None
+
+    @property
+    def scale(self) -> float:
+        """Quantisation step of a per-tensor quantised (or float image) frame."""
+        from dyno.codec._quant import grid
+
+        if self.per_channel or self.mode in FLOAT_MODES:
+            raise FrameError(f"a {'per-channel' if self.per_channel else self.mode} frame has no "
+                             "single quantisation step")
+        return grid(self.lo, self.hi, 8 if self.mode in IMAGE_MODES else self.bits).scale
+
+    @property
+    def nbytes(self) -> int:
+        """Length of ``to_bytes()``."""
+        ranges = 2 * (len(self.channel_ranges) if self.per_channel else 1)
+        return _HEAD.size + 4 * len(self.shape) + 4 * ranges + _TAIL.size
+
+    # ---------------------------------------------------------------------------------- wire format
+    def to_bytes(self) -> bytes:
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:
+        return self.unsigned_bytes() + struct.pack("<I", self.crc32)
+
+    def unsigned_bytes(self) -> bytes:
+        """The wire bytes without the trailing crc32 (what the checksum covers, before the payload)."""
+        head = _HEAD.pack(MAGIC, self.version, MODES.index(self.mode), self.bits or 0,
+                          FLAG_PER_CHANNEL if self.per_channel else 0, DTYPES.index(self.dtype),
+                          COMPRESSORS.index(self.compressor), len(self.shape))
+        shape = struct.pack(f"<{len(self.shape)}I", *self.shape)
+        if self.per_channel:
+            flat = [v for pair in self.channel_ranges for v in pair]
+            ranges = struct.pack(f"<{len(flat)}f", *flat)
+        else:
+            ranges = struct.pack("<2f", self.lo, self.hi)
+        return head + shape + ranges + struct.pack("<I", self.payload_nbytes)
+
+    def with_crc(self, payload: bytes | memoryview) -> FrameMeta:
+        """This metadata with ``crc32`` set for ``payload``."""
+        return dataclasses.replace(self, crc32=self.checksum(payload))
+
+    def checksum(self, payload: bytes | memoryview) -> int:
+        return zlib.crc32(payload, zlib.crc32(self.unsigned_bytes()))
+
+    @staticmethod
+    def wire_size(prefix: bytes | memoryview) -> int:
+        """Length of the metadata that starts ``prefix`` (a frame's first bytes), from its header.
+
+        Needs the fixed 9-byte header, plus the first shape entry for per-channel frames.
+        """
+        prefix = memoryview(prefix)
+        if len(prefix) < _HEAD.size:
+            raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {_HEAD.size}-byte header")
+        magic, version, _mode, _bits, flags, _dtype, _comp, ndim = _HEAD.unpack_from(prefix)
+        if magic != MAGIC:
+            raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
+        if version != FORMAT_VERSION:
+            raise FrameError(f"unsupported frame version {version}; this dyno reads version "
+                             f"{FORMAT_VERSION} (upgrade the older side)")
+        if ndim > MAX_NDIM:
+            raise FrameError(f"frame claims {ndim} dimensions (at most {MAX_NDIM})")
+        ranges = 2
+        if flags & FLAG_PER_CHANNEL:
+            if ndim == 0:
+                raise FrameError("per-channel frame without a channel axis")
+            if len(prefix) < _HEAD.size + 4:
+                raise FrameError("frame truncated inside its shape")
+            ranges = 2 * struct.unpack_from("<I", prefix, _HEAD.size)[0]
+        return _HEAD.size + 4 * ndim + 4 * ranges + _TAIL.size
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> FrameMeta:
+        """Parse and validate metadata bytes (exactly, no trailing bytes); FrameError on any garbage."""
+        data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        size = cls.wire_size(data)
+        if len(data) != size:
+            raise FrameError(f"frame metadata is {len(data)} bytes; its header says {size}")
+        _magic, version, mode, bits, flags, dtype, comp, ndim = _HEAD.unpack_from(data)
+        if flags & ~FLAG_PER_CHANNEL:
+            raise FrameError(f"unknown frame flags 0x{flags:02x}")
+        if mode >= len(MODES):
+            raise FrameError(f"unknown codec mode number {mode}")
+        if dtype >= len(DTYPES):
+            raise FrameError(f"unknown dtype number {dtype}")
+        if comp >= len(COMPRESSORS):
+            raise FrameError(f"unknown compressor number {comp}")
+        offset = _HEAD.size
+        shape = struct.unpack_from(f"<{ndim}I", data, offset)
+        offset += 4 * ndim
+        lo = hi = 0.0
+        table = None
+        if flags & FLAG_PER_CHANNEL:
+            flat = struct.unpack_from(f"<{2 * shape[0]}f", data, offset)
+            table = tuple(zip(flat[0::2], flat[1::2]))
+            offset += 8 * shape[0]
+        else:
+            lo, hi = struct.unpack_from("<2f", data, offset)
+            offset += 8
+        payload_nbytes, crc = _TAIL.unpack_from(data, offset)
+        mode_name = MODES[mode]
+        return cls(version=version, mode=mode_name, bits=None if mode_name in FLOAT_MODES and bits == 0
+                   else bits, shape=shape, dtype=DTYPES[dtype], lo=lo, hi=hi, channel_ranges=table,
+                   compressor=COMPRESSORS[comp], payload_nbytes=payload_nbytes, crc32=crc)

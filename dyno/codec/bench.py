@@ -1,0 +1,302 @@
+"""``dyno codec-bench``: the codec on real activations of a zoo model, against its baselines, in one run.
+
+For a few input images the model's head is run to each of several cuts spread over the network; every
+activation is encoded at each bit width in each mode (and by each baseline), decoded, and timed on one
+thread (torch and blosc2). Per (cut, bits, mode) the figures are medians over the images: bytes on the
+wire (metadata included), bits per value, encode and decode throughput in GB/s of the fp32 tensor (each
+itself the median of ``repeats`` timed runs after a warm-up), and the relative L2 error.
+
+Baselines, in the same run: ``fp32`` and ``fp16`` (raw values), ``int8-zlib`` (8-bit codes + zlib, as
+JALAD/SPINN-style systems send them), ``dense-8`` (dense 8-bit packing) and ``memcpy`` of the fp32
+tensor; at the input cut also ``jpeg-90`` and ``webp-90``.
+
+Data: ``efficientnet-lite0`` on ``imagenet-samples`` when that folder exists (``$DYNO_IMAGENET_SAMPLES``,
+else ``../shared/imagenet-samples`` beside the checkout), else ``fmnist-resnet`` on Fashion-MNIST, else
+(neither available) synthetic ReLU-like tensors, labelled as such in the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from dyno.codec import _pack, _quant
+from dyno.codec._codec import Expected, decode, encode
+from dyno.errors import ConfigError, DynoError
+
+__all__ = ["run", "BITS", "MODES", "GOALS", "default_model"]
+
+BITS = (1, 2, 3, 4, 6, 8, 12, 16)
+MODES = ("shuffle-lz4", "shuffle-zstd", "dense")
+#: Throughput goals (GB/s of fp32 tensor, one thread) for tensors >= 256 KiB at b <= 8.
+GOALS = {"encode_gbps": 2.0, "decode_gbps": 3.0, "min_fp32_bytes": 256 << 10, "max_bits": 8}
+SYNTHETIC = "synthetic"
+
+
+def imagenet_samples_root() -> Path:
+    env = os.environ.get("DYNO_IMAGENET_SAMPLES")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2].parent / "shared" / "imagenet-samples"
+
+
+def default_model() -> str:
+    """efficientnet-lite0 when the ImageNet samples are at hand, else fmnist-resnet."""
+    return "efficientnet-lite0" if (imagenet_samples_root() / "labels.tsv").is_file() else "fmnist-resnet"
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """(median seconds over ``repeats`` runs after one warm-up run, the last result)."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _rel_l2(y: np.ndarray, x: np.ndarray) -> float:
+    norm = float(np.linalg.norm(x.astype(np.float64)))
+    diff = float(np.linalg.norm(y.astype(np.float64) - x.astype(np.float64)))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
+
+
+# ------------------------------------------------------------------------------ activations
+def _activations(model_name: str | None, samples: int, n_cuts: int, data: str | None
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(source description, [{"id", "name", "shape", "nonnegative", "tensors": [per-sample arrays]}])."""
+    if model_name == SYNTHETIC:
+        return _synthetic(samples)
+    import dyno.partition as partition
+    import dyno.zoo as zoo
+
+    name = model_name or default_model()
+    entry = zoo.get_model(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = zoo.load_model(name, weights="trained-or-random")
+    weights = "random" if any("random weights" in str(w.message) for w in caught) else "trained"
+    if data is not None:
+        dataset = zoo.load_dataset(data, model=name)
+        data_name = data
+    elif entry.default_data == "imagenet-samples":
+        dataset = zoo.load_dataset("imagenet-samples", root=imagenet_samples_root(), model=name)
+        data_name = "imagenet-samples"
+    else:
+        dataset = zoo.load_dataset(entry.default_data or "fashion-mnist", split="test", model=name)
+        data_name = entry.default_data or "fashion-mnist"
+    count = min(samples, len(dataset))
+    step = max(1, len(dataset) // count)
+    batch = torch.stack([dataset[i * step][0] for i in range(count)])
+    all_cuts = partition.cuts(model, batch[:1])
+    chosen = _spread(all_cuts, n_cuts)
+    cuts = []
+    with torch.inference_mode():
+        for cut in chosen:
+            head, _tail = partition.split(model, cut)
+            out = head(batch)
+            out = out[0] if isinstance(out, tuple) else out
+            cuts.append({"id": cut.id, "name": cut.name, "shape": tuple(cut.shape),
+                         "nonnegative": bool(cut.nonnegative),
+                         "tensors": [out[i].contiguous().float().numpy().copy() for i in range(count)]})
+    source = {"model": name, "weights": weights, "data": data_name, "samples": count,
+              "synthetic": False}
+    return source, cuts
+
+
+def _spread(all_cuts: list[Any], n_cuts: int) -> list[Any]:
+    """The input cut, then ``n_cuts - 1`` cuts evenly spaced by position over the rest, the last of
+    them just before the logits (so every kind of tensor shows up: stage outputs, expanded ReLU6
+    activations, depthwise inputs, pooled features)."""
+    inner = all_cuts[1:-1]
+    if not inner:
+        return [all_cuts[0]]
+    steps = max(n_cuts - 1, 1)
+    picks = sorted({round(i * (len(inner) - 1) / steps) for i in range(1, n_cuts)})
+    return [all_cuts[0]] + [inner[i] for i in picks]
+
+
+def _synthetic(samples: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(32, 112, 112), (96, 56, 56), (24, 56, 56), (144, 28, 28), (480, 14, 14), (1280, 7, 7)]
+    cuts = []
+    for i, shape in enumerate(shapes):
+        tensors = []
+        for _ in range(samples):  # ReLU6 of smooth-ish positive-skewed data: ~50-70% zeros
+            x = torch.randn(shape, generator=gen) * 1.5 - 0.5 * (i % 3)
+            tensors.append(torch.clamp(x, 0, 6).numpy())
+        cuts.append({"id": i + 1, "name": f"synthetic-{i + 1}", "shape": shape, "nonnegative": True,
+                     "tensors": tensors})
+    source = {"model": SYNTHETIC, "weights": None, "data": "synthetic ReLU-like tensors (no zoo model)",
+              "samples": samples, "synthetic": True}
+    return source, cuts
+
+
+# ------------------------------------------------------------------------------ measuring
+def _measure_codec(tensors: list[np.ndarray], repeats: int, **kwargs: Any) -> dict[str, float]:
+    shape = tensors[0].shape
+    expected = Expected(shape=shape)
+    sizes, enc_t, dec_t, errors = [], [], [], []
+    for x in tensors:
+        t_enc, enc = _timed(lambda: encode(x, nthreads=1, **kwargs), repeats)
+        t_dec, y = _timed(lambda: decode(enc, expected, nthreads=1), repeats)
+        sizes.append(enc.nbytes)
+        enc_t.append(t_enc)
+        dec_t.append(t_dec)
+        errors.append(_rel_l2(y, x))
+    return _summary(tensors[0].nbytes, sizes, enc_t, dec_t, errors)
+
+
+def _summary(fp32_bytes: int, sizes: list[int], enc_t: list[float], dec_t: list[float],
+             errors: list[float]) -> dict[str, float]:
+    return {"bytes": int(statistics.median(sizes)),
+            "encode_gbps": fp32_bytes / statistics.median(enc_t) / 1e9,
+            "decode_gbps": fp32_bytes / statistics.median(dec_t) / 1e9,
+            "rel_l2": float(statistics.median(errors))}
+
+
+def _measure_int8_zlib(tensors: list[np.ndarray], repeats: int, nonnegative: bool) -> dict[str, float]:
+    """8-bit ISQuant codes + zlib level 6: the JALAD/SPINN-style transfer (range in 8 bytes)."""
+    sizes, enc_t, dec_t, errors = [], [], [], []
+    for x in tensors:
+        t = torch.from_numpy(x)
+
+        def enc() -> tuple[bytes, float, float]:
+            lo, hi = _quant.tensor_range(t, nonnegative)
+            return zlib.compress(_quant.quantize(t, lo, hi, 8), 6), lo, hi
+
+        def dec(frame: tuple[bytes, float, float]) -> np.ndarray:
+            payload, lo, hi = frame
+            codes = np.frombuffer(zlib.decompress(payload), np.uint8).copy()
+            return _quant.dequantize(codes, lo, hi, 8).reshape(x.shape)
+
+        t_enc, frame = _timed(enc, repeats)
+        t_dec, y = _timed(lambda: dec(frame), repeats)
+        sizes.append(len(frame[0]) + 8)
+        enc_t.append(t_enc)
+        dec_t.append(t_dec)
+        errors.append(_rel_l2(y, x))
+    return _summary(tensors[0].nbytes, sizes, enc_t, dec_t, errors)
+
+
+def _measure_memcpy(tensors: list[np.ndarray], repeats: int) -> dict[str, float]:
+    times = []
+    for x in tensors:
+        out = np.empty_like(x)
+        t, _ = _timed(lambda: np.copyto(out, x), repeats)
+        times.append(t)
+    gbps = tensors[0].nbytes / statistics.median(times) / 1e9
+    return {"bytes": tensors[0].nbytes, "encode_gbps": gbps, "decode_gbps": gbps, "rel_l2": 0.0}
+
+
+def run(model: str | None = None, *, samples: int = 8, repeats: int = 5, cuts: int = 8,
+        bits: tuple[int, ...] = BITS, modes: tuple[str, ...] = MODES, data: str | None = None,
+        progress: Any = None) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"rows", "baselines", "memcpy_gbps", ...}`` (see the module doc).
+
+    ``model``: a zoo name, ``"synthetic"``, or None for ``default_model()`` (falling back to synthetic
+    tensors if the model or its data cannot be loaded). ``progress``: a rich ``Progress`` or None.
+    """
+    if repeats < 1 or samples < 1 or cuts < 2:
+        raise ConfigError("need repeats >= 1, samples >= 1 and cuts >= 2")
+    unknown = set(modes) - set(MODES)
+    if unknown or not modes:
+        raise ConfigError(f"codec-bench modes are {', '.join(MODES)}; unknown: {sorted(unknown)}")
+    if not bits or any(not 1 <= b <= 16 for b in bits):
+        raise ConfigError(f"codec-bench bits must be in 1..16, got {list(bits)}")
+    fallback_note = None
+    try:
+        source, cut_data = _activations(model, samples, cuts, data)
+    except DynoError as error:
+        if model is not None:
+            raise
+        fallback_note = f"no zoo model/data available ({error}); using synthetic tensors"
+        source, cut_data = _synthetic(samples)
+    if fallback_note:
+        source["note"] = fallback_note
+
+    steps = len(cut_data) * (len(bits) * len(modes) + 5) + 2
+    task = progress.add_task("codec-bench", total=steps) if progress is not None else None
+
+    def advance(what: str) -> None:
+        if progress is not None:
+            progress.update(task, advance=1, description=f"codec-bench {what}")
+
+    rows, baselines = [], []
+    memcpy = []
+    with _one_thread():
+        for cut in cut_data:
+            tensors, nonneg = cut["tensors"], cut["nonnegative"]
+            fp32_bytes = tensors[0].nbytes
+            label = f"cut {cut['id']}"
+            for b in bits:
+                for mode in modes:
+                    m = _measure_codec(tensors, repeats, bits=b, mode=mode, nonnegative=nonneg)
+                    rows.append({"cut": cut["id"], "fp32_bytes": fp32_bytes, "bits": b, "mode": mode,
+                                 "bytes": m["bytes"],
+                                 "bits_per_value": 8 * m["bytes"] / tensors[0].size,
+                                 "encode_gbps": m["encode_gbps"], "decode_gbps": m["decode_gbps"],
+                                 "rel_l2": m["rel_l2"]})
+                    advance(f"{label} {mode} {b} bits")
+            measured = {
+                "fp32": _measure_codec(tensors, repeats, bits=None, mode="fp32"),
+                "fp16": _measure_codec(tensors, repeats, bits=None, mode="fp16"),
+                "int8-zlib": _measure_int8_zlib(tensors, repeats, nonneg),
+                "dense-8": _measure_codec(tensors, repeats, bits=8, mode="dense", nonnegative=nonneg),
+                "memcpy": _measure_memcpy(tensors, repeats),
+            }
+            if len(cut["shape"]) == 3 and cut["shape"][0] in (1, 3) and not source["synthetic"] \
+                    and cut is cut_data[0]:  # the input cut: what a cloud-only app sends
+                for fmt in ("jpeg", "webp"):
+                    measured[f"{fmt}-90"] = _measure_codec(tensors, repeats, bits=90, mode=fmt)
+            for name, m in measured.items():
+                baselines.append({"name": name, "cut": cut["id"], **m})
+                advance(f"{label} {name}")
+            memcpy.append(measured["memcpy"]["encode_gbps"])
+    return {
+        "rows": rows,
+        "baselines": baselines,
+        "memcpy_gbps": float(statistics.median(memcpy)),
+        "source": source,
+        "cuts": [{"id": c["id"], "name": c["name"], "shape": list(c["shape"]),
+                  "nonnegative": c["nonnegative"], "fp32_bytes": c["tensors"][0].nbytes} for c in cut_data],
+        "settings": {"repeats": repeats, "torch_threads": 1, "blosc2_threads": 1, "clevels": _pack.CLEVELS,
+                     "goals": GOALS},
+        "goals": goal_summary(rows),
+    }
+
+
+def goal_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Worst and median throughput of shuffle-lz4 at b <= 8 on tensors >= 256 KiB, against GOALS."""
+    sel = [r for r in rows if r["mode"] == "shuffle-lz4" and r["bits"] <= GOALS["max_bits"]
+           and r["fp32_bytes"] >= GOALS["min_fp32_bytes"]]
+    if not sel:
+        return {"rows": 0}
+    out: dict[str, Any] = {"rows": len(sel)}
+    for key in ("encode_gbps", "decode_gbps"):
+        values = [r[key] for r in sel]
+        out[key] = {"min": min(values), "median": statistics.median(values), "goal": GOALS[key],
+                    "met_by_median": statistics.median(values) >= GOALS[key],
+                    "rows_below_goal": sum(v < GOALS[key] for v in values)}
+    return out

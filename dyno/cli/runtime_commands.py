@@ -118,7 +118,8 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=500, help="number of inputs (default 500)")
     p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
     p.add_argument("--policy", default="dyno", help="dyno, device-only, cloud-only, cloud-only-raw, ...")
-    p.add_argument("--slo", default=None, help="e.g. 'throughput,cloud_cost;drop<=1'")
+    p.add_argument("--slo", default="throughput;drop<=1",
+                   help="SLO for the dyno policy (default 'throughput;drop<=1')")
     p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (default 2)")
     _add_device_and_link(p)
@@ -164,15 +165,20 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
         "summary table and a PNG timeline. The first run trains and analyses what it needs (cached).")
     p.add_argument("--model", default="fmnist-resnet", help="zoo model (default fmnist-resnet)")
     p.add_argument("--data", default=None, help="dataset (default: the model's; e.g. ../shared/imagenet-samples)")
-    p.add_argument("--n", type=int, default=400, help="inputs per system (default 400)")
+    p.add_argument("--n", type=int, default=400,
+                   help="distinct labelled inputs, cycled while a system runs (default 400)")
     p.add_argument("--systems", default="dyno,device-only,cloud-only",
                    help="comma-separated policies to compare (default dyno,device-only,cloud-only)")
-    p.add_argument("--slo", default=None, help="SLO for the dyno policy (default: throughput, then cloud cost)")
+    p.add_argument("--slo", default="throughput;drop<=1",
+                   help="SLO for the dyno policy (default: the most throughput losing at most 1 point of "
+                   "top-1: 'throughput;drop<=1'; onloading: 'throughput,cloud_cost;drop<=1')")
     p.add_argument("--tier", default="mid", help="device tier: low (33), mid (8), high (2), native, a number")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad")
     p.add_argument("--trace", help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
-    p.add_argument("--segment-s", type=float, default=6.0,
-                   help="seconds per step of the built-in bandwidth pattern (default 6)")
+    p.add_argument("--segment-s", type=float, default=7.5,
+                   help="seconds per step of the built-in bandwidth pattern (default 7.5: 30 s per system)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds per system (default: one pass of the pattern; a --trace file: at most 60)")
     p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
     p.add_argument("--plot", default="dyno-demo.png", help="timeline PNG path ('' for none)")
     p.add_argument("--json", action="store_true", help="print one JSON summary document at the end")
@@ -185,7 +191,7 @@ def _demo(args: argparse.Namespace) -> None:
     summary = demo(model=args.model, data=args.data, n=args.n,
                    systems=[s.strip() for s in args.systems.split(",") if s.strip()], slo=args.slo,
                    tier=args.tier, device_emulation=args.device_emulation, trace=args.trace,
-                   segment_s=args.segment_s, in_flight=args.in_flight, plot=args.plot or None,
+                   segment_s=args.segment_s, duration=args.duration, in_flight=args.in_flight, plot=args.plot or None,
                    live=not args.json)
     if args.json:
         print(json.dumps(summary))
@@ -205,7 +211,8 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--streams", type=int, default=64, help="concurrent streams for throughput")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput measurement")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per throughput setting")
-    p.add_argument("--cut", type=int, default=None, help="fmnist-resnet cut for throughput (default 0)")
+    p.add_argument("--cuts", default=None,
+                   help="fmnist-resnet cuts for throughput, comma-separated (default: input, middle, late)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -216,7 +223,8 @@ def _bench(args: argparse.Namespace) -> None:
     from dyno.runtime.bench import run_bench
 
     report = run_bench(what=args.what, requests=args.requests, streams=args.streams,
-                       seconds=args.seconds, rounds=args.rounds, cut=args.cut,
+                       seconds=args.seconds, rounds=args.rounds,
+                       cuts=[int(c) for c in args.cuts.split(",")] if args.cuts else None,
                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, verbose=not args.json)
     if args.json:
         print(json.dumps(report))

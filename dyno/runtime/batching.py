@@ -1,0 +1,203 @@
+"""Dynamic batching per cut: requests at the same cut are stacked and run through its tail at once.
+
+A batch for a cut runs when it is *full* (``max_batch`` requests) or when its *oldest request has
+waited* ``max_wait_ms``. One refinement keeps an idle server from taxing a lone request
+(``eager=True``, the default): a compute worker that is free takes what is queued at once, since
+waiting could only help if more requests were known to be coming. Under load the workers are busy,
+requests queue while they compute, and batches fill; ``eager=False`` always waits out
+``max_wait_ms`` for a batch that is not full.
+
+``workers`` compute coroutines take batches in turn (oldest request first across cuts) and run
+``run_batch(cut_id, items)`` in the given executor, off the event loop. Items are opaque to the
+batcher (the server passes undecoded frames, so decoding too happens in the executor, once per batch
+rather than one thread hop per request); ``run_batch`` returns one entry per item, either its result
+or the exception that item alone failed with.
+
+    batcher = Batcher(run_batch, executor, BatchConfig(max_batch=32, max_wait_ms=2))
+    batcher.start()
+    outcome = await batcher.submit(cut_id, frame)   # -> Outcome(value, queue_s, compute_s, batch)
+    await batcher.close()                           # finishes what is queued
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Callable
+
+from dyno.errors import ConfigError
+
+__all__ = ["BatchConfig", "Batcher", "Outcome", "LoadMeter"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """How the server batches: at most ``max_batch`` per run, waiting at most ``max_wait_ms``."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    eager: bool = True
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_batch, int) and 1 <= self.max_batch <= 4096):
+            raise ConfigError(f"max_batch must be an int in 1..4096, got {self.max_batch!r}")
+        if not (0 <= self.max_wait_ms <= 10_000):
+            raise ConfigError(f"max_wait_ms must be in 0..10000, got {self.max_wait_ms!r}")
+        if not (isinstance(self.workers, int) and 1 <= self.workers <= 64):
+            raise ConfigError(f"workers must be an int in 1..64, got {self.workers!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One request's share of a batch run: its output row and the batch's timings."""
+
+    value: Any               # run_batch's result for this request
+    queue_s: float           # submission to start of the batch's compute
+    compute_s: float         # the batch's compute time
+    batch: int               # the batch size
+
+
+@dataclasses.dataclass
+class _Item:
+    payload: Any
+    future: asyncio.Future
+    arrived: float
+
+
+class LoadMeter:
+    """Share of the last ``window_s`` seconds the compute workers were busy, in [0, 1]."""
+
+    def __init__(self, workers: int = 1, window_s: float = 1.0):
+        self.workers, self.window_s = workers, window_s
+        self._spans: collections.deque[tuple[float, float]] = collections.deque()
+        self._active: dict[int, float] = {}
+        self._at, self._value = -1.0, 0.0
+
+    def begin(self, token: int) -> None:
+        self._active[token] = time.perf_counter()
+
+    def end(self, token: int) -> None:
+        start = self._active.pop(token, None)
+        if start is not None:
+            self._spans.append((start, time.perf_counter()))
+
+    def load(self) -> float:
+        """Recomputed at most every 5 ms (it is asked once per reply)."""
+        now = time.perf_counter()
+        if now - self._at < 0.005:
+            return self._value
+        horizon = now - self.window_s
+        while self._spans and self._spans[0][1] < horizon:
+            self._spans.popleft()
+        busy = sum(end - max(start, horizon) for start, end in self._spans)
+        busy += sum(now - max(start, horizon) for start in self._active.values())
+        self._at, self._value = now, min(1.0, busy / (self.window_s * self.workers))
+        return self._value
+
+
+class Batcher:
+    """Per-cut queues and the compute workers that drain them (see the module docstring)."""
+
+    def __init__(self, run_batch: Callable[[int, list[Any]], list[Any]], executor: concurrent.futures.Executor,
+                 config: BatchConfig = BatchConfig(),
+                 on_batch: Callable[[int, int, float, float], None] | None = None):
+        self.run_batch, self.executor, self.config = run_batch, executor, config
+        self.on_batch = on_batch  # (cut_id, size, queue_s of the oldest, compute_s)
+        self.meter = LoadMeter(config.workers)
+        self._queues: dict[int, collections.deque[_Item]] = {}
+        self._wake = asyncio.Event()
+        self._idle_workers = 0
+        self._closing = False
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._worker(i), name=f"dyno-batch-worker-{i}")
+                           for i in range(self.config.workers)]
+
+    async def submit(self, cut_id: int, payload: Any, arrived: float | None = None) -> Outcome:
+        """Queue one item for ``cut_id``; resolves when its batch has run (or raises its error)."""
+        if self._closing:
+            raise RuntimeError("the batcher is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(cut_id, collections.deque()).append(
+            _Item(payload, future, time.perf_counter() if arrived is None else arrived))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Run everything still queued, then stop the workers."""
+        self._closing = True
+        self._wake.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+
+    def _pick(self, now: float) -> tuple[int | None, float]:
+        """The cut to run now (oldest ready request first), or None and how long to sleep."""
+        max_wait = self.config.max_wait_ms / 1000
+        best, best_age, sleep = None, -1.0, max_wait
+        eager = self.config.eager
+        for cut_id, queue in self._queues.items():
+            while queue and queue[0].future.done():  # the stream went away
+                queue.popleft()
+            if not queue:
+                continue
+            age = now - queue[0].arrived
+            ready = len(queue) >= self.config.max_batch or age >= max_wait or eager or self._closing
+            if ready and age > best_age:
+                best, best_age = cut_id, age
+            elif not ready:
+                sleep = min(sleep, max_wait - age)
+        return best, max(sleep, 0.0)
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            cut_id, sleep = self._pick(time.perf_counter())
+            if cut_id is None:
+                if self._closing and not self.queued:
+                    return
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=sleep if self.queued else None)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            queue = self._queues[cut_id]
+            items = [queue.popleft() for _ in range(min(len(queue), self.config.max_batch))]
+            items = [i for i in items if not i.future.done()]
+            if not items:
+                continue
+            await self._run(index, cut_id, items)
+
+    async def _run(self, index: int, cut_id: int, items: list[_Item]) -> None:
+        start = time.perf_counter()
+        self.meter.begin(index)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, cut_id, [i.payload for i in items])
+        except Exception as error:  # the tail failed: every request of the batch learns why
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        finally:
+            self.meter.end(index)
+        compute = time.perf_counter() - start
+        for item, result in zip(items, results):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(Outcome(result, start - item.arrived, compute, len(items)))
+        if self.on_batch is not None:
+            self.on_batch(cut_id, len(items), start - items[0].arrived, compute)

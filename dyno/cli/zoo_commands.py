@@ -18,25 +18,26 @@ def _positive(text: str) -> int:
     return value
 
 
-def _models_help() -> str:
+def _models_epilog() -> str:
     from dyno import zoo
 
-    lines = []
+    lines = ["models:"]
     for name in zoo.list_models():
         entry = zoo.get_model(name)
-        lines.append(f"{name} ({entry.default_data or 'no default data'}): {entry.description}")
-    return "models: " + "; ".join(lines)
+        lines.append(f"  {name:20s} {entry.default_data or '-':18s} {entry.description}")
+    lines.append("  (torchvision classification models by name, when torchvision is installed)")
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    models = _models_help()
+    epilog = _models_epilog()
     train = subparsers.add_parser(
         "train",
         help="train a reference Fashion-MNIST model and cache its weights",
-        description="Train MODEL (fmnist-resnet or fmnist-vgg) on Fashion-MNIST's training split with a "
-        "fixed seed, print its top-1 on the test split and the time taken, and cache the weights "
-        "where `dyno eval` and the other commands find them (DYNO_CACHE, default ~/.cache/dyno). "
-        + models,
+        description="Train MODEL (fmnist-resnet or fmnist-vgg) on Fashion-MNIST's training split with a\n"
+        "fixed seed, print its top-1 on the test split and the time taken, and cache the weights\n"
+        "where `dyno eval` and the other commands find them (DYNO_CACHE, default ~/.cache/dyno).",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("model", help="model name, e.g. fmnist-resnet")
     train.add_argument("--epochs", type=_positive, help="epochs (default: the model's recipe)")
@@ -46,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data", metavar="DIR",
                        help="directory with the Fashion-MNIST IDX files (default: DYNO_FASHION_MNIST, "
                        "else /usr/share/datasets/fashion-mnist)")
+    train.add_argument("--threads", type=_positive,
+                       help="torch threads (default 1: on a shared 2-core machine two threads contend badly)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print one JSON document")
     train.set_defaults(func=run_train)
@@ -53,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "eval",
         help="top-1 accuracy of a model on a labelled dataset",
-        description="Measure MODEL's top-1 accuracy on labelled data: its default dataset, a named one "
-        "(fashion-mnist, imagenet-samples) or a folder (labels.tsv, class subfolders, or IDX files). "
-        + models,
+        description="Measure MODEL's top-1 accuracy on labelled data: its default dataset, a named one\n"
+        "(fashion-mnist, imagenet-samples) or a folder (labels.tsv, class subfolders, or IDX files).",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("model", help="model name, e.g. efficientnet-lite0")
     evaluate.add_argument("--data", help="dataset name or directory (default: the model's own)")
@@ -75,7 +78,7 @@ def run_train(args: argparse.Namespace) -> None:
     from dyno import zoo
 
     result = zoo.train(args.model, epochs=args.epochs, seed=args.seed, limit=args.limit,
-                       data_root=args.data, progress=not args.no_progress and not args.json)
+                       data_root=args.data, threads=args.threads, progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
         return
@@ -83,7 +86,7 @@ def run_train(args: argparse.Namespace) -> None:
     where = f"weights saved to {result.path}" if result.path else "weights not saved (--limit run)"
     print(f"{result.model}: test top-1 {result.test_accuracy:.2%} on {result.test_images} images; "
           f"trained in {minutes}m{seconds:02d}s ({result.epochs} epochs on {result.train_images} images, "
-          f"seed {result.seed}); {where}")
+          f"seed {result.seed}, {result.threads} thread{'s' if result.threads > 1 else ''}); {where}")
 
 
 def run_eval(args: argparse.Namespace) -> None:

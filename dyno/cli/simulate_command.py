@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 
 # Copies of dyno.simulate.run's constants, so that building the parser imports nothing heavy
 # (tests/test_simulate.py checks they agree).
 DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
-MAIN_SLO = "throughput,cloud_cost;drop<=1"
+MAIN_SLO = "throughput;drop<=1"
 ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
 
 
@@ -143,12 +142,13 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if not self.disabled:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from dyno.cli._console import stderr_console
 
             self._progress = Progress(TextColumn("simulate"), BarColumn(), MofNCompleteColumn(),
                                       TimeRemainingColumn(), TextColumn("{task.description}"),
-                                      console=Console(stderr=True), transient=False)
+                                      console=stderr_console(), transient=False)
             self._progress.start()
             self._task = self._progress.add_task("", total=self.total)
         return self
@@ -176,10 +176,11 @@ def _bench(plan, args: argparse.Namespace) -> None:
 
 
 def _print(document: dict[str, Any], args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dyno.cli._console import stdout_console
+
+    console = stdout_console()
     for tier, policies in document["by_tier"].items():
         table = Table(title=f"{document['plan']}, tier {tier} (slowdown {document['tiers'][tier]:g}), "
                       f"SLO {document['slo']}, {len({p['trace'] for p in document['per_trace']})} trace(s)",
@@ -213,13 +214,14 @@ def _print_summary(console, s: dict[str, Any]) -> None:
         table.add_column(f"{tier} median", justify="right")
         table.add_column(f"{tier} min", justify="right")
         table.add_column(f"{tier} <1x", justify="right")
+        table.add_column(f"{tier} X breaks SLO", justify="right")
     baselines = list(next(iter(s["tiers"].values()))["speedup"])
     for b in baselines:
         cells = []
         for tier in tiers:
             sp = s["tiers"][tier]["speedup"].get(b, {})
             cells += [f"{sp.get('median', math.nan):.2f}x", f"{sp.get('min', math.nan):.2f}x",
-                      str(sp.get("below_1", "-"))]
+                      str(sp.get("below_1", "-")), f"{sp.get('baseline_violation_share', math.nan):.0%}"]
         table.add_row(b, *cells)
     console.print(table)
     for tier in tiers:

@@ -1,0 +1,275 @@
+"""The scheduler's interface: what a policy sees (``State``) and what it answers (``Decision``).
+
+Every compared system (DynO, device-only, cloud-only, Neurosurgeon, SPINN-style, JALAD-style) is a
+``Policy``: ``decide(state) -> Decision(cut, codec, bits)``. Policies do no I/O, so the simulator and
+the device client run the very same code.
+
+    state = State(plan, Estimates(bandwidth_bps=4e6, device_slowdown=8.0), SLO.parse("throughput;drop<=1"))
+    decision = dyno.policy.make("dyno").decide(state)
+    decision.cut, decision.codec, decision.bits, decision.predicted.throughput
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import re
+from typing import TYPE_CHECKING
+
+from dyno.errors import PolicyError
+
+if TYPE_CHECKING:  # the plan module is light, but the policy interface needs only its name
+    from dyno.plan import Plan
+
+__all__ = ["OBJECTIVES", "Prediction", "Decision", "Estimates", "SLO", "State", "Policy"]
+
+#: objective name -> +1 if larger is better, -1 if smaller is better
+OBJECTIVES: dict[str, int] = {
+    "throughput": +1,   # inferences per second, pipelined over device, link and cloud
+    "latency": -1,      # end-to-end milliseconds of one inference
+    "accuracy": +1,     # expected top-1 from the plan's precision table
+    "bytes": -1,        # wire bytes per inference
+    "cloud_cost": -1,   # cloud compute seconds per inference
+    "energy": -1,       # device joules per inference
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The performance model's figures for one (cut, codec, bits) under given estimates."""
+
+    latency_ms: float
+    throughput: float   # inferences/s with the device, link and cloud stages pipelined
+    bytes: float        # wire bytes per inference (0 on the device-only cut)
+    accuracy: float     # expected top-1 in [0, 1]
+    cloud_s: float      # cloud compute seconds per inference (decode + tail; 0 device-only)
+    energy_j: float     # device energy per inference
+    meets_slo: bool
+
+    def value(self, objective: str) -> float:
+        """The figure an objective name refers to (``cloud_cost`` is ``cloud_s``, ``energy`` is ``energy_j``)."""
+        return {"throughput": self.throughput, "latency": self.latency_ms, "accuracy": self.accuracy,
+                "bytes": self.bytes, "cloud_cost": self.cloud_s, "energy": self.energy_j}[objective]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Where to cut and how to pack. ``codec``/``bits`` are None on the last cut (all on the device).
+
+    For ``jpeg``/``webp`` (cut 0 only) ``bits`` is the image quality.
+    """
+
+    cut: int
+    codec: str | None
+    bits: int | None
+    predicted: Prediction | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.codec is None:
+            return f"cut {self.cut} (device-only)"
+        return f"cut {self.cut} {self.codec}" + ("" if self.bits is None else f":{self.bits}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """Run-time estimates a policy decides on (from ``dyno.monitor.Monitors`` or a probe).
+
+    - ``bandwidth_bps``: uplink bits per second.
+    - ``rtt_ms``: round-trip time added once per offloaded inference.
+    - ``device_slowdown``: k_d, device time / profiled (plan) device time.
+    - ``server_ms_factor``: observed / profiled server time per sample.
+    - ``server_load``: server utilisation in [0, 1] by other clients; the model scales the server's
+      per-sample time for this client by 1 / (1 - load) (clamped at load 0.95), an M/M/1 reading.
+    """
+
+    bandwidth_bps: float
+    rtt_ms: float = 1.0
+    device_slowdown: float = 1.0
+    server_ms_factor: float = 1.0
+    server_load: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "server_load"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
+        if self.device_slowdown <= 0 or self.server_ms_factor <= 0:
+            raise PolicyError("Estimates.device_slowdown and server_ms_factor must be > 0")
+
+
+_CONSTRAINT = re.compile(r"^\s*(latency|drop|bytes|throughput)\s*(<=|>=)\s*(.+?)\s*$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SLO:
+    """Constraints plus objectives in priority order.
+
+    Constraints (None = unconstrained): ``max_latency_ms``; ``max_accuracy_drop`` in points of top-1
+    below the plan's fp32 accuracy; ``max_bytes`` per inference; a throughput floor, either absolute
+    (``min_throughput``, inferences/s) or relative to a named baseline policy evaluated under the same
+    estimates (``min_throughput_of="cloud-only"``, times ``min_throughput_ratio``).
+
+    Objectives are compared in order; options within ``tolerance`` (relative) of the best on one
+    objective are all kept for the next, and the last objective picks exactly (ties: plan order).
+
+        SLO.parse("throughput,cloud_cost;drop<=1;latency<=200")
+        SLO.parse("cloud_cost;throughput>=cloud-only")      # the onloading view
+        SLO.parse("cloud_cost;throughput>=0.9*cloud-only;bytes<=20000")
+    """
+
+    max_latency_ms: float | None = None
+    max_accuracy_drop: float | None = None
+    max_bytes: float | None = None
+    min_throughput: float | None = None
+    min_throughput_of: str | None = None
+    min_throughput_ratio: float = 1.0
+    objectives: tuple[str, ...] = ("throughput", "cloud_cost")
+    tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        objectives = tuple(self.objectives)
+        object.__setattr__(self, "objectives", objectives)
+        if not objectives:
+            raise PolicyError("an SLO needs at least one objective; known: " + ", ".join(OBJECTIVES))
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown:
+            raise PolicyError(f"unknown SLO objective(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(OBJECTIVES)}")
+        if len(set(objectives)) != len(objectives):
+            raise PolicyError(f"SLO objectives repeat: {objectives}")
+        for name in ("max_latency_ms", "max_accuracy_drop", "max_bytes", "min_throughput"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)
+                                      or value < 0):
+                raise PolicyError(f"SLO.{name} must be a finite number >= 0 or None, got {value!r}")
+        if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
+            raise PolicyError(f"SLO.tolerance must be in [0, 1), got {self.tolerance!r}")
+        if not (math.isfinite(self.min_throughput_ratio) and self.min_throughput_ratio > 0):
+            raise PolicyError("SLO.min_throughput_ratio must be > 0")
+        if self.min_throughput_of is not None:
+            from dyno.policy.registry import names  # late: the registry imports the policies
+
+            if self.min_throughput_of not in names():
+                raise PolicyError(f"SLO throughput floor names unknown policy {self.min_throughput_of!r}; "
+                                  f"known: {', '.join(names())}")
+
+    @property
+    def constrained(self) -> bool:
+        return any(v is not None for v in (self.max_latency_ms, self.max_accuracy_drop, self.max_bytes,
+                                           self.min_throughput, self.min_throughput_of))
+
+    @classmethod
+    def parse(cls, text: str) -> "SLO":
+        """``"OBJ[,OBJ...][;CONSTRAINT...]"``; constraints ``latency<=MS``, ``drop<=POINTS``,
+        ``bytes<=N``, ``throughput>=N`` (inferences/s), ``throughput>=[R*]POLICY``, ``tol=0.05``."""
+        parts = [p.strip() for p in text.split(";") if p.strip()]
+        if not parts:
+            raise PolicyError("empty SLO; e.g. 'throughput,cloud_cost;drop<=1;latency<=200'")
+        kwargs: dict = {}
+        first = parts[0]
+        if _CONSTRAINT.match(first) or first.startswith("tol"):
+            objectives = ("throughput", "cloud_cost")
+        else:
+            objectives = tuple(o.strip() for o in first.split(",") if o.strip())
+            parts = parts[1:]
+        kwargs["objectives"] = objectives
+        for part in parts:
+            if part.replace(" ", "").startswith("tol="):
+                kwargs["tolerance"] = _number(part.split("=", 1)[1], part)
+                continue
+            match = _CONSTRAINT.match(part)
+            if not match:
+                raise PolicyError(f"cannot read SLO constraint {part!r}; use latency<=MS, drop<=POINTS, "
+                                  f"bytes<=N, throughput>=N or throughput>=[R*]POLICY")
+            what, op, value = match.groups()
+            want = ">=" if what == "throughput" else "<="
+            if op != want:
+                raise PolicyError(f"SLO constraint {part!r}: {what} takes {want}")
+            if what == "latency":
+                kwargs["max_latency_ms"] = _number(value, part)
+            elif what == "drop":
+                kwargs["max_accuracy_drop"] = _number(value, part)
+            elif what == "bytes":
+                kwargs["max_bytes"] = _number(value, part)
+            else:
+                try:
+                    kwargs["min_throughput"] = float(value)
+                except ValueError:
+                    ratio, _, name = value.rpartition("*")
+                    kwargs["min_throughput_of"] = name.strip()
+                    if ratio:
+                        kwargs["min_throughput_ratio"] = _number(ratio, part)
+        return cls(**kwargs)
+
+    def __str__(self) -> str:
+        parts = [",".join(self.objectives)]
+        if self.max_accuracy_drop is not None:
+            parts.append(f"drop<={self.max_accuracy_drop:g}")
+        if self.max_latency_ms is not None:
+            parts.append(f"latency<={self.max_latency_ms:g}")
+        if self.max_bytes is not None:
+            parts.append(f"bytes<={self.max_bytes:g}")
+        if self.min_throughput is not None:
+            parts.append(f"throughput>={self.min_throughput:g}")
+        if self.min_throughput_of is not None:
+            ratio = "" if self.min_throughput_ratio == 1 else f"{self.min_throughput_ratio:g}*"
+            parts.append(f"throughput>={ratio}{self.min_throughput_of}")
+        if self.tolerance != 0.02:
+            parts.append(f"tol={self.tolerance:g}")
+        return ";".join(parts)
+
+
+def _number(text: str, part: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise PolicyError(f"SLO constraint {part!r}: {text.strip()!r} is not a number") from None
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """What a policy decides on: the plan, current estimates, the SLO and the expected cloud batch.
+
+    ``in_flight`` is the client's request window (inferences started and not yet answered), None if
+    unbounded: a pipelined client cannot exceed ``in_flight / latency`` inferences per second, which
+    binds when the round trip is long compared with the pipeline's slowest stage.
+    """
+
+    plan: "Plan"
+    estimates: Estimates
+    slo: SLO
+    batch: int = 1
+    in_flight: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise PolicyError(f"State.batch must be an int >= 1, got {self.batch!r}")
+        if self.in_flight is not None and (not isinstance(self.in_flight, int) or self.in_flight < 1):
+            raise PolicyError(f"State.in_flight must be an int >= 1 or None, got {self.in_flight!r}")
+
+
+class Policy(abc.ABC):
+    """A scheduler: maps a ``State`` to a ``Decision``.
+
+    Stateful policies (hysteresis, JALAD's fixed choice) keep their state on ``self``; ``reset()``
+    forgets it (a new stream, a new plan).
+    """
+
+    name: str = "policy"
+    #: True when ``decide`` is a pure function of the state (no hysteresis or memory beyond a fixed
+    #: first choice): a caller may then reuse a decision while the state is unchanged.
+    pure: bool = False
+
+    @abc.abstractmethod
+    def decide(self, state: State) -> Decision:
+        """Choose a cut and packing for the next inference."""
+
+    def reset(self) -> None:
+        """Forget any state kept between decisions."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,163 @@
+"""DynO's scheduler: price every (cut, codec, bits) with the performance model and pick by the SLO.
+
+Per decision (all vectorised over the plan's rows, arrays built once per plan):
+
+1. evaluate latency, pipelined throughput, bytes, accuracy, cloud seconds and energy of every row
+   under the current estimates (``dyno.policy.model``); the input cut with JPEG/WebP at the plan's
+   qualities is among the rows, so DynO can always do what cloud-only does;
+2. keep the rows meeting the SLO's constraints (latency, accuracy drop, bytes, throughput floor; a floor
+   relative to a named baseline is that baseline's predicted throughput under the same estimates);
+3. order them by the SLO's objectives in priority order with the SLO's relative tolerance;
+4. hysteresis: stay on the current choice unless the new one is better by more than ``margin``
+   (relative) on the first objective where the two differ beyond the tolerance, and the current one
+   still meets the SLO;
+5. if nothing meets the SLO, pick the least-violating row and say so (``note``, ``meets_slo=False``);
+6. exploration: after ``probe_every`` device-only decisions in a row, offload one inference (the best
+   offloading row that meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by
+   the device's own transfers, cannot go stale forever. ``probe_every=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dyno.errors import PolicyError
+from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
+from dyno.policy.model import DevicePower, PerfModel
+from dyno.policy.registry import make, register
+
+__all__ = ["DynoPolicy", "ModelCache"]
+
+
+class ModelCache:
+    """One ``PerfModel`` per plan object (plans are immutable)."""
+
+    def __init__(self, power: DevicePower) -> None:
+        self.power = power
+        self._plan = None
+        self._model: PerfModel | None = None
+
+    def get(self, plan) -> PerfModel:
+        if plan is not self._plan:
+            self._model = PerfModel(plan, power=self.power)
+            self._plan = plan
+        assert self._model is not None
+        return self._model
+
+
+class FloorResolver:
+    """The throughput floor of an SLO: absolute, or a named baseline's predicted throughput."""
+
+    def __init__(self) -> None:
+        self._baselines: dict[str, Policy] = {}
+        self._stripped: dict[SLO, SLO] = {}
+
+    def floor(self, state: State, model: PerfModel, ev) -> float | None:
+        slo = state.slo
+        floor = slo.min_throughput
+        if slo.min_throughput_of is not None:
+            baseline = self._baselines.get(slo.min_throughput_of)
+            if baseline is None:
+                baseline = self._baselines[slo.min_throughput_of] = make(slo.min_throughput_of)
+            stripped = self._stripped.get(slo)
+            if stripped is None:
+                stripped = self._stripped[slo] = dataclasses.replace(slo, min_throughput_of=None,
+                                                                     min_throughput=None)
+            sub = State(state.plan, state.estimates, stripped, state.batch, state.in_flight)
+            row_for = getattr(baseline, "row_for", None)
+            if row_for is not None:   # a RowPolicy: the row index, no Prediction built
+                i = row_for(sub)[1]
+            else:
+                d = baseline.decide(sub)
+                i = model.index[(d.cut, d.codec, d.bits)]
+            relative = float(ev.throughput[i]) * slo.min_throughput_ratio
+            floor = relative if floor is None else max(floor, relative)
+        return floor
+
+
+@register("dyno")
+class DynoPolicy(Policy):
+    """DynO: every (cut, bits) priced by the performance model, constrained and ordered by the SLO."""
+
+    def __init__(self, *, margin: float = 0.05, probe_every: int = 20,
+                 power: DevicePower = DevicePower()) -> None:
+        if margin < 0:
+            raise PolicyError("hysteresis margin must be >= 0")
+        if probe_every < 0:
+            raise PolicyError("probe_every must be >= 0")
+        self.margin = margin
+        self.probe_every = probe_every
+        self._models = ModelCache(power)
+        self._floors = FloorResolver()
+        self.reset()
+
+    def reset(self) -> None:
+        self._current: int | None = None
+        self._last_model: PerfModel | None = None
+        self._device_only_run = 0
+
+    def choose(self, state: State) -> tuple[int, bool, PerfModel, object, float | None]:
+        """(row, meets_slo, model, evaluation, floor) without hysteresis or exploration: the pure rule."""
+        model = self._models.get(state.plan)
+        slo = state.slo
+        ev = model.evaluate(state.estimates, state.batch, state.in_flight)
+        floor = self._floors.floor(state, model, ev)
+        static = model.static_mask(slo)
+        feasible = model.feasible(ev, slo, floor, static)
+        candidates = np.flatnonzero(feasible)
+        if len(candidates):
+            return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), True, model, ev, floor
+        v = model.violations(ev, slo, floor)
+        candidates = np.flatnonzero(v == v.min())
+        return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor
+
+    def decide(self, state: State) -> Decision:
+        best, ok, model, ev, floor = self.choose(state)
+        note = "" if ok else "no option meets the SLO; least-violating chosen"
+        slo = state.slo
+        if model is not self._last_model:  # a new plan: the current row index means nothing there
+            self._current, self._last_model = None, model
+        current = self._current
+        if self.margin > 0 and current is not None and current != best:
+            if ok:
+                still = bool(model.feasible(ev, slo, floor, model.static_mask(slo))[current])
+            else:  # both infeasible: only the violation decides, with the same margin
+                v = model.violations(ev, slo, floor)
+                still = v[current] <= v[best] * (1.0 + self.margin)
+            if still and not self._gain_beats_margin(ev, best, current, slo, state.batch):
+                best = current
+        self._current = best
+        if model.rows[best].offloaded:
+            self._device_only_run = 0
+        else:
+            self._device_only_run += 1
+            if self.probe_every and self._device_only_run > self.probe_every:
+                probe = self._probe_row(model, ev, slo, state.batch)
+                if probe is not None:
+                    self._device_only_run = 0
+                    row = model.rows[probe]
+                    return Decision(row.cut, row.codec, row.bits,
+                                    model.prediction(probe, state.estimates, state.batch, slo, floor, state.in_flight),
+                                    "probe: one offloaded inference to refresh the bandwidth estimate")
+        row = model.rows[best]
+        return Decision(row.cut, row.codec, row.bits,
+                        model.prediction(best, state.estimates, state.batch, slo, floor, state.in_flight), note)
+
+    def _gain_beats_margin(self, ev, new: int, old: int, slo: SLO, batch: int) -> bool:
+        for objective in slo.objectives:
+            x = ev.values(objective, batch)
+            a, b = float(x[new]), float(x[old])
+            scale = max(abs(a), abs(b))
+            if abs(a - b) <= slo.tolerance * scale:
+                continue
+            gain = (a - b) * OBJECTIVES[objective] / (abs(b) if b != 0 else scale)
+            return gain > self.margin
+        return False
+
+    def _probe_row(self, model: PerfModel, ev, slo: SLO, batch: int) -> int | None:
+        candidates = np.flatnonzero(model.static_mask(slo) & (model.offloaded > 0))
+        if not len(candidates):
+            return None
+        return model.select(ev, candidates, ("throughput", "bytes"), 0.0, batch)

@@ -1,0 +1,337 @@
+"""The performance model the scheduler optimises (DESIGN.md, "Performance model").
+
+For cut c, option (codec, bits) with measured wire bytes D and codec times T_enc/T_dec, device slowdown
+k_d, uplink bandwidth B, RTT, server per-sample time S = plan.cloud_ms_per_sample(batch) * f (f the
+observed/profiled server factor) and server utilisation u (clamped at 0.95)::
+
+    device stage   T_d = k_d * T_dev(c) + T_enc            (T_dev: the plan's device_ms, this process)
+    link stage     T_l = 8 * D / B
+    cloud stage    T_c = T_dec + S / (1 - u)               (decode and tail run in the cloud)
+    latency        L   = T_d + T_l + RTT + T_c
+    throughput     X   = min(1 / max(T_d, T_l, T_c),        (three-stage pipeline)
+                             W / L)                        (W: the client's request window, if bounded)
+    cloud cost     C   = (T_dec + S) seconds per inference (compute, without queueing)
+    energy         E   = P_compute * T_d + P_radio * T_l
+    accuracy       A(c, option)  from the plan's precision table
+
+The last cut (device-only) has T_l = T_c = RTT = 0, D = 0, C = 0 and the plan's fp32 accuracy.
+
+Assumptions (stated because the plan is measured on this CPU, not on the paper's GPU server): the cloud
+is the native-speed process that produced the plan's ``cloud_ms``; the device is that process slowed by
+k_d (the tiers); the codec times ``encode_ms`` are taken as measured (not multiplied by k_d), exactly as
+the formula in DESIGN.md and the runtime's emulation (which pads the head run only) do. A cut that is
+not ``batchable`` is priced at batch 1. A cut without a measured fp32 option gets one inferred from its
+shape (4 bytes per element, fp32 accuracy, zero codec time) so Neurosurgeon can always cut anywhere;
+an input cut without an 8-bit quantised option gets ``shuffle-lz4:8`` inferred as one byte per value
+(the input is an 8-bit image) at fp32 accuracy, so SPINN-style transfer can send the input too.
+
+``PerfModel`` precomputes numpy arrays once per plan (one row per (cut, option), the device-only row
+last) and evaluates all rows at once; ``predict`` is the scalar reference of the same formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from dyno.errors import PolicyError
+from dyno.policy.base import OBJECTIVES, SLO, Estimates, Prediction
+
+if TYPE_CHECKING:
+    from dyno.plan import Plan
+
+__all__ = ["DevicePower", "Row", "PerfModel", "rows_of", "predict", "meets", "violation", "MAX_LOAD",
+           "MIN_BANDWIDTH_BPS"]
+
+MAX_LOAD = 0.95
+QUANTISED = ("shuffle-lz4", "shuffle-zstd", "dense")
+MIN_BANDWIDTH_BPS = 1.0   # a zero estimate would make every offload infinitely slow; clamp it
+_EPS = 1e-9
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DevicePower:
+    """Device power while computing and while transmitting (watts); rough smartphone-class defaults."""
+
+    compute_w: float = 2.5
+    radio_w: float = 1.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One priced choice: ``codec``/``bits`` None on the device-only row."""
+
+    cut: int
+    codec: str | None
+    bits: int | None
+    bytes: float
+    accuracy: float
+    device_ms: float
+    encode_ms: float
+    decode_ms: float
+    measured: bool = True
+
+    @property
+    def offloaded(self) -> bool:
+        return self.codec is not None
+
+
+def rows_of(plan: "Plan") -> list[Row]:
+    """Every (cut, option) of the plan in plan order, inferred fp32 rows added, device-only last.
+
+    A decision names (cut, codec, bits) only, so of options sharing that label the first is priced."""
+    rows: list[Row] = []
+    for cut in plan.cuts[:-1]:
+        seen: set[tuple[str, int | None]] = set()
+        for option in cut.options:
+            if (option.codec, option.bits) in seen:  # same label, other clip: the first one is used,
+                continue                             # as ``CutPlan.option(codec, bits)`` returns it
+            seen.add((option.codec, option.bits))
+            rows.append(Row(cut.id, option.codec, option.bits, float(option.bytes), float(option.accuracy),
+                            float(cut.device_ms), float(option.encode_ms), float(option.decode_ms),
+                            option.measured))
+        if not any(o.codec == "fp32" for o in cut.options):
+            rows.append(Row(cut.id, "fp32", None, float(cut.fp32_bytes), float(plan.accuracy_fp32),
+                            float(cut.device_ms), 0.0, 0.0, False))
+        if cut.id == 0 and not any(o.bits == 8 and o.codec in QUANTISED for o in cut.options):
+            # the input is an 8-bit image: 8-bit quantisation of it is (near) lossless; priced
+            # uncompressed, one byte per value (no compression credit), fp32 accuracy
+            rows.append(Row(0, "shuffle-lz4", 8, float(cut.numel) + 64.0, float(plan.accuracy_fp32),
+                            float(cut.device_ms), 0.0, 0.0, False))
+    last = plan.cuts[-1]
+    rows.append(Row(last.id, None, None, 0.0, float(plan.accuracy_fp32), float(last.device_ms), 0.0, 0.0))
+    return rows
+
+
+def _cloud_ms(plan: "Plan", cut: int, batch: int) -> float:
+    c = plan.cuts[cut]
+    if cut == len(plan.cuts) - 1:
+        return 0.0
+    return float(c.cloud_ms_per_sample(batch if c.batchable else 1))
+
+
+def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
+            power: DevicePower = DevicePower(), slo: SLO | None = None,
+            floor: float | None = None, in_flight: int | None = None) -> Prediction:
+    """The scalar reference of the model for one row (plain Python floats, same operation order)."""
+    kd = estimates.device_slowdown
+    device = kd * row.device_ms + row.encode_ms
+    if row.offloaded:
+        link = (row.bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
+        s = _cloud_ms(plan, row.cut, batch)
+        scale = estimates.server_ms_factor / (1.0 - min(estimates.server_load, MAX_LOAD))
+        cloud = row.decode_ms + s * scale
+        cloud_s = (row.decode_ms + s * estimates.server_ms_factor) / 1000.0
+        rtt = estimates.rtt_ms
+    else:
+        link = cloud = cloud_s = rtt = 0.0
+    latency = device + link + cloud + rtt
+    stage = max(device, link, cloud)
+    throughput = 1000.0 / stage if stage > 0 else math.inf
+    if in_flight is not None and latency > 0:
+        throughput = min(throughput, (in_flight * 1000.0) / latency)
+    energy = (power.compute_w * device + power.radio_w * link) / 1000.0
+    prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True)
+    if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor):
+        prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, False)
+    return prediction
+
+
+def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None) -> bool:
+    """Whether a prediction meets every constraint of ``slo`` (and the throughput ``floor``)."""
+    return not ((slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms)
+                or (slo.max_accuracy_drop is not None
+                    and (accuracy_fp32 - p.accuracy) * 100.0 > slo.max_accuracy_drop + _EPS)
+                or (slo.max_bytes is not None and p.bytes > slo.max_bytes)
+                or (floor is not None and floor > 0 and p.throughput < floor * (1.0 - _EPS)))
+
+
+def violation(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None) -> float:
+    """0 when the prediction meets every constraint, else the sum of relative violations."""
+    v = 0.0
+    if slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms:
+        v += p.latency_ms / slo.max_latency_ms - 1.0 if slo.max_latency_ms > 0 else p.latency_ms
+    if slo.max_accuracy_drop is not None:
+        drop = (accuracy_fp32 - p.accuracy) * 100.0
+        if drop > slo.max_accuracy_drop + _EPS:
+            v += (drop - slo.max_accuracy_drop) / max(slo.max_accuracy_drop, 1.0)
+    if slo.max_bytes is not None and p.bytes > slo.max_bytes:
+        v += (p.bytes - slo.max_bytes) / max(slo.max_bytes, 1.0)
+    if floor is not None and floor > 0 and p.throughput < floor * (1.0 - _EPS):
+        v += 1.0 - p.throughput / floor
+    return v
+
+
+class Evaluation:
+    """Every row's figures under one set of estimates (numpy arrays; latency, cloud cost and energy
+    computed on first use)."""
+
+    __slots__ = ("model", "device", "link", "cloud", "throughput", "est", "_latency", "_cloud_s", "_energy")
+
+    def __init__(self, model: "PerfModel", device, link, cloud, throughput, est: Estimates) -> None:
+        self.model = model
+        self.device = device
+        self.link = link
+        self.cloud = cloud
+        self.throughput = throughput
+        self.est = est
+        self._latency = None
+        self._cloud_s = None
+        self._energy = None
+
+    @property
+    def latency(self) -> np.ndarray:
+        if self._latency is None:
+            self._latency = self.device + self.link + self.cloud + self.est.rtt_ms * self.model.offloaded
+        return self._latency
+
+    def cloud_s(self, batch: int) -> np.ndarray:
+        if self._cloud_s is None:
+            m = self.model
+            self._cloud_s = (m.decode_ms + m.cloud_ps(batch) * self.est.server_ms_factor) / 1000.0
+        return self._cloud_s
+
+    def energy(self) -> np.ndarray:
+        if self._energy is None:
+            p = self.model.power
+            self._energy = (p.compute_w * self.device + p.radio_w * self.link) / 1000.0
+        return self._energy
+
+    def values(self, objective: str, batch: int) -> np.ndarray:
+        if objective == "throughput":
+            return self.throughput
+        if objective == "latency":
+            return self.latency
+        if objective == "accuracy":
+            return self.model.accuracy
+        if objective == "bytes":
+            return self.model.bytes
+        if objective == "cloud_cost":
+            return self.cloud_s(batch)
+        return self.energy()
+
+
+class PerfModel:
+    """The model over every row of one plan, vectorised. Build once per plan; evaluate per decision."""
+
+    def __init__(self, plan: "Plan", *, power: DevicePower = DevicePower()) -> None:
+        self.plan = plan
+        self.power = power
+        self.rows: list[Row] = rows_of(plan)
+        if len(self.rows) < 1:
+            raise PolicyError("the plan has no rows to choose from")
+        self.index = {(r.cut, r.codec, r.bits): i for i, r in enumerate(self.rows)}
+        self.device_only = len(self.rows) - 1
+        f = lambda attr: np.array([getattr(r, attr) for r in self.rows], dtype=np.float64)  # noqa: E731
+        self.bytes = f("bytes")
+        self.bits8 = self.bytes * 8.0
+        self.accuracy = f("accuracy")
+        self.device_ms = f("device_ms")
+        self.encode_ms = f("encode_ms")
+        self.decode_ms = f("decode_ms")
+        self.offloaded = np.array([r.offloaded for r in self.rows], dtype=np.float64)
+        self.drop = (plan.accuracy_fp32 - self.accuracy) * 100.0
+        self._zero_stage = bool(np.any((self.device_ms == 0) & (self.encode_ms == 0) & (self.bytes == 0)))
+        self._cloud_cache: dict[int, np.ndarray] = {}
+        self._static_cache: dict[tuple, np.ndarray] = {}
+
+    def cloud_ps(self, batch: int) -> np.ndarray:
+        """Profiled server ms per sample for every row at ``batch`` (0 on the device-only row)."""
+        cached = self._cloud_cache.get(batch)
+        if cached is None:
+            cached = np.array([_cloud_ms(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
+            self._cloud_cache[batch] = cached
+        return cached
+
+    def evaluate(self, est: Estimates, batch: int = 1, in_flight: int | None = None) -> Evaluation:
+        device = self.encode_ms + est.device_slowdown * self.device_ms
+        link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
+        scale = est.server_ms_factor / (1.0 - min(est.server_load, MAX_LOAD))
+        cloud = self.decode_ms + self.cloud_ps(batch) * scale
+        stage = np.maximum(np.maximum(device, link), cloud)
+        if self._zero_stage:        # only a degenerate plan has a row with no time at all (inf/s)
+            with np.errstate(divide="ignore"):
+                throughput = 1000.0 / stage
+        else:
+            throughput = 1000.0 / stage
+        ev = Evaluation(self, device, link, cloud, throughput, est)
+        if in_flight is not None:
+            with np.errstate(divide="ignore"):
+                ev.throughput = np.minimum(throughput, (in_flight * 1000.0) / ev.latency)
+        return ev
+
+    def static_mask(self, slo: SLO, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Rows meeting the constraints that do not depend on estimates (accuracy drop, bytes)."""
+        key = (slo.max_accuracy_drop, slo.max_bytes, None if allowed is None else allowed.tobytes())
+        mask = self._static_cache.get(key)
+        if mask is None:
+            mask = np.ones(len(self.rows), dtype=bool) if allowed is None else allowed.copy()
+            if slo.max_accuracy_drop is not None:
+                mask &= self.drop <= slo.max_accuracy_drop + _EPS
+            if slo.max_bytes is not None:
+                mask &= self.bytes <= slo.max_bytes
+            self._static_cache[key] = mask
+        return mask
+
+    def feasible(self, ev: Evaluation, slo: SLO, floor: float | None, static: np.ndarray) -> np.ndarray:
+        mask = static
+        if slo.max_latency_ms is not None:
+            mask = mask & (ev.latency <= slo.max_latency_ms)
+        if floor is not None and floor > 0:
+            mask = mask & (ev.throughput >= floor * (1.0 - _EPS))
+        return mask
+
+    def violations(self, ev: Evaluation, slo: SLO, floor: float | None) -> np.ndarray:
+        """Vector form of ``violation`` (same formulas)."""
+        v = np.zeros(len(self.rows))
+        if slo.max_latency_ms is not None:
+            m = slo.max_latency_ms
+            v += np.where(ev.latency > m, ev.latency / m - 1.0 if m > 0 else ev.latency, 0.0)
+        if slo.max_accuracy_drop is not None:
+            d = slo.max_accuracy_drop
+            v += np.where(self.drop > d + _EPS, (self.drop - d) / max(d, 1.0), 0.0)
+        if slo.max_bytes is not None:
+            b = slo.max_bytes
+            v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
+        if floor is not None and floor > 0:
+            v += np.where(ev.throughput < floor * (1.0 - _EPS), 1.0 - ev.throughput / floor, 0.0)
+        return v
+
+    def select(self, ev: Evaluation, candidates: np.ndarray, objectives: Sequence[str],
+               tolerance: float, batch: int) -> int:
+        """Lexicographic choice among ``candidates`` (row indices, ascending).
+
+        For every objective but the last, keep the candidates within ``tolerance`` (relative) of the
+        best; the last objective picks exactly; ties go to the earliest row (plan order).
+        """
+        cand = candidates
+        last = len(objectives) - 1
+        for k, objective in enumerate(objectives):
+            x = ev.values(objective, batch)[cand]
+            if OBJECTIVES[objective] > 0:
+                best = x.max()
+                if k == last:
+                    return int(cand[int(np.argmax(x))])
+                keep = x >= best - tolerance * abs(best) if math.isfinite(best) else x == best
+            else:
+                best = x.min()
+                if k == last:
+                    return int(cand[int(np.argmin(x))])
+                keep = x <= best + tolerance * abs(best) if math.isfinite(best) else x == best
+            cand = cand[keep]
+            if len(cand) == 1:
+                return int(cand[0])
+        return int(cand[0])
+
+    def prediction(self, i: int, est: Estimates, batch: int, slo: SLO | None,
+                   floor: float | None, in_flight: int | None = None) -> Prediction:
+        return predict(self.plan, self.rows[i], est, batch, power=self.power, slo=slo, floor=floor,
+                       in_flight=in_flight)
+
+    def mask_of(self, rows: Iterable[int]) -> np.ndarray:
+        mask = np.zeros(len(self.rows), dtype=bool)
+        mask[list(rows)] = True
+        return mask

@@ -1,0 +1,204 @@
+"""Every policy side by side on the same traces and device tiers, and the closing-note figures.
+
+Device tiers are slowdowns of the device relative to the cloud process that produced the plan (the
+plan's device_ms and cloud_ms are both measured on this CPU): ``low`` = 33 (Raspberry Pi 4 CPU),
+``mid`` = 8 (Pixel 4 CPU), ``high`` = 2 (Jetson AGX Xavier class). The server is the native-speed
+process (DESIGN.md, "Emulation"): the paper's GPU server is not modelled beyond that.
+
+    report = run(plan, traces, tiers={"low": 33.0}, policies=DEFAULT_POLICIES, slo=SLO.parse("throughput;drop<=1"))
+    report.aggregate()["low"]["dyno"]["throughput"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from dyno.emulate.traces import Trace
+from dyno.errors import ConfigError
+from dyno.policy import SLO, Policy, make, names
+from dyno.policy.dyno_policy import DynoPolicy
+from dyno.policy.model import PerfModel
+from dyno.simulate.engine import SimConfig, SimResult, simulate_policy
+
+__all__ = ["TIERS", "DEFAULT_POLICIES", "OFFLOADING_BASELINES", "MAIN_SLO", "ONLOADING_SLO", "Report",
+           "build_policy", "feed_of", "run", "summary", "OracleDyno"]
+
+TIERS: dict[str, float] = {"low": 33.0, "mid": 8.0, "high": 2.0}
+DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
+OFFLOADING_BASELINES = ("neurosurgeon", "spinn", "jalad")
+MAIN_SLO = "throughput;drop<=1"
+ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
+
+
+class OracleDyno(DynoPolicy):
+    """The hindsight oracle: DynO's rule, no hysteresis or probing, fed the trace's true future rate."""
+
+    name = "oracle"
+
+    def __init__(self) -> None:
+        super().__init__(margin=0.0, probe_every=0)
+
+
+def feed_of(name: str) -> str:
+    return {"neurosurgeon": "probe", "oracle": "oracle"}.get(name, "own")
+
+
+def build_policy(name: str, *, nominal_bandwidth_bps: float | None = None) -> Policy:
+    if name == "oracle":
+        return OracleDyno()
+    if name == "jalad":
+        return make("jalad", nominal_bandwidth_bps=nominal_bandwidth_bps)
+    return make(name)
+
+
+@dataclasses.dataclass
+class Report:
+    """results[tier][trace name][policy] -> SimResult, plus what was run."""
+
+    plan_model: str
+    slo: SLO
+    tiers: dict[str, float]
+    policies: tuple[str, ...]
+    config: dict[str, Any]
+    results: dict[str, dict[str, dict[str, SimResult]]]
+    seconds: float = 0.0
+
+    def aggregate(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per tier and policy, pooled over traces: throughput = all inferences / all time; latency
+        percentiles over all inferences; bytes, accuracy, cloud seconds per inference; violations summed."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for tier, per_trace in self.results.items():
+            out[tier] = {}
+            for name in self.policies:
+                rs = [r[name] for r in per_trace.values()]
+                n = sum(r.inferences for r in rs)
+                lat = np.concatenate([r.latencies_ms for r in rs]) if rs else np.zeros(0)
+                off = sum(r.offloaded for r in rs)
+                out[tier][name] = {
+                    "throughput": n / sum(r.makespan_s for r in rs) if rs else 0.0,
+                    "throughput_median": statistics.median(r.throughput for r in rs) if rs else 0.0,
+                    "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+                    "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
+                    "bytes_mean": sum(r.bytes_total for r in rs) / max(n, 1),
+                    "bytes_per_offloaded": sum(r.bytes_total for r in rs) / off if off else 0.0,
+                    "accuracy": sum(r.accuracy_sum for r in rs) / max(n, 1),
+                    "cloud_s": sum(r.cloud_s_total for r in rs) / max(n, 1),
+                    "violations": sum(r.violations for r in rs),
+                    "inferences": n,
+                }
+        return out
+
+    def per_trace(self) -> list[dict[str, Any]]:
+        return [{"trace": trace, "tier": tier, "policies": {p: r.metrics() for p, r in by_policy.items()}}
+                for tier, per_trace in self.results.items() for trace, by_policy in per_trace.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        agg = self.aggregate()
+        first = next(iter(agg.values()), {})
+        return {"plan": self.plan_model, "slo": str(self.slo), "tiers": self.tiers, "config": self.config,
+                "policies": first, "by_tier": agg, "per_trace": self.per_trace(), "seconds": self.seconds}
+
+
+def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Iterable[str],
+        slo: SLO, config: dict[str, Any] | None = None, timeline_for: tuple[str, str] | None = None,
+        progress: Callable[[str], None] | None = None) -> Report:
+    """Simulate every policy on every trace at every tier (same trace, same tier, side by side).
+
+    ``config`` holds ``SimConfig`` fields other than ``slowdown``; ``timeline_for`` = (tier, trace name)
+    keeps per-inference timelines for that run (for the plot); ``progress(label)`` is called per trace.
+    """
+    policies = tuple(policies)
+    known = set(names()) | {"oracle"}
+    unknown = [p for p in policies if p not in known]
+    if unknown:
+        raise ConfigError(f"unknown policy {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if not traces:
+        raise ConfigError("no traces to simulate")
+    config = dict(config or {})
+    model = PerfModel(plan)
+    # JALAD's offline nominal bandwidth: the median mean rate of the trace set (the network type)
+    nominal = statistics.median(t.mean_bps for t in traces)
+    start = time.perf_counter()
+    results: dict[str, dict[str, dict[str, SimResult]]] = {}
+    for tier, slowdown in tiers.items():
+        results[tier] = {}
+        built = {name: build_policy(name, nominal_bandwidth_bps=nominal) for name in policies}
+        for trace in traces:
+            keep = timeline_for is not None and timeline_for == (tier, trace.name)
+            cfg = SimConfig(slowdown=slowdown, timeline=keep, **config)
+            results[tier][trace.name] = {
+                name: simulate_policy(policy, model, trace, slo, cfg, feed=feed_of(name))
+                for name, policy in built.items()}
+            if progress:
+                progress(f"{tier} {trace.name}")
+    return Report(plan_model=plan.model, slo=slo, tiers=dict(tiers), policies=policies,
+                  config={"nominal_bandwidth_bps": nominal, **config}, results=results,
+                  seconds=time.perf_counter() - start)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else {}
+
+
+def summary(main: Report, onloading: Report | None = None) -> dict[str, Any]:
+    """The closing-note figures, per tier.
+
+    - ``speedup[X]``: throughput(DynO) / throughput(X) over traces (median, min, max, the trace with
+      the minimum, how many traces are below 1, and the share of X's inferences that broke the SLO);
+    - ``bytes_ratio_neurosurgeon``: bytes per offloaded inference, Neurosurgeon / DynO, over traces;
+    - ``regret``: 1 - throughput(DynO) / throughput(oracle), over traces (if the oracle ran);
+    - ``onloading``: with the onloading SLO, cloud seconds per inference of cloud-only / DynO (pooled),
+      and DynO's achieved throughput over cloud-only's (median, min over traces).
+    """
+    out: dict[str, Any] = {"slo": str(main.slo), "tiers": {}}
+    for tier, per_trace in main.results.items():
+        entry: dict[str, Any] = {"slowdown": main.tiers[tier], "speedup": {}}
+        for other in main.policies:
+            if other in ("dyno", "oracle"):
+                continue
+            ratios = {name: r["dyno"].throughput / r[other].throughput
+                      for name, r in per_trace.items() if r[other].throughput > 0}
+            if ratios:
+                worst = min(ratios, key=ratios.get)
+                n = sum(r[other].inferences for r in per_trace.values())
+                entry["speedup"][other] = {
+                    **_stats(list(ratios.values())), "worst_trace": worst,
+                    "below_1": int(sum(v < 1.0 for v in ratios.values())),
+                    # the baseline's own SLO violations (e.g. cloud-only's JPEG breaking the accuracy
+                    # drop): a ratio below 1 against a baseline that breaks the SLO is not a loss
+                    "baseline_violation_share": sum(r[other].violations for r in per_trace.values()) / max(n, 1),
+                }
+        if "neurosurgeon" in main.policies:
+            ratios = []
+            for r in per_trace.values():
+                d, n = r["dyno"].metrics(), r["neurosurgeon"].metrics()
+                if d["bytes_per_offloaded"] > 0 and n["bytes_per_offloaded"] > 0:
+                    ratios.append(n["bytes_per_offloaded"] / d["bytes_per_offloaded"])
+            entry["bytes_ratio_neurosurgeon"] = _stats(ratios)
+            agg = main.aggregate()[tier]
+            entry["bytes_per_offloaded"] = {"dyno": agg["dyno"]["bytes_per_offloaded"],
+                                            "neurosurgeon": agg["neurosurgeon"]["bytes_per_offloaded"]}
+        if "oracle" in main.policies:
+            regret = [1.0 - r["dyno"].throughput / r["oracle"].throughput
+                      for r in per_trace.values() if r["oracle"].throughput > 0]
+            entry["regret"] = _stats(regret)
+        if onloading is not None and tier in onloading.results:
+            agg = onloading.aggregate()[tier]
+            per = onloading.results[tier].values()
+            achieved = [r["dyno"].throughput / r["cloud-only"].throughput for r in per
+                        if r["cloud-only"].throughput > 0]
+            entry["onloading"] = {
+                "slo": str(onloading.slo),
+                "cloud_s": {"dyno": agg["dyno"]["cloud_s"], "cloud-only": agg["cloud-only"]["cloud_s"]},
+                "cloud_s_reduction": (agg["cloud-only"]["cloud_s"] / agg["dyno"]["cloud_s"]
+                                      if agg["dyno"]["cloud_s"] > 0 else float("inf")),
+                "throughput_vs_cloud_only": _stats(achieved),
+            }
+        out["tiers"][tier] = entry
+    return out
+

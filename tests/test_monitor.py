@@ -1,0 +1,91 @@
+"""Run-time monitors: the bandwidth estimator's response to a step, and the other estimates."""
+
+from __future__ import annotations
+
+import pytest
+
+from dyno.errors import ConfigError
+from dyno.monitor import BandwidthEstimator, Monitors
+from dyno.policy import Estimates
+
+from plan_factory import make_plan
+
+
+def feed(est: BandwidthEstimator, rate_bps: float, n: int, nbytes: int = 10_000) -> list[float]:
+    out = []
+    for _ in range(n):
+        est.update(nbytes, nbytes * 8 / rate_bps)
+        out.append(est.estimate_bps)
+    return out
+
+
+def test_harmonic_mean_of_the_window():
+    est = BandwidthEstimator(window=4)
+    assert est.estimate_bps is None
+    est.update(1000, 0.008)     # 1 Mbit/s
+    est.update(1000, 0.002)     # 4 Mbit/s
+    assert est.estimate_bps == pytest.approx(2 / (1 / 1e6 + 1 / 4e6))   # 1.6 Mbit/s, not the 2.5 mean
+    est.update(0, 0.1)          # no information: ignored
+    est.update(1000, 0.0)
+    assert est.samples == 2
+
+
+@pytest.mark.parametrize("window", [1, 4, 8, 16])
+@pytest.mark.parametrize("before, after", [(8e6, 1e6), (1e6, 8e6)])
+def test_step_change_settles_in_window_samples(window, before, after):
+    est = BandwidthEstimator(window=window)
+    feed(est, before, 3 * window)
+    trajectory = feed(est, after, window)
+    for k, value in enumerate(trajectory, 1):   # the stated response, sample by sample
+        assert value == pytest.approx(window / ((window - k) / before + k / after))
+    assert trajectory[-1] == pytest.approx(after)              # settled after exactly `window` samples
+    assert est.settle_samples == window
+    if window > 1:
+        assert trajectory[-2] != pytest.approx(after)          # and not before
+
+
+def test_a_drop_is_believed_fast_a_rise_slowly():
+    down, up = BandwidthEstimator(8), BandwidthEstimator(8)
+    feed(down, 10e6, 8)
+    feed(up, 1e6, 8)
+    assert feed(down, 1e6, 1)[0] < 0.5 * 10e6           # one slow transfer halves the estimate
+    assert feed(down, 1e6, 2)[-1] < 3e6                 # within 3x of the new rate after 3 samples
+    assert feed(up, 10e6, 4)[-1] < 2e6                  # good news: still below 2 Mbit/s after 4
+
+
+def test_one_outlier_burst_barely_moves_it():
+    est = BandwidthEstimator(8)
+    feed(est, 1e6, 8)
+    est.update(10_000, 10_000 * 8 / 1e9)                # one transfer at 1 Gbit/s
+    assert est.estimate_bps < 1.15e6
+
+
+def test_window_validated():
+    with pytest.raises(ConfigError):
+        BandwidthEstimator(0)
+
+
+def test_monitors_estimates():
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_bandwidth_bps=2e6, initial_rtt_ms=30, initial_slowdown=8.0, window=4)
+    assert m.estimates() == Estimates(bandwidth_bps=2e6, rtt_ms=30, device_slowdown=8.0)
+    m.record_transfer(1000, 0.004)
+    assert m.estimates().bandwidth_bps == pytest.approx(2e6)
+    cut = plan.cuts[2]
+    for factor in (3.0, 4.0, 100.0):                    # median: the 100x outlier does not win
+        m.record_device(2, cut.device_ms * factor)
+    assert m.estimates().device_slowdown == pytest.approx(4.0)
+    m.record_device(0, 5.0)                             # input cut: profiled 0 ms, ignored
+    assert m.estimates().device_slowdown == pytest.approx(4.0)
+    m.record_server(2, server_ms=cut.cloud_ms[8] * 1.5, load=0.5, batch=8)   # batch time of 8 samples
+    e = m.estimates()
+    assert e.server_ms_factor == pytest.approx(1.5)
+    assert e.server_load == pytest.approx(0.3 * 0.5)    # EWMA, alpha 0.3, from 0
+    m.record_server(2, server_ms=cut.cloud_ms[1], load=3, batch=1)           # queue of 3 -> 0.75
+    assert m.estimates().server_load == pytest.approx(0.15 + 0.3 * (0.75 - 0.15))
+    m.record_rtt(50)
+    m.record_rtt(70)
+    m.record_rtt(60)
+    assert m.estimates().rtt_ms == 60
+    m.reset()
+    assert m.estimates().bandwidth_bps == 2e6 and m.estimates().device_slowdown == 8.0

@@ -1,0 +1,378 @@
+"""The scheduler: performance model, SLOs, DynO against brute force, constraints, hysteresis, baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dyno.errors import PolicyError
+from dyno.plan import CutPlan, Option, Plan
+from dyno.policy import OBJECTIVES, SLO, Decision, Estimates, State, make, names
+from dyno.policy.dyno_policy import DynoPolicy
+from dyno.policy.model import PerfModel, meets, predict, rows_of, violation
+
+from plan_factory import INPUT_SHAPE, make_plan, tiny_plan
+
+EST = Estimates(bandwidth_bps=1e6, rtt_ms=10.0, device_slowdown=2.0)
+
+
+def row(model: PerfModel, cut: int, codec, bits):
+    return model.rows[model.index[(cut, codec, bits)]]
+
+
+# ------------------------------------------------------------------------------------------ model
+
+def test_model_hand_computed_cases():
+    plan = tiny_plan()   # device 0/4/10 ms, cloud 10/5/0 ms, bytes 1000/500, codec times 0
+    m = PerfModel(plan)
+    p = predict(plan, row(m, 0, "jpeg", 90), EST)
+    # device 0; link 8000 bit / 1e6 = 8 ms; cloud 10 ms; latency 0 + 8 + 10 + rtt 10
+    assert p.latency_ms == pytest.approx(28.0)
+    assert p.throughput == pytest.approx(100.0)            # cloud stage 10 ms is the bottleneck
+    assert p.bytes == 1000 and p.cloud_s == pytest.approx(0.010)
+    assert p.energy_j == pytest.approx((2.5 * 0 + 1.2 * 8) / 1000)
+    p = predict(plan, row(m, 1, "shuffle-lz4", 8), EST)
+    # device 2 * 4 = 8 ms; link 4 ms; cloud 5 ms
+    assert p.latency_ms == pytest.approx(8 + 4 + 5 + 10)
+    assert p.throughput == pytest.approx(125.0)
+    assert p.cloud_s == pytest.approx(0.005)
+    assert p.energy_j == pytest.approx((2.5 * 8 + 1.2 * 4) / 1000)
+    p = predict(plan, m.rows[m.device_only], EST)
+    assert (p.latency_ms, p.throughput, p.bytes, p.cloud_s) == (pytest.approx(20.0), pytest.approx(50.0), 0.0, 0.0)
+    assert p.accuracy == plan.accuracy_fp32
+
+
+def test_model_request_window_bounds_throughput():
+    plan = tiny_plan()
+    m = PerfModel(plan)
+    # cut 1: latency 27 ms, slowest stage 8 ms; with 2 requests in flight at most 2 / 27 ms = 74/s
+    p = predict(plan, row(m, 1, "shuffle-lz4", 8), EST, in_flight=2)
+    assert p.throughput == pytest.approx(2000 / 27)
+    assert predict(plan, row(m, 1, "shuffle-lz4", 8), EST, in_flight=8).throughput == pytest.approx(125.0)
+    # device-only is never bound by the window (its latency is its one stage)
+    assert predict(plan, m.rows[m.device_only], EST, in_flight=1).throughput == pytest.approx(50.0)
+    d = make("dyno").decide(State(plan, EST, SLO.parse("throughput"), in_flight=1))
+    assert d.cut == 2                        # one request at a time: 1000/27 < 50/s on the device
+    assert make("dyno").decide(State(plan, EST, SLO.parse("throughput"))).cut == 1
+
+
+def test_model_server_factor_and_load():
+    plan = tiny_plan()
+    m = PerfModel(plan)
+    loaded = dataclasses.replace(EST, server_load=0.5, server_ms_factor=2.0)
+    p = predict(plan, row(m, 0, "jpeg", 90), loaded)
+    # server 10 ms * factor 2 / (1 - 0.5) = 40 ms per sample for this client; cost counts compute only
+    assert p.throughput == pytest.approx(25.0)
+    assert p.latency_ms == pytest.approx(0 + 8 + 40 + 10)
+    assert p.cloud_s == pytest.approx(0.020)
+
+
+def test_model_vector_equals_scalar_reference():
+    plan = make_plan(12, seed=3)
+    m = PerfModel(plan)
+    est = Estimates(bandwidth_bps=3.3e5, rtt_ms=17.0, device_slowdown=7.0, server_ms_factor=1.3, server_load=0.2)
+    ev = m.evaluate(est, batch=8)
+    ev4 = m.evaluate(est, batch=8, in_flight=4)
+    for i, r in enumerate(m.rows):
+        p = predict(plan, r, est, 8)
+        assert (ev.latency[i], ev.throughput[i], ev.cloud_s(8)[i], ev.energy()[i]) == (
+            p.latency_ms, p.throughput, p.cloud_s, p.energy_j)
+        assert ev4.throughput[i] == predict(plan, r, est, 8, in_flight=4).throughput
+
+
+def test_model_batch_uses_per_sample_time_and_unbatchable_cuts_use_one():
+    plan = make_plan(5, seed=1)
+    m = PerfModel(plan)
+    i = m.index[(1, "fp32", None)]
+    assert m.cloud_ps(8)[i] == pytest.approx(plan.cuts[1].cloud_ms[8] / 8)
+    assert m.cloud_ps(4)[i] == pytest.approx(plan.cuts[1].cloud_ms[1])   # nearest measured batch below
+    plan1 = make_plan(5, seed=1, batchable=False)
+    assert PerfModel(plan1).cloud_ps(8)[i] == pytest.approx(plan1.cuts[1].cloud_ms[1])
+
+
+def test_rows_add_inferred_fp32_and_keep_first_duplicate():
+    plan = tiny_plan()
+    rows = rows_of(plan)
+    fp32 = [r for r in rows if r.codec == "fp32"]
+    assert [(r.cut, r.bytes, r.measured) for r in fp32] == [(0, 4.0 * 3 * 32 * 32, False), (1, 4.0 * 4 * 8 * 8, False)]
+    raw8 = [r for r in rows if r.cut == 0 and r.bits == 8]     # the 8-bit input, priced one byte a value
+    assert [(r.codec, r.bytes, r.accuracy, r.measured) for r in raw8] == [("shuffle-lz4", 3 * 32 * 32 + 64.0, 0.9, False)]
+    assert rows[-1].codec is None and rows[-1].cut == 2
+
+
+# ------------------------------------------------------------------------------------------ SLO
+
+def test_slo_parse_and_str_round_trip():
+    slo = SLO.parse("throughput,cloud_cost;drop<=1;latency<=200")
+    assert slo.objectives == ("throughput", "cloud_cost")
+    assert (slo.max_accuracy_drop, slo.max_latency_ms, slo.max_bytes) == (1.0, 200.0, None)
+    assert SLO.parse(str(slo)) == slo
+    rel = SLO.parse("cloud_cost;throughput>=0.9*cloud-only;bytes<=2e4;tol=0.05")
+    assert (rel.min_throughput_of, rel.min_throughput_ratio, rel.max_bytes, rel.tolerance) == (
+        "cloud-only", 0.9, 2e4, 0.05)
+    assert SLO.parse(str(rel)) == rel
+    assert SLO.parse("latency;throughput>=25").min_throughput == 25.0
+    assert SLO.parse("drop<=2").objectives == ("throughput", "cloud_cost")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("speed", "unknown SLO objective"),
+    ("throughput;drop>=1", "drop takes <="),
+    ("throughput;latency<=fast", "not a number"),
+    ("throughput;throughput>=warp-drive", "unknown policy"),
+    ("throughput;colour<=3", "cannot read SLO constraint"),
+    ("throughput,throughput", "repeat"),
+    ("", "empty SLO"),
+])
+def test_slo_parse_errors(text, fragment):
+    with pytest.raises(PolicyError, match=fragment):
+        SLO.parse(text)
+
+
+def test_estimates_and_state_validate():
+    with pytest.raises(PolicyError):
+        Estimates(bandwidth_bps=-1)
+    with pytest.raises(PolicyError):
+        Estimates(bandwidth_bps=1e6, device_slowdown=0)
+    with pytest.raises(PolicyError):
+        State(tiny_plan(), EST, SLO(), batch=0)
+
+
+# ------------------------------------------------------------------------- DynO vs brute force
+
+def brute_force(plan: Plan, est: Estimates, slo: SLO, batch: int, in_flight=None) -> tuple[int, bool]:
+    """The DynO rule in a plain loop over rows with the scalar model."""
+    rows = rows_of(plan)
+    floor = slo.min_throughput
+    if slo.min_throughput_of is not None:
+        stripped = dataclasses.replace(slo, min_throughput_of=None, min_throughput=None)
+        d = make(slo.min_throughput_of).decide(State(plan, est, stripped, batch, in_flight))
+        base = next(r for r in rows if (r.cut, r.codec, r.bits) == (d.cut, d.codec, d.bits))
+        relative = predict(plan, base, est, batch, in_flight=in_flight).throughput * slo.min_throughput_ratio
+        floor = relative if floor is None else max(floor, relative)
+    preds = [predict(plan, r, est, batch, in_flight=in_flight) for r in rows]
+    cand = [i for i, p in enumerate(preds) if meets(p, slo, plan.accuracy_fp32, floor)]
+    ok = bool(cand)
+    if not ok:
+        v = [violation(p, slo, plan.accuracy_fp32, floor) for p in preds]
+        cand = [i for i in range(len(rows)) if v[i] == min(v)]
+    for k, objective in enumerate(slo.objectives):
+        values = {i: preds[i].value(objective) for i in cand}
+        sign = OBJECTIVES[objective]
+        best = max(values.values()) if sign > 0 else min(values.values())
+        if k == len(slo.objectives) - 1:
+            return next(i for i in cand if values[i] == best), ok
+        if not math.isfinite(best):
+            cand = [i for i in cand if values[i] == best]
+        elif sign > 0:
+            cand = [i for i in cand if values[i] >= best - slo.tolerance * abs(best)]
+        else:
+            cand = [i for i in cand if values[i] <= best + slo.tolerance * abs(best)]
+        if len(cand) == 1:
+            return cand[0], ok
+    return cand[0], ok
+
+
+objective_lists = st.lists(st.sampled_from(sorted(OBJECTIVES)), min_size=1, max_size=4, unique=True)
+slos = st.builds(
+    lambda objectives, lat, drop, nbytes, floor, of, tol: SLO(
+        objectives=tuple(objectives), max_latency_ms=lat, max_accuracy_drop=drop, max_bytes=nbytes,
+        min_throughput=floor, min_throughput_of=of, tolerance=tol),
+    objective_lists,
+    st.none() | st.floats(5, 400),
+    st.none() | st.floats(0, 5),
+    st.none() | st.floats(100, 20000),
+    st.none() | st.floats(1, 200),
+    st.none() | st.sampled_from(["cloud-only", "device-only", "cloud-only-raw", "spinn", "neurosurgeon"]),
+    st.sampled_from([0.0, 0.02, 0.1]),
+)
+estimates = st.builds(
+    Estimates,
+    bandwidth_bps=st.floats(1e4, 5e7), rtt_ms=st.floats(0, 150), device_slowdown=st.floats(0.5, 40),
+    server_ms_factor=st.floats(0.5, 3), server_load=st.floats(0, 0.99))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_cuts=st.integers(2, 9), est=estimates, slo=slos,
+       batch=st.sampled_from([1, 4, 8]), in_flight=st.none() | st.integers(1, 16))
+def test_dyno_equals_brute_force(seed, n_cuts, est, slo, batch, in_flight):
+    plan = make_plan(n_cuts, seed=seed, bits=(2, 4, 8))
+    state = State(plan, est, slo, batch, in_flight)
+    policy = DynoPolicy(margin=0.0, probe_every=0)
+    expected, ok = brute_force(plan, est, slo, batch, in_flight)
+    d = policy.decide(state)
+    r = rows_of(plan)[expected]
+    assert (d.cut, d.codec, d.bits) == (r.cut, r.codec, r.bits)
+    assert d.predicted.meets_slo == ok
+    assert (d.note == "") == ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), est=estimates, lat=st.floats(20, 300), drop=st.floats(0, 3),
+       nbytes=st.floats(300, 20000))
+def test_dyno_respects_constraints_when_it_can(seed, est, lat, drop, nbytes):
+    plan = make_plan(7, seed=seed)
+    slo = SLO(objectives=("throughput",), max_latency_ms=lat, max_accuracy_drop=drop, max_bytes=nbytes)
+    d = DynoPolicy(margin=0.0).decide(State(plan, est, slo))
+    p = d.predicted
+    feasible_exists = any(meets(predict(plan, r, est), slo, plan.accuracy_fp32, None) for r in rows_of(plan))
+    assert p.meets_slo == feasible_exists
+    if feasible_exists:
+        assert p.latency_ms <= lat and p.bytes <= nbytes
+        assert (plan.accuracy_fp32 - p.accuracy) * 100 <= drop + 1e-9
+
+
+def test_no_feasible_option_is_said_and_least_violating_chosen():
+    plan = tiny_plan()
+    slo = SLO(objectives=("throughput",), max_latency_ms=1.0)   # nothing finishes in 1 ms
+    d = make("dyno").decide(State(plan, EST, slo))
+    assert not d.predicted.meets_slo and "no option meets the SLO" in d.note
+    assert d.cut == 2   # device-only, 20 ms, is the least over 1 ms (the offloads take 27-28 ms)
+
+
+def test_dyno_never_loses_to_cloud_only_in_the_model():
+    plan = make_plan(10, seed=5)
+    slo = SLO.parse("throughput")
+    for bw in (1e4, 1e5, 1e6, 1e7, 1e8):
+        for kd in (2, 8, 33):
+            state = State(plan, Estimates(bandwidth_bps=bw, device_slowdown=kd), slo)
+            dyno = make("dyno").decide(state).predicted.throughput
+            for other in ("cloud-only", "device-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad"):
+                assert dyno >= make(other).decide(state).predicted.throughput * (1 - 1e-12)
+
+
+def test_throughput_floor_relative_to_cloud_only():
+    plan = make_plan(10, seed=2)
+    est = Estimates(bandwidth_bps=2e6, device_slowdown=2.0)
+    slo = SLO.parse("cloud_cost;throughput>=cloud-only")
+    d = make("dyno").decide(State(plan, est, slo))
+    cloud = make("cloud-only").decide(State(plan, est, SLO())).predicted
+    assert d.predicted.meets_slo and d.predicted.throughput >= cloud.throughput * (1 - 1e-9)
+    assert d.predicted.cloud_s < cloud.cloud_s       # onloading: less cloud time at the same throughput
+
+
+def test_hysteresis_keeps_choice_unless_gain_beats_margin():
+    plan = tiny_plan(device_ms=(0.0, 4.0, 10.0), cloud_ms=(10.0, 5.0, 0.0))
+    slo = SLO(objectives=("throughput",), tolerance=0.0)
+    policy = DynoPolicy(margin=0.10, probe_every=0)
+    # kd = 2.4: cut 1 device stage 9.6 ms (104/s) beats cloud-only's 10 ms cloud stage (100/s) by 4 %
+    first = policy.decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=3.0), slo))
+    assert first.cut == 0                      # kd 3: cut 1 at 12 ms, cloud-only 10 ms wins
+    second = policy.decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.4), slo))
+    assert second.cut == 0                     # 4 % gain < 10 % margin: stay
+    assert DynoPolicy(margin=0.0).decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.4), slo)).cut == 1
+    third = policy.decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.0), slo))
+    assert third.cut == 1                      # 25 % gain: switch
+    policy.reset()
+    assert policy.decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.4), slo)).cut == 1
+
+
+def test_hysteresis_does_not_hold_an_option_that_broke_the_slo():
+    plan = tiny_plan()
+    policy = DynoPolicy(margin=0.5, probe_every=0)
+    slo = SLO(objectives=("throughput",), max_latency_ms=30.0)
+    assert policy.decide(State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.0), slo)).cut == 1
+    # bandwidth collapses: cut 1 now takes 8 + 400 + 5 + 1 ms > 30 ms; device-only (20 ms) meets it
+    d = policy.decide(State(plan, Estimates(bandwidth_bps=1e4, device_slowdown=2.0), slo))
+    assert d.cut == 2 and d.predicted.meets_slo
+
+
+def test_probe_after_a_run_of_device_only_decisions():
+    plan = tiny_plan()
+    policy = DynoPolicy(probe_every=3)
+    state = State(plan, Estimates(bandwidth_bps=1e3, device_slowdown=2.0), SLO.parse("throughput"))
+    cuts = [policy.decide(state) for _ in range(9)]
+    assert [d.cut for d in cuts] == [2, 2, 2, 1, 2, 2, 2, 1, 2]   # cut 1 sends fewest bytes
+    assert cuts[3].note.startswith("probe")
+
+
+# ------------------------------------------------------------------------------------------ baselines
+
+def test_registry():
+    assert names() == sorted(["dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon",
+                              "spinn", "jalad"])
+    with pytest.raises(PolicyError, match="unknown policy 'nope'; known: cloud-only"):
+        make("nope")
+    with pytest.raises(PolicyError, match="bad arguments"):
+        make("dyno", wings=2)
+    assert make("jalad", nominal_bandwidth_bps=1e6).name == "jalad"
+
+
+def test_device_only_and_cloud_only():
+    plan = make_plan(6, seed=0, image_qualities=(50, 85, 95))
+    state = State(plan, EST, SLO())
+    assert make("device-only").decide(state) == Decision(5, None, None, make("device-only").decide(state).predicted)
+    d = make("cloud-only").decide(state)
+    assert (d.cut, d.codec, d.bits) == (0, "jpeg", 95)      # nearest to 90; ties go to the higher quality
+    assert (make("cloud-only", quality=60).decide(state).bits) == 50
+    d = make("cloud-only-raw").decide(state)
+    assert (d.cut, d.codec, d.bits) == (0, "fp32", None)
+
+
+def _three_way_plan() -> Plan:
+    """Input (fp32 40 kB, 8-bit 30 kB, jpeg 4 kB), cut 1 (fp32 16 kB, 8-bit 2 kB, 2-bit 600 B lossy), output."""
+    cuts = (
+        CutPlan(id=0, name="input", shape=INPUT_SHAPE, nonnegative=True, device_ms=0.0, cloud_ms={1: 10.0},
+                options=(Option(codec="fp32", bits=None, bytes=40_000, accuracy=0.9),
+                         Option(codec="shuffle-lz4", bits=8, bytes=30_000, accuracy=0.9),
+                         Option(codec="jpeg", bits=90, bytes=4_000, accuracy=0.895))),
+        CutPlan(id=1, name="mid", shape=(4, 32, 32), nonnegative=True, device_ms=2.0, cloud_ms={1: 8.0},
+                options=(Option(codec="fp32", bits=None, bytes=16_000, accuracy=0.9),
+                         Option(codec="shuffle-lz4", bits=8, bytes=2_000, accuracy=0.899),
+                         Option(codec="shuffle-lz4", bits=2, bytes=600, accuracy=0.85))),
+        CutPlan(id=2, name="out", shape=(10,), nonnegative=False, device_ms=10.0, cloud_ms={1: 0.0}),
+    )
+    return Plan(model="three", weights_sha256="0" * 64, input_shape=INPUT_SHAPE, num_classes=10,
+                accuracy_fp32=0.9, samples=10, device_profile="t", cloud_profile="t", cuts=cuts)
+
+
+def test_neurosurgeon_is_min_latency_over_fp32_splits():
+    plan = _three_way_plan()
+    slo = SLO.parse("throughput;drop<=1")
+    ns = make("neurosurgeon")
+    # fast link: sending the raw input (40 kB at 100 Mbit/s = 3.2 ms + 10 ms cloud) beats cut 1 and device
+    d = ns.decide(State(plan, Estimates(bandwidth_bps=1e8, rtt_ms=1, device_slowdown=2), slo))
+    assert (d.cut, d.codec) == (0, "fp32")
+    # 10 Mbit/s: input 32 + 10 = 42 ms; cut 1: 4 + 12.8 + 8 = 24.8 ms; device 20 ms -> device-only
+    d = ns.decide(State(plan, Estimates(bandwidth_bps=1e7, rtt_ms=1, device_slowdown=2), slo))
+    assert d.cut == 2
+    # slow device (kd 10): device 100 ms; cut 1 20 + 12.8 + 8 + 1; input 43 -> cut 1, still fp32
+    d = ns.decide(State(plan, Estimates(bandwidth_bps=1e7, rtt_ms=1, device_slowdown=10), slo))
+    assert (d.cut, d.codec) == (1, "fp32")
+    assert make("neurosurgeon", objective="energy").objectives == ("energy",)
+
+
+def test_spinn_uses_8_bits_and_maximises_throughput():
+    plan = _three_way_plan()
+    slo = SLO.parse("throughput")
+    d = make("spinn").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo))
+    # 1 Mbit/s: cut 1 8-bit: stages 4 / 16 / 8 ms -> 62.5/s; input fp32 320 ms; device 20 ms (50/s)
+    assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
+    assert d.predicted.throughput == pytest.approx(62.5)
+    # DynO may go to 2 bits when the SLO allows the drop; SPINN-style stays at 8
+    assert make("dyno").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo)).bits == 2
+    # an accuracy constraint it cannot meet at 8 bits is reported
+    strict = SLO.parse("throughput;drop<=0.05")
+    d = make("spinn").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), strict))
+    assert d.cut in (0, 2) and d.predicted.meets_slo
+
+
+def test_jalad_chooses_once_for_the_accuracy_constraint_then_stays():
+    plan = _three_way_plan()
+    slo = SLO.parse("throughput;drop<=1")
+    jalad = make("jalad", nominal_bandwidth_bps=1e6)
+    est = Estimates(bandwidth_bps=1e8, device_slowdown=2, rtt_ms=1)
+    d = jalad.decide(State(plan, est, slo))
+    # at the nominal 1 Mbit/s, kd 2: cut 1 8-bit: 4 + 16 + 8 + 1 = 29 ms; 2-bit breaks the drop; device 20 ms
+    assert d.cut == 2
+    for bw in (1e4, 1e9):   # whatever the link does later, the choice is fixed
+        assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=bw), slo)).cut == 2
+    jalad2 = make("jalad", nominal_bandwidth_bps=1e7)   # 10 Mbit/s: cut 1 8-bit = 4 + 1.6 + 8 + 1 < 20
+    d = jalad2.decide(State(plan, est, slo))
+    assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
+    jalad2.reset()
+    assert jalad2.decide(State(plan, est, SLO.parse("throughput;drop<=10"))).bits == 2

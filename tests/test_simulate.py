@@ -1,0 +1,182 @@
+"""The simulator on tiny constructed plans and traces, with hand-checked numbers; and the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dyno.cli import main as dyno_main
+from dyno.cli import simulate_command
+from dyno.emulate.traces import Trace
+from dyno.policy import SLO, make
+from dyno.policy.model import PerfModel
+from dyno.simulate import (DEFAULT_POLICIES, MAIN_SLO, ONLOADING_SLO, SimConfig, run, simulate_policy,
+                           summary)
+from dyno.simulate.bench import bench_decide
+
+from plan_factory import make_plan, tiny_plan
+
+SLO_T = SLO.parse("throughput")
+
+
+def sim(name, plan, trace, **config):
+    feed = config.pop("feed", "own")
+    return simulate_policy(make(name), PerfModel(plan), trace, SLO_T, SimConfig(**config), feed=feed)
+
+
+def test_device_only_by_hand():
+    # 10 ms at kd 2 = 20 ms per inference: starts at 0, 20, ..., 980 ms -> 50 in 1 s
+    r = sim("device-only", tiny_plan(), Trace.constant(1e6), slowdown=2.0, duration_s=1.0)
+    assert r.inferences == 50 and r.makespan_s == pytest.approx(1.0)
+    assert r.throughput == pytest.approx(50.0)
+    assert set(r.latencies_ms.round(9)) == {20.0} and r.bytes_total == 0 and r.cloud_s_total == 0
+
+
+def test_device_bound_split_by_hand():
+    # cut 1 (the only option besides the input's): device 2*4 = 8 ms, link 500 B at 1 Mbit/s = 4 ms,
+    # cloud 5 ms, RTT 10 ms. Device-bound: starts every 8 ms, 125 starts in [0, 1 s), latency 27 ms.
+    plan = tiny_plan(bytes_=(1e9, 500.0))                     # the input is too big to ever send
+    r = sim("spinn", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0)
+    assert r.inferences == 125
+    assert r.latencies_ms == pytest.approx([27.0] * 125)
+    assert r.makespan_s == pytest.approx(0.992 + 0.027)
+    assert r.throughput == pytest.approx(125 / 1.019)
+    assert r.bytes_total == 125 * 500 and r.cloud_s_total == pytest.approx(125 * 0.005)
+
+
+def test_request_window_limits_the_pipeline():
+    # one inference in flight at a time: a new one every 27 ms; 38 starts in [0, 1 s)
+    plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))
+    r = sim("spinn", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0, max_inflight=1)
+    assert r.inferences == 38 and r.makespan_s == pytest.approx(38 * 0.027)
+
+
+def test_link_bound_queue_and_cloud_bound_throughput():
+    plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))   # device-only never pays
+    # 100 kbit/s: 40 ms per transfer: link-bound at 25/s (within the warm-up of a 20 s run)
+    r = sim("spinn", plan, Trace.constant(1e5), slowdown=2.0, duration_s=20.0, rtt_ms=10.0, max_inflight=4)
+    assert r.throughput == pytest.approx(25.0, rel=0.01)
+    # the window fills: 4 in flight, each waits for the link: steady latency = 4 * 40 ms
+    assert r.latencies_ms[-1] == pytest.approx(160.0, rel=0.01)
+    # cloud-only at a fast link: the 10 ms cloud stage bounds it at 100/s
+    r = sim("cloud-only", tiny_plan(), Trace.constant(1e8), slowdown=2.0, duration_s=20.0)
+    assert r.throughput == pytest.approx(100.0, rel=0.01)
+
+
+def test_transfers_follow_a_time_varying_trace():
+    # 1 Mbit/s for 1 s then 0.1 Mbit/s for 1 s, looped; cut 1 sends 12.5 kB (100 kbit)
+    trace = Trace([0.0, 1.0, 2.0], [1e6, 1e5])
+    plan = tiny_plan(bytes_=(1e9, 12_500.0), device_ms=(0.0, 0.5, 10_000.0), cloud_ms=(1e4, 5.0, 0.0))
+    r = sim("spinn", plan, trace, slowdown=1.0, duration_s=4.0, rtt_ms=0.0, max_inflight=1, timeline=True)
+    # one at a time: 0.5 ms device + 100 ms link + 5 ms cloud while the link is fast
+    starts = r.timeline["t"]
+    assert starts[1] == pytest.approx(0.1055)
+    # the 10th starts at 0.9495: 50 kbit go by 1.0 s, the other 50 kbit take 0.5 s at 100 kbit/s
+    assert starts[9] == pytest.approx(0.9495) and starts[10] == pytest.approx(1.505)
+    for a, b in zip(starts, starts[1:]):
+        assert b - a == pytest.approx(0.0005 + trace.transfer_time(12_500, a + 0.0005) + 0.005)
+
+
+def test_dyno_adapts_and_neurosurgeon_trusts_its_probe():
+    # 10 Mbit/s for 10 s, then 50 kbit/s for 10 s. kd 2: device-only 20 ms (50/s).
+    trace = Trace([0.0, 10.0, 20.0], [1e7, 5e4])
+    plan = tiny_plan(bytes_=(2000.0, 500.0))
+    cfg = dict(slowdown=2.0, duration_s=20.0, rtt_ms=1.0, timeline=True)   # RTT 1 ms: Neurosurgeon offloads
+    dyno = sim("dyno", plan, trace, **cfg)
+    t, cuts = dyno.timeline["t"], dyno.timeline["cut"]
+    fast = [c for x, c in zip(t, cuts) if 2 < x < 10]
+    slow = [c for x, c in zip(t, cuts) if x > 12]
+    assert max(set(fast), key=fast.count) == 1          # cut 1: 8 ms device stage, 125/s
+    assert slow.count(2) > 0.9 * len(slow)              # device-only once its own transfers say so
+    # Neurosurgeon probed once at start (fast link) and keeps sending fp32 into the slow link
+    ns = sim("neurosurgeon", plan, trace, feed="probe", probe_every_s=None, **cfg)
+    ns_slow = [c for x, c in zip(ns.timeline["t"], ns.timeline["cut"]) if x > 12]
+    assert ns_slow and all(c != 2 for c in ns_slow)
+    # ... while a periodic probe lets it recover
+    ns2 = sim("neurosurgeon", plan, trace, feed="probe", probe_every_s=1.0, **cfg)
+    assert ns2.throughput > ns.throughput
+    for other in ("device-only", "cloud-only", "spinn", "jalad"):
+        assert dyno.throughput >= sim(other, plan, trace, **cfg).throughput
+    oracle = run(plan, [trace], tiers={"k2": 2.0}, policies=("dyno", "oracle"), slo=SLO_T,
+                 config={"duration_s": 20.0, "rtt_ms": 1.0})
+    res = oracle.results["k2"][trace.name]
+    assert res["oracle"].throughput >= 0.97 * res["dyno"].throughput
+
+
+def test_violations_counted_from_what_happened():
+    plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))
+    slo = SLO.parse("throughput;latency<=100")
+    r = simulate_policy(make("spinn"), PerfModel(plan), Trace.constant(1e5), slo,
+                        SimConfig(slowdown=2.0, duration_s=5.0, rtt_ms=10.0, max_inflight=4))
+    # latencies climb from 57 ms to 160 ms as the link queue fills: the ones over 100 ms are violations
+    assert r.violations == int((r.latencies_ms > 100).sum()) and 0 < r.violations < r.inferences
+
+
+def test_run_and_summary_shapes():
+    plan = make_plan(8, seed=4, total_device_ms=15, total_cloud_ms=15)
+    traces = [Trace([0.0, 5.0, 10.0], [5e6, 3e5], name="a"), Trace.constant(2e6, 10.0, name="b")]
+    main = run(plan, traces, tiers={"low": 33.0, "high": 2.0}, policies=DEFAULT_POLICIES + ("oracle",),
+               slo=SLO.parse(MAIN_SLO), config={"duration_s": 10.0})
+    onl = run(plan, traces, tiers={"low": 33.0, "high": 2.0}, policies=("dyno", "cloud-only"),
+              slo=SLO.parse(ONLOADING_SLO), config={"duration_s": 10.0})
+    s = summary(main, onl)
+    assert set(s["tiers"]) == {"low", "high"}
+    low = s["tiers"]["low"]
+    assert set(low["speedup"]) == set(DEFAULT_POLICIES) - {"dyno"}
+    assert low["speedup"]["device-only"]["min"] > 10          # 33x slower device: offloading wins big
+    assert {"median", "min", "max"} <= set(low["regret"])
+    assert low["onloading"]["cloud_s_reduction"] >= 1.0
+    doc = main.to_json()
+    assert set(doc["policies"]["dyno"]) >= {"throughput", "p50_ms", "p95_ms", "bytes_mean", "accuracy",
+                                            "cloud_s", "violations"}
+    assert len(doc["per_trace"]) == 4
+    json.dumps(doc)
+
+
+def test_cli_constants_match_the_library():
+    import importlib
+
+    run_module = importlib.import_module("dyno.simulate.run")
+
+    assert simulate_command.DEFAULT_POLICIES == run_module.DEFAULT_POLICIES
+    assert simulate_command.MAIN_SLO == run_module.MAIN_SLO
+    assert simulate_command.ONLOADING_SLO == run_module.ONLOADING_SLO
+
+
+def test_simulate_command_over_a_directory(tmp_path, capsys):
+    plan_path = make_plan(8, seed=4, total_device_ms=15, total_cloud_ms=15).save(tmp_path / "plan.json")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "one.tsv").write_text("0\t4\n3\t0.2\n6\t2\n")
+    (traces / "two.tsv").write_text("0\t1\n2\t8\n")
+    (traces / "three.mahi").write_text("".join(f"{ms}\n" for ms in range(0, 2000, 3)))
+    png = tmp_path / "sim.png"
+    code = dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces), "--tier", "all",
+                      "--duration", "8", "--json", "--plot", str(png), "--summary"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc["policies"]) == set(DEFAULT_POLICIES) | {"oracle"}
+    assert len(doc["per_trace"]) == 3 * 3 and {p["trace"] for p in doc["per_trace"]} == {"one", "two", "three"}
+    assert set(doc["summary"]["tiers"]) == {"low", "mid", "high"}
+    assert "simulate" in err and "18/18" in err                 # the progress bar (2 runs x 3 tiers x 3)
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
+    # tables, custom slowdown, errors
+    assert dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces / "two.tsv"),
+                      "--slowdown", "5", "--duration", "3", "--policies", "dyno,device-only",
+                      "--no-progress"]) == 0
+    assert "k5" in capsys.readouterr().out
+    assert dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces), "--tier", "huge"]) == 1
+    assert "unknown tier 'huge'" in capsys.readouterr().err
+    (traces / "bad.tsv").write_text("0\t1\n1\tx\n")
+    assert dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces)]) == 1
+    assert "bad.tsv:2" in capsys.readouterr().err
+
+
+def test_bench_decide_reports_a_figure():
+    results = bench_decide(n=50, repeats=1)
+    assert results[0]["cuts"] == 80 and results[0]["rows"] > 80 * 16
+    assert all(0 < r["us_per_decision"] < 10_000 for r in results)
+    assert all(math.isfinite(r["us_min"]) for r in results)

@@ -1,18 +1,26 @@
 """The plan file: everything offline analysis learned about one model, and nothing else.
 
 A plan is versioned JSON (never pickle). It names the model and the sha256 of its weights, the input
-spec, and per cut: its shape, the device and cloud latencies from the profiles, and the *options*
-for sending the activation there, each a (codec, bits) pair with its measured bytes and accuracy.
+spec, and per cut: its shape, the device and cloud latencies from the profiles, the calibrated clip
+range, and the *options* for sending the activation there, each a (codec, bits) pair with its
+measured bytes, accuracy and codec times.
 
 - Cut 0 (the input) lists raw options and image codecs (``jpeg``/``webp``, ``bits`` = quality), so
-  cloud-only is a priced option like any other.
+  cloud-only is a priced option like any other; ``Plan.input_spec`` says how the device turns the
+  input tensor into an 8-bit image and how the cloud turns it back.
 - The last cut (the output) is device-only: it has no options, nothing is sent.
-- ``Option.measured`` is False for entries inferred rather than evaluated (see ``dyno.precision``).
+- Every other cut has ``fp32``, ``fp16`` and ``shuffle-lz4`` at bits 1..16 (``dyno analyze``).
+- ``Option.measured`` is False for entries inferred rather than evaluated; ``Option.samples`` is how
+  many samples a measured accuracy comes from (fewer than ``Plan.samples`` when the evaluation was
+  stopped early because the width clearly failed); ``Option.note`` says how an entry was obtained.
+- ``Option.clip`` is the calibrated range an option quantises with (None: each tensor's own min/max).
 
-Loading validates the whole schema and refuses a plan for another model or other weights::
+Loading validates the whole schema (missing or unknown fields, NaN, wrong types) and refuses a plan
+for another model or other weights::
 
     plan = Plan.load("plan.json", model=model)   # PlanError if the weights differ
     plan.cuts[3].options[0].bytes
+    plan.min_bits(plan.cuts[3], max_drop=0.01)   # the cheapest shuffle-lz4 option within 1 point
 """
 
 from __future__ import annotations
@@ -21,16 +29,42 @@ import dataclasses
 import hashlib
 import json
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, Iterable
 
 from dyno.errors import PlanError
 
-__all__ = ["FORMAT", "VERSION", "Option", "CutPlan", "Plan"]
+__all__ = ["FORMAT", "VERSION", "CODECS", "InputSpec", "Option", "CutPlan", "Plan", "options_table"]
 
 FORMAT = "dyno-plan"
 VERSION = 1
 CODECS = ("fp32", "fp16", "shuffle-lz4", "shuffle-zstd", "dense", "jpeg", "webp")
+IMAGE_CODECS = ("jpeg", "webp")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """How the model's input tensor relates to an 8-bit image (for ``jpeg``/``webp`` at cut 0).
+
+    The device turns a normalised input ``x`` (C, H, W) into pixels ``u = round((x * std + mean) * 255)``
+    (uint8, H x W x C; ``image_mode`` ``"L"`` for one channel, ``"RGB"`` for three); the cloud decodes
+    the image and normalises it back: ``x = (u / 255 - mean) / std`` per channel, in float32.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_mode: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) if _finite(v) else v for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) if _finite(v) else v for v in self.std))
+        _check(self.image_mode in ("L", "RGB"), "input_spec.image_mode must be 'L' or 'RGB'")
+        channels = 1 if self.image_mode == "L" else 3
+        _check(len(self.mean) == channels and len(self.std) == channels
+               and all(_finite(v) for v in (*self.mean, *self.std)) and all(s > 0 for s in self.std),
+               f"input_spec needs {channels} finite mean and positive std values")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,25 +73,40 @@ class Option:
 
     codec: str
     bits: int | None
-    bytes: float           # median wire bytes per sample (metadata included)
+    bytes: float           # median wire bytes per sample (metadata included), from real encodes
     accuracy: float        # top-1 on the analysis sample when this option is used
     agreement: float | None = None  # share of samples whose top-1 equals the fp32 model's
     measured: bool = True
     encode_ms: float = 0.0
     decode_ms: float = 0.0
     clip: tuple[float, float] | None = None  # calibrated range this option quantises with
+    samples: int = 0       # samples the accuracy was measured on (0: inferred)
+    drop_se: float | None = None  # standard error of (fp32 accuracy - accuracy), paired per sample
+    note: str = ""         # how the entry was obtained when not a plain measurement
 
     def __post_init__(self) -> None:
+        _floats(self, "bytes", "accuracy", "agreement", "encode_ms", "decode_ms", "drop_se")
+        if self.clip is not None:
+            object.__setattr__(self, "clip", tuple(float(v) if _finite(v) else v for v in self.clip))
         _check(self.codec in CODECS, f"unknown codec {self.codec!r}; known: {', '.join(CODECS)}")
         if self.codec in ("fp32", "fp16"):
             _check(self.bits is None, f"{self.codec} takes no bits")
-        elif self.codec in ("jpeg", "webp"):
-            _check(isinstance(self.bits, int) and 1 <= self.bits <= 100, "image quality must be 1..100")
+        elif self.codec in IMAGE_CODECS:
+            _check(_int(self.bits) and 1 <= self.bits <= 100, "image quality must be 1..100")
         else:
-            _check(isinstance(self.bits, int) and 1 <= self.bits <= 16, "bits must be 1..16")
-        _check(_finite(self.bytes) and self.bytes > 0, "option bytes must be positive")
-        _check(_finite(self.accuracy) and 0 <= self.accuracy <= 1, "accuracy must be within [0, 1]")
-        _check(_finite(self.encode_ms) and _finite(self.decode_ms), "codec times must be finite")
+            _check(_int(self.bits) and 1 <= self.bits <= 16, "bits must be 1..16")
+        _check(_finite(self.bytes) and self.bytes > 0, f"{self.label}: option bytes must be positive")
+        _check(_finite(self.accuracy) and 0 <= self.accuracy <= 1,
+               f"{self.label}: accuracy must be within [0, 1]")
+        _check(self.agreement is None or (_finite(self.agreement) and 0 <= self.agreement <= 1),
+               f"{self.label}: agreement must be within [0, 1]")
+        _check(isinstance(self.measured, bool), f"{self.label}: measured must be true or false")
+        _check(_finite(self.encode_ms) and _finite(self.decode_ms) and self.encode_ms >= 0
+               and self.decode_ms >= 0, f"{self.label}: codec times must be finite and >= 0")
+        _check(_int(self.samples) and self.samples >= 0, f"{self.label}: samples must be an int >= 0")
+        _check(self.drop_se is None or (_finite(self.drop_se) and self.drop_se >= 0),
+               f"{self.label}: drop_se must be finite and >= 0")
+        _check(isinstance(self.note, str), f"{self.label}: note must be a string")
         if self.clip is not None:
             _check(len(self.clip) == 2 and all(_finite(v) for v in self.clip)
                    and self.clip[0] <= self.clip[1], "clip must be a finite (lo, hi) with lo <= hi")
@@ -69,7 +118,11 @@ class Option:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CutPlan:
-    """What the plan knows about one cut. ``cloud_ms`` maps batch size to the tail's time per batch."""
+    """What the plan knows about one cut. ``cloud_ms`` maps batch size to the tail's time per batch.
+
+    ``clip`` is the range calibrated for this cut (None if none was); ``calibration`` records how it
+    was chosen and the accuracies measured with and without it (``dyno.precision``).
+    """
 
     id: int
     name: str
@@ -81,14 +134,33 @@ class CutPlan:
     device_macs: int = 0
     cloud_macs: int = 0
     options: tuple[Option, ...] = ()
+    clip: tuple[float, float] | None = None
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.id >= 0 and all(isinstance(d, int) and d >= 0 for d in self.shape),
+        _floats(self, "device_ms")
+        object.__setattr__(self, "shape", tuple(self.shape))
+        if isinstance(self.cloud_ms, dict):
+            object.__setattr__(self, "cloud_ms", {b: float(t) if _finite(t) else t
+                                                  for b, t in sorted(self.cloud_ms.items())})
+        if self.clip is not None:
+            object.__setattr__(self, "clip", tuple(float(v) if _finite(v) else v for v in self.clip))
+        object.__setattr__(self, "options", tuple(self.options))
+        _check(_int(self.id) and self.id >= 0 and all(_int(d) and d >= 0 for d in self.shape),
                f"cut {self.id}: bad id or shape")
+        _check(isinstance(self.name, str) and isinstance(self.nonnegative, bool)
+               and isinstance(self.batchable, bool), f"cut {self.id}: bad name, nonnegative or batchable")
         _check(_finite(self.device_ms) and self.device_ms >= 0, f"cut {self.id}: bad device_ms")
-        _check(bool(self.cloud_ms) and all(isinstance(b, int) and b >= 1 and _finite(t) and t >= 0
+        _check(bool(self.cloud_ms) and all(_int(b) and b >= 1 and _finite(t) and t >= 0
                                            for b, t in self.cloud_ms.items()),
                f"cut {self.id}: cloud_ms must map batch sizes >= 1 to times >= 0")
+        _check(all(isinstance(o, Option) for o in self.options), f"cut {self.id}: options must be Options")
+        labels = [(o.label, o.clip) for o in self.options]
+        _check(len(set(labels)) == len(labels), f"cut {self.id}: duplicate options")
+        if self.clip is not None:
+            _check(len(self.clip) == 2 and all(_finite(v) for v in self.clip) and self.clip[0] <= self.clip[1],
+                   f"cut {self.id}: clip must be a finite (lo, hi) with lo <= hi")
+        _check(isinstance(self.calibration, dict), f"cut {self.id}: calibration must be an object")
 
     @property
     def numel(self) -> int:
@@ -97,6 +169,10 @@ class CutPlan:
     @property
     def fp32_bytes(self) -> int:
         return 4 * self.numel
+
+    def option(self, codec: str, bits: int | None = None) -> Option | None:
+        """The option for ``codec`` at ``bits`` (quality for jpeg/webp), or None if the plan has none."""
+        return next((o for o in self.options if o.codec == codec and o.bits == bits), None)
 
     def cloud_ms_per_sample(self, batch: int = 1) -> float:
         """Tail time per sample at ``batch`` (nearest measured batch size at or below it)."""
@@ -108,6 +184,12 @@ class CutPlan:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Plan:
+    """Everything offline analysis learned about one model with one set of weights.
+
+    ``accuracy_fp32`` is the unmodified model's top-1 on the ``samples`` analysis samples of ``data``;
+    ``device_profile``/``cloud_profile`` name the profiles the latencies come from.
+    """
+
     model: str
     weights_sha256: str
     input_shape: tuple[int, ...]
@@ -117,14 +199,25 @@ class Plan:
     device_profile: str
     cloud_profile: str
     cuts: tuple[CutPlan, ...]
+    data: str = ""
+    input_spec: InputSpec | None = None
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _floats(self, "accuracy_fp32")
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        object.__setattr__(self, "cuts", tuple(self.cuts))
+        _check(isinstance(self.model, str) and isinstance(self.weights_sha256, str),
+               "model and weights_sha256 must be strings")
         _check(len(self.cuts) >= 2, "a plan needs at least the input and the output cut")
         _check([c.id for c in self.cuts] == list(range(len(self.cuts))), "cut ids must be 0, 1, 2, ...")
         _check(tuple(self.cuts[0].shape) == tuple(self.input_shape), "cut 0 must be the input")
         _check(not self.cuts[-1].options, "the last cut is device-only and sends nothing")
-        _check(0 <= self.accuracy_fp32 <= 1 and self.samples >= 0, "bad accuracy_fp32 or samples")
+        _check(_finite(self.accuracy_fp32) and 0 <= self.accuracy_fp32 <= 1 and _int(self.samples)
+               and self.samples >= 0, "bad accuracy_fp32 or samples")
+        _check(_int(self.num_classes) and self.num_classes >= 1, "num_classes must be >= 1")
+        image = [o.label for c in self.cuts[1:] for o in c.options if o.codec in IMAGE_CODECS]
+        _check(not image, f"image codecs are for the input cut only, found {', '.join(image[:3])}")
 
     @property
     def device_only(self) -> CutPlan:
@@ -135,14 +228,35 @@ class Plan:
         """sha256 of the canonical JSON: client and server check they hold the same plan."""
         return hashlib.sha256(_canonical(self.to_dict()).encode()).hexdigest()
 
+    def drop(self, option: Option) -> float:
+        """Accuracy drop of ``option`` below the fp32 model, as a fraction (0.01 = one point)."""
+        return self.accuracy_fp32 - option.accuracy
+
+    def min_bits(self, cut: CutPlan | int, max_drop: float = 0.01, codec: str = "shuffle-lz4"
+                 ) -> Option | None:
+        """The option of ``codec`` with the fewest bits whose drop is at most ``max_drop`` (a
+        fraction: 0.01 is one point), or None if no width keeps the drop that small."""
+        cut = self.cuts[cut] if isinstance(cut, int) else cut
+        ok = [o for o in cut.options if o.codec == codec and o.bits is not None
+              and self.drop(o) <= max_drop + 1e-12]
+        return min(ok, key=lambda o: (o.bits, o.bytes)) if ok else None
+
     # ---------------------------------------------------------------------------------- JSON
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["cuts"] = [dict(cut) for cut in data["cuts"]]
         for cut in data["cuts"]:
             cut["shape"] = list(cut["shape"])
             cut["cloud_ms"] = {str(b): t for b, t in sorted(cut["cloud_ms"].items())}
+            cut["clip"] = None if cut["clip"] is None else list(cut["clip"])
+            cut["options"] = [dict(option) for option in cut["options"]]
+            for option in cut["options"]:
+                option["clip"] = None if option["clip"] is None else list(option["clip"])
         data["input_shape"] = list(self.input_shape)
+        if data["input_spec"] is not None:
+            data["input_spec"] = {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in data["input_spec"].items()}
         return {"format": FORMAT, "version": VERSION, **data}
 
     @classmethod
@@ -152,15 +266,9 @@ class Plan:
         if data.get("version") != VERSION:
             raise PlanError(f"plan version {data.get('version')!r} is not supported (this dyno reads "
                             f"version {VERSION}); run `dyno analyze` again")
+        fields = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
-            cuts = tuple(
-                CutPlan(**{**c, "shape": tuple(c["shape"]),
-                           "cloud_ms": {int(b): float(t) for b, t in c["cloud_ms"].items()},
-                           "options": tuple(Option(**{**o, "clip": None if o.get("clip") is None
-                                                      else tuple(o["clip"])}) for o in c["options"])})
-                for c in data["cuts"])
-            fields = {k: v for k, v in data.items() if k not in ("format", "version", "cuts")}
-            return cls(**{**fields, "input_shape": tuple(fields["input_shape"]), "cuts": cuts})
+            return _build(cls, fields, "plan")
         except PlanError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -170,7 +278,7 @@ class Plan:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         tmp.replace(path)  # never leave a half-written plan behind
         return path
 
@@ -179,12 +287,18 @@ class Plan:
         """Read and validate a plan; with ``model`` (or its hash) refuse a plan for other weights."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), parse_constant=_reject_constant)
         except FileNotFoundError as error:
             raise PlanError(f"no plan at {path}; make one with `dyno analyze MODEL --out {path}`") from error
+        except PlanError as error:
+            raise PlanError(f"{path}: {error}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PlanError(f"cannot read plan {path}: {error}") from error
-        plan = cls.from_dict(data)
+            raise PlanError(f"cannot read plan {path}: {error}; the file is corrupt or truncated, "
+                            "run `dyno analyze` again") from error
+        try:
+            plan = cls.from_dict(data)
+        except PlanError as error:
+            raise PlanError(f"{path}: {error}") from None
         if model is not None:
             from dyno.zoo import weights_hash  # the zoo owns how weights are hashed
 
@@ -195,12 +309,102 @@ class Plan:
         return plan
 
 
+# ------------------------------------------------------------------------------------- parsing
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from JSON ``data``, checking field names and converting types."""
+    if not isinstance(data, dict):
+        raise PlanError(f"{where} must be a JSON object, not {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PlanError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise PlanError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    kwargs = {}
+    for name, value in data.items():
+        if name == "cuts":
+            kwargs[name] = tuple(_build(CutPlan, c, f"cut {i}") for i, c in enumerate(_list(value, "cuts")))
+        elif name == "options":
+            kwargs[name] = tuple(_build(Option, o, f"{where} option {i}")
+                                 for i, o in enumerate(_list(value, f"{where} options")))
+        elif name == "input_spec" and value is not None:
+            kwargs[name] = _build(InputSpec, value, "input_spec")
+        elif name == "cloud_ms":
+            if not isinstance(value, dict):
+                raise PlanError(f"{where}: cloud_ms must be an object of batch size -> ms")
+            try:
+                kwargs[name] = {int(b): _number(t, f"{where} cloud_ms") for b, t in value.items()}
+            except ValueError:
+                raise PlanError(f"{where}: cloud_ms keys must be batch sizes (integers)") from None
+        else:
+            kwargs[name] = _convert(value, hints[name], f"{where} {name}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """JSON value -> the annotated type: lists become tuples; numbers, strings and bools are checked."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(h for h in options if h is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple(_convert(v, typing.get_args(hint)[0], where) for v in _list(value, where))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise PlanError(f"{where} must be an object")
+        return value
+    if hint is float:
+        return _number(value, where)
+    if hint is int:
+        if not _int(value):
+            raise PlanError(f"{where} must be an integer, not {value!r}")
+        return value
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise PlanError(f"{where} must be a {hint.__name__}, not {value!r}")
+    return value
+
+
+def _list(value: Any, where: str) -> list | tuple:
+    if not isinstance(value, (list, tuple)):
+        raise PlanError(f"{where} must be a list")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if not _finite(value):
+        raise PlanError(f"{where} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise PlanError(f"the plan contains {name}, which is not a valid number; run `dyno analyze` again")
+
+
 def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _floats(obj: Any, *names: str) -> None:
+    """Store int values of float fields as floats, so that equal plans serialise identically."""
+    for name in names:
+        value = getattr(obj, name)
+        if _finite(value):
+            object.__setattr__(obj, name, float(value))
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check(ok: bool, message: str) -> None:

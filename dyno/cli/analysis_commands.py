@@ -1,0 +1,187 @@
+"""``dyno analyze``, ``dyno profile`` and ``dyno plan show``: offline analysis from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dyno.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    analyze = subparsers.add_parser(
+        "analyze",
+        help="profile a model and measure accuracy per cut and bit width; write its plan",
+        description="Measure (or load) a device and a cloud profile, then the top-1 accuracy of every cut "
+        "at every bit width (knee search with early stopping; see dyno.precision), and the bytes of every "
+        "option from real encodes. Writes the plan (versioned JSON) and prints a summary table.",
+    )
+    analyze.add_argument("model", help="a zoo model name")
+    _data_arguments(analyze)
+    analyze.add_argument("--out", help="plan file to write (default: CACHE/plans/MODEL.json, CACHE being "
+                         "$DYNO_CACHE or ~/.cache/dyno)")
+    analyze.add_argument("--device-profile", metavar="FILE", help="a device profile from `dyno profile "
+                         "--role device` (default: measure one here)")
+    analyze.add_argument("--cloud-profile", metavar="FILE", help="a cloud profile from `dyno profile "
+                         "--role cloud` (default: measure one here)")
+    analyze.add_argument("--threads", type=int, default=1, help="torch threads for the profiles (default 1)")
+    analyze.add_argument("--json", action="store_true", help="print the plan summary as one JSON document")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bars")
+    analyze.set_defaults(func=run_analyze)
+
+    prof = subparsers.add_parser(
+        "profile",
+        help="measure a device or cloud profile of a model on this machine",
+        description="Device role: head time per cut at batch size 1, encode time and bytes per codec option. "
+        "Cloud role: tail time per batch at batch sizes 1..32 and decode time per option. Warm-up, repeats, "
+        "medians; the thread count is stated in the file. Combine profiles from two machines with "
+        "`dyno analyze MODEL --device-profile D --cloud-profile C`.",
+    )
+    prof.add_argument("model", help="a zoo model name")
+    prof.add_argument("--role", choices=("device", "cloud"), required=True)
+    prof.add_argument("--out", required=True, help="profile file to write (JSON)")
+    prof.add_argument("--data", help="real inputs for the codec timings (default: the model's dataset)")
+    prof.add_argument("--weights", default="trained-or-random",
+                      help="trained, random, trained-or-random (default) or a state_dict file")
+    prof.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    prof.add_argument("--name", help="profile name recorded in plans (default ROLE@HOST (N threads))")
+    prof.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="cloud role: batch sizes (default 1..32)")
+    prof.add_argument("--json", action="store_true", help="print the profile as one JSON document")
+    prof.add_argument("--quiet", action="store_true", help="no progress bars")
+    prof.set_defaults(func=run_profile)
+
+    plan = subparsers.add_parser("plan", help="inspect a plan file", description="Inspect a plan file.")
+    actions = plan.add_subparsers(dest="action", metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="table (and figure) of a plan",
+        description="Per cut: fp32 bytes, the fewest bits within 0.5 and 1 point of top-1 (with the "
+        "paired standard error of the drop), bytes there and the reduction, device and cloud latency.")
+    show.add_argument("plan", help="a plan file")
+    show.add_argument("--plot", metavar="PNG", help="also draw bytes, latency and the accuracy heat map")
+    show.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    show.set_defaults(func=run_plan_show)
+    plan.set_defaults(func=lambda args: (plan.print_help(), 2)[1])
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="dataset name (fashion-mnist, imagenet-samples) or directory "
+                        "(default: the model's own)")
+    parser.add_argument("--limit", type=int, help="samples, spread evenly over the dataset (default: "
+                        "2000 of fashion-mnist, all 500 imagenet-samples, else 1000)")
+    parser.add_argument("--weights", default="trained", help="trained (default), random, trained-or-random "
+                        "or a state_dict file")
+
+
+def run_analyze(args: argparse.Namespace) -> None:
+    from dyno import analysis
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    out = args.out or analysis.default_plan_path(args.model)
+    plan = analysis.analyze(args.model, data=args.data, limit=args.limit, out=out, progress=not args.quiet,
+                            weights=args.weights, device_profile=args.device_profile,
+                            cloud_profile=args.cloud_profile, threads=args.threads)
+    if args.json:
+        print(json.dumps({**analysis.summary(plan), "plan": str(out),
+                          "seconds": plan.notes["analysis_seconds"]["total"]}))
+        return
+    _print_table(plan)
+    print(f"plan written to {out} ({plan.notes['analysis_seconds']['total']:.0f} s)")
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    import torch
+
+    from dyno import analysis, partition, profile, zoo
+
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be integers separated by commas, not {args.batch_sizes!r}") from None
+    entry = zoo.get_model(args.model)
+    model = zoo.load_model(entry, weights=args.weights)
+    data = args.data or entry.default_data
+    if data is None:
+        raise ConfigError(f"{entry.name} has no default dataset; pass --data")
+    dataset = zoo.load_dataset(data, model=entry)
+    x, _, _ = analysis.load_sample(dataset, 8)
+    cuts = partition.cuts(model, x[:1])
+    spec = analysis._input_spec(entry, dataset)
+    images, _, _ = analysis._images(x, spec)
+    options = lambda cut, i: profile.codec_options(cut, first=i == 0, last=i == len(cuts) - 1,  # noqa: E731
+                                                   image=images is not None)
+    bar = analysis._Progress(not args.quiet)
+    with bar.active(), torch.no_grad():
+        if args.role == "device":
+            result = profile.measure_device(model, cuts, x, model_name=entry.name, name=args.name,
+                                            threads=args.threads, options=options, images=images,
+                                            progress=bar.task)
+        else:
+            result = profile.measure_cloud(model, cuts, x, model_name=entry.name, name=args.name,
+                                           threads=args.threads, batch_sizes=batch_sizes, options=options,
+                                           images=images, progress=bar.task)
+    result.save(args.out)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    method = result.method.get("head" if args.role == "device" else "tail")
+    print(f"{result.role} profile {result.name!r} of {entry.name}: {len(result.cuts)} cuts, "
+          f"{result.threads} thread(s), {method}; written to {args.out}", file=sys.stdout)
+
+
+def run_plan_show(args: argparse.Namespace) -> None:
+    from dyno import analysis
+    from dyno.plan import Plan
+
+    plan = Plan.load(args.plan)
+    if args.plot:
+        analysis.plot(plan, args.plot)
+    if args.json:
+        info = analysis.summary(plan)
+        keys = ("id", "name", "fp32_bytes", "min_bits_1pt", "bytes_at_min_bits_1pt", "device_ms", "cloud_ms")
+        print(json.dumps({"model": info["model"], "cuts": [{k: c[k] for k in keys} for c in info["cuts"]]}))
+        return
+    _print_table(plan)
+    if args.plot:
+        print(f"figure written to {args.plot}")
+
+
+def _print_table(plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dyno import analysis
+
+    info = analysis.summary(plan)
+    big = max(plan.cuts[0].cloud_ms)
+    table = Table(title=f"{plan.model}: top-1 fp32 {100 * plan.accuracy_fp32:.2f}% on {plan.samples} samples "
+                  f"of {plan.data}; device {plan.device_profile}, cloud {plan.cloud_profile}",
+                  header_style="bold")
+    columns = ("id", "node", "shape", "fp32 KiB", "bits ≤0.5pt", "bits ≤1pt", "KiB @≤1pt", "reduction",
+               "device ms", "cloud ms b=1", f"cloud ms/sample b={big}", "measured")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("node", "shape") else "right")
+    for c, cut in zip(info["cuts"], plan.cuts):
+        def bits(key: str, drop_key: str | None = None) -> str:
+            value = c[key]
+            if value is None:
+                return "-" if not cut.options else "none"
+            option = plan.min_bits(cut, 0.01 if key == "min_bits_1pt" else 0.005)
+            se = f" ±{100 * option.drop_se:.2f}" if option is not None and option.drop_se is not None else ""
+            return f"{value}{se}"
+
+        table.add_row(
+            str(c["id"]), c["name"], "×".join(map(str, c["shape"])), f"{c['fp32_bytes'] / 1024:,.1f}",
+            bits("min_bits_05pt"), bits("min_bits_1pt"),
+            "-" if c["bytes_at_min_bits_1pt"] is None else f"{c['bytes_at_min_bits_1pt'] / 1024:,.2f}",
+            "-" if c["reduction_1pt"] is None else f"{c['reduction_1pt']:,.1f}×",
+            f"{c['device_ms']:.2f}", f"{c['cloud_ms']:.2f}", f"{cut.cloud_ms_per_sample(big):.2f}",
+            f"{c['measured']}/{c['options']}" if c["options"] else "-")
+    Console().print(table)
+    best = [c for c in info["cuts"] if c["reduction_1pt"]]
+    if best:
+        top = max(best, key=lambda c: c["reduction_1pt"])
+        print(f"largest reduction within 1 point: {top['reduction_1pt']:.1f}× at cut {top['id']} ({top['name']}, "
+              f"{top['min_bits_1pt']} bits, {top['bytes_at_min_bits_1pt']:.0f} B vs {top['fp32_bytes']:.0f} B fp32). "
+              "± is the paired standard error of the drop, in points.")

@@ -291,8 +291,7 @@ def registered():
 
 def test_builtin_models_listed():
     names = zoo.list_models()
-    assert names[:3] == ["efficientnet-lite0", "fmnist-resnet", "fmnist-vgg"] or \
-        {"efficientnet-lite0", "fmnist-resnet", "fmnist-vgg"} <= set(names)
+    assert {"efficientnet-lite0", "fmnist-resnet", "fmnist-vgg"} <= set(names) and names == sorted(names)
     entry = zoo.get_model("efficientnet-lite0")
     assert (entry.input_shape, entry.num_classes, entry.default_data) == ((3, 224, 224), 1000, "imagenet-samples")
     for name in ("fmnist-resnet", "fmnist-vgg"):
@@ -474,21 +473,27 @@ def test_efficientnet_lite0_top1_on_first_50_imagenet_samples():
 
 
 @needs_fmnist
-def test_short_training_run_learns(tmp_path, empty_cache):
-    # 3000 images, one epoch: well above chance (10%); the full recipes reach >= 91% / 90%.
-    result = zoo.train("fmnist-resnet", epochs=1, limit=3000, test_limit=2000, progress=False, seed=0)
-    assert result.test_accuracy >= 0.70
-    assert (result.train_images, result.test_images, result.epochs, result.path) == (3000, 2000, 1, None)
+def test_short_training_run_learns(empty_cache):
+    # The real recipe on 10000 images for one epoch: measured 81-82% (seeds 0-2); chance is 10%.
+    # The full recipes (`dyno train`) reach >= 91% / 90%.
+    result = zoo.train("fmnist-resnet", epochs=1, limit=10000, test_limit=2000, progress=False, seed=0)
+    assert result.test_accuracy >= 0.75
+    assert (result.train_images, result.test_images, result.epochs, result.path) == (10000, 2000, 1, None)
     assert not any(empty_cache.rglob("*.pt"))  # a limited run never replaces cached weights
 
-    again = zoo.train("fmnist-vgg", epochs=1, limit=2000, test_limit=1000, progress=False, seed=3,
-                      save=True, path=tmp_path / "vgg.pt")
-    assert again.test_accuracy >= 0.60 and again.path == tmp_path / "vgg.pt"
-    info = json.loads((tmp_path / "vgg.json").read_text())
-    assert info["seed"] == 3 and info["epochs"] == 1 and info["test_accuracy"] == again.test_accuracy
-    model = zoo.load_model("fmnist-vgg", weights=again.path)
+
+@needs_fmnist
+def test_training_is_seeded_and_saves_weights_that_reload(tmp_path):
+    runs = [zoo.train("fmnist-vgg", epochs=2, limit=3000, test_limit=1000, progress=False, seed=3,
+                      save=True, path=tmp_path / f"vgg{i}.pt") for i in range(2)]
+    assert runs[0].test_accuracy >= 0.65  # measured 75%
+    assert runs[0].path == tmp_path / "vgg0.pt"
+    infos = [json.loads((tmp_path / f"vgg{i}.json").read_text()) for i in range(2)]
+    assert infos[0]["weights_sha256"] == infos[1]["weights_sha256"]  # same seed, same weights
+    assert infos[0]["seed"] == 3 and infos[0]["epochs"] == 2 and infos[0]["test_accuracy"] == runs[0].test_accuracy
+    model = zoo.load_model("fmnist-vgg", weights=runs[0].path)
     test = zoo.load_dataset("fashion-mnist", split="test")
-    assert zoo.evaluate(model, test, limit=1000, progress=False) == again.test_accuracy
+    assert zoo.evaluate(model, test, limit=1000, progress=False) == runs[0].test_accuracy
 
 
 def test_train_refuses_models_without_recipe():
@@ -552,9 +557,11 @@ def test_cli_eval_json_on_a_folder(capsys, tmp_path):
 
 
 @needs_fmnist
-def test_cli_train_json(capsys):
-    code, out, err = run_cli(capsys, "train", "fmnist-vgg", "--epochs", "1", "--limit", "500", "--json")
+def test_cli_train_json(capsys, empty_cache):
+    code, out, err = run_cli(capsys, "train", "fmnist-vgg", "--epochs", "1", "--limit", "10000", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["model"] == "fmnist-vgg" and doc["epochs"] == 1 and doc["train_images"] == 500
-    assert doc["path"] is None and 0.3 < doc["test_accuracy"] <= 1
+    assert (doc["model"], doc["epochs"], doc["seed"], doc["train_images"], doc["test_images"], doc["path"]) == \
+        ("fmnist-vgg", 1, 0, 10000, 10000, None)
+    assert doc["test_accuracy"] >= 0.75  # measured 82-83%
+    assert not any(empty_cache.rglob("*.pt"))

@@ -20,15 +20,19 @@ register_model(
     pretrained=efficientnet_lite0_state_dict,
     description="EfficientNet-Lite0, ImageNet-trained (4.7M parameters, ReLU6, a real mobile CNN)",
 )
+# Recipes measured on this project's shared 2-core machine (1 thread, seed 0): 4 epochs of SGD with
+# a one-cycle schedule. Random crops with 2 pixels of padding cost 0.8-1 point of top-1 at this few
+# epochs (VGG: 91.6% with, 92.5% without), so the only augmentation is left-right flips.
+_RECIPE = TrainRecipe(epochs=4, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9,
+                      crop_padding=0, hflip=True)
+
 register_model(
     "fmnist-resnet", FmnistResNet, input_shape=(1, 28, 28), num_classes=10, default_data="fashion-mnist",
-    preprocess=FASHION_MNIST_PREPROCESS,
-    recipe=TrainRecipe(epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    description="small residual CNN (ResNet-20 style, 16-32-64 channels) trained by `dyno train`",
+    preprocess=FASHION_MNIST_PREPROCESS, recipe=_RECIPE,
+    description="small residual CNN (ResNet-8: 16-32-64 channels, skips), trained by `dyno train`",
 )
 register_model(
     "fmnist-vgg", FmnistVGG, input_shape=(1, 28, 28), num_classes=10, default_data="fashion-mnist",
-    preprocess=FASHION_MNIST_PREPROCESS,
-    recipe=TrainRecipe(epochs=8, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    description="plain VGG-style conv stack, no skip connections, trained by `dyno train`",
+    preprocess=FASHION_MNIST_PREPROCESS, recipe=_RECIPE,
+    description="plain VGG-style conv stack (32-64-128 channels, no skips), trained by `dyno train`",
 )

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from dyno.errors import ConfigError, DataError
 from dyno.zoo._paths import fashion_mnist_root, imagenet_samples_root
 from dyno.zoo._preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from dyno.zoo._registry import ModelEntry, get_model
 
 __all__ = [
     "FashionMNIST",
@@ -270,7 +271,8 @@ def _first_content_line(text: str) -> int:
 
 
 def load_dataset(name: str | os.PathLike, split: str = "test", root: str | os.PathLike | None = None,
-                 *, model=None, transform: Callable[[Image.Image], torch.Tensor] | None = None) -> Dataset:
+                 *, model: str | ModelEntry | None = None,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> Dataset:
     """A labelled dataset by name or directory.
 
     - ``"fashion-mnist"``: the IDX files under ``root`` (default ``$DYNO_FASHION_MNIST``, else
@@ -286,8 +288,6 @@ def load_dataset(name: str | os.PathLike, split: str = "test", root: str | os.Pa
         >>> x, label = ds[0]; x.shape
         torch.Size([3, 224, 224])
     """
-    from dyno.zoo._registry import ModelEntry, get_model  # the registry imports this module
-
     entry = model if isinstance(model, ModelEntry) else get_model(model) if model is not None else None
     if str(name) == "fashion-mnist":
         directory = Path(root).expanduser() if root is not None else None
@@ -329,7 +329,7 @@ def _holds_idx(directory: Path) -> bool:
     return any((directory / (stem + ext)).is_file() for stem in stems for ext in ("", ".gz"))
 
 
-def _fashion(directory: Path | None, split: str, entry) -> FashionMNIST:
+def _fashion(directory: Path | None, split: str, entry: ModelEntry | None) -> FashionMNIST:
     if entry is not None and tuple(entry.input_shape) != (1, 28, 28):
         raise ConfigError(f"Fashion-MNIST gives 1x28x28 inputs but model {entry.name!r} expects "
                           f"{'x'.join(map(str, entry.input_shape))}; use an image folder instead")

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dyno.errors import ConfigError
+
 __all__ = ["ImagePreprocess", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
 
 #: Pixel mean and standard deviation of Fashion-MNIST's training split (pixels scaled to [0, 1]).
@@ -40,11 +42,11 @@ class ImagePreprocess:
     def __post_init__(self) -> None:
         channels = len(Image.new(self.mode, (1, 1)).getbands())
         if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(f"mean and std need {channels} values for mode {self.mode!r}")
+            raise ConfigError(f"mean and std need {channels} values for mode {self.mode!r}")
         if self.crop > self.resize:
-            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
+            raise ConfigError(f"crop {self.crop} is larger than resize {self.resize}")
         if self.interpolation not in _INTERPOLATION:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}")
+            raise ConfigError(f"interpolation must be one of {sorted(_INTERPOLATION)}")
 
     @property
     def output_shape(self) -> tuple[int, int, int]:

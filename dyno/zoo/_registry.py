@@ -44,7 +44,7 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     label_smoothing: float = 0.0
-    crop_padding: int = 2
+    crop_padding: int = 0
     hflip: bool = True
 
     def __post_init__(self) -> None:

@@ -16,14 +16,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyno.errors import ConfigError, DataError, ModelError
 from dyno.zoo._data import FashionMNIST
-from dyno.zoo._registry import ModelEntry, get_model
+from dyno.zoo._registry import ModelEntry, get_model, list_models
 from dyno.zoo._weights import save_weights
 
 __all__ = ["TrainResult", "train", "evaluate", "TRAIN_THREADS"]
 
 #: Default intra-op threads for training. One, not two, although these machines have 2 cores: on a
-#: shared machine whose other core is busy, two OpenMP threads wait on each other at every op and
-#: training ran 3-7x slower (measured: 1 thread 6-11 s, 2 threads 30-55 s for the same 6000 images).
+#: shared machine whose other core is busy, two OpenMP threads wait on each other at every op.
+#: Measured on 6000 images: under load ~7, 1 thread 6-11 s and 2 threads 30-55 s; under load ~2,
+#: 1 thread 3.2-4.5 s and 2 threads 2.0 s. A 1.6x loss at best against a 5x loss at worst.
 TRAIN_THREADS = 1
 
 
@@ -122,7 +123,7 @@ def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, l
     entry = get_model(name)
     recipe = entry.recipe
     if recipe is None:
-        trainable = [n for n in _trainable()]
+        trainable = [n for n in list_models() if get_model(n).recipe is not None]
         raise ModelError(f"model {entry.name!r} has no training recipe; `dyno train` works for "
                          f"{', '.join(trainable)}")
     if entry.default_data != "fashion-mnist" or entry.input_shape != (1, 28, 28):
@@ -161,8 +162,12 @@ def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, l
             optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
         else:
             optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
-                                                       total_steps=epochs * steps_per_epoch, pct_start=0.25)
+        total_steps = epochs * steps_per_epoch
+        if total_steps >= 8:
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
+                                                           total_steps=total_steps, pct_start=0.25)
+        else:  # too few steps for the one-cycle's two phases (a tiny --limit run): constant LR
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         model.train()
         with _progress(progress) as bar:
@@ -194,12 +199,6 @@ def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, l
         saved = save_weights(model, entry, info, path)
     return TrainResult(model=entry.name, test_accuracy=accuracy, seconds=seconds, path=saved, epochs=epochs,
                        seed=seed, train_images=n, test_images=test_images, threads=threads)
-
-
-def _trainable() -> list[str]:
-    from dyno.zoo._registry import list_models
-
-    return [name for name in list_models() if get_model(name).recipe is not None]
 
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit: int | None = None,

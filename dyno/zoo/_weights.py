@@ -140,7 +140,7 @@ def _trained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
         return read_state_dict(path), str(path)
     if entry.recipe is not None:
         raise ModelError(f"no trained weights for {entry.name} in {path.parent}; run `dyno train "
-                         f"{entry.name}` first (or use weights='random')")
+                         f"{entry.name}` first (or use random weights: weights='random', --weights random)")
     raise ModelError(f"model {entry.name!r} has no trained weights; pass weights=PATH to a state_dict "
                      "file, or weights='random'")
 

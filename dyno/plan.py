@@ -146,6 +146,7 @@ class CutPlan:
         if self.clip is not None:
             object.__setattr__(self, "clip", tuple(float(v) if _finite(v) else v for v in self.clip))
         object.__setattr__(self, "options", tuple(self.options))
+        object.__setattr__(self, "calibration", _json_data(self.calibration, f"cut {self.id} calibration"))
         _check(_int(self.id) and self.id >= 0 and all(_int(d) and d >= 0 for d in self.shape),
                f"cut {self.id}: bad id or shape")
         _check(isinstance(self.name, str) and isinstance(self.nonnegative, bool)
@@ -207,6 +208,7 @@ class Plan:
         _floats(self, "accuracy_fp32")
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "cuts", tuple(self.cuts))
+        object.__setattr__(self, "notes", _json_data(self.notes, "notes"))
         _check(isinstance(self.model, str) and isinstance(self.weights_sha256, str),
                "model and weights_sha256 must be strings")
         _check(len(self.cuts) >= 2, "a plan needs at least the input and the output cut")
@@ -393,6 +395,14 @@ def _canonical(data: Any) -> str:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _json_data(value: Any, where: str) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), or PlanError if it is not JSON data."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise PlanError(f"invalid plan: {where} must be finite JSON data ({error})") from None
 
 
 def _floats(obj: Any, *names: str) -> None:

@@ -13,19 +13,26 @@ How it stays fast (a naive sweep of every cut x 16 widths reruns the model hundr
   with its own range, bit-for-bit as ``dyno.codec`` encode -> decode (checked at start-up on real
   activations; on any mismatch the analysis falls back to the codec's own per-sample functions).
 - **Knee search, not a sweep.** Accuracy rises with bits, so per cut only the widths around the
-  knee are evaluated: starting from the previous cut's knee (neighbouring cuts of a conv -> bn ->
-  activation chain carry the same information and have similar knees), step down while the drop
-  stays within 1 point and up while it does not; then up to the 0.5-point knee. Other widths are
-  inferred and marked so (:func:`ladder`).
+  knee are evaluated (:class:`_Search`). The knee is first located on a screening subset (the first
+  ``screen`` share of the sample) starting from the previous cut's knee - neighbouring cuts of a
+  conv -> bn -> activation chain carry the same information and have similar knees, so this is
+  usually one or two evaluations - then confirmed on the whole sample: the 1-point knee passes and
+  the width below it fails; the 0.5-point knee is the first width up that passes. The JPEG/WebP
+  qualities are searched the same way from anchors at both ends. Other widths are inferred and
+  marked so (:func:`ladder`).
 - **Stop clear failures early.** A width is evaluated batch by batch; once at least
   ``min_samples`` are in and the drop is above 1 point by more than ``z`` standard errors, it stops
-  (the entry records how many samples it saw). Widths that pass always see the whole sample.
+  (the entry records how many samples it saw). The knees always see the whole sample.
 - **Share identical cuts.** A cut that only pads, reshapes or drops out (eval) the previous cut's
   tensor gives the tail the very same values after quantisation when the ranges agree (zero is on
   every grid that spans it); this is verified on the data, and the tail is then not run again.
 - **Clip calibration.** Per cut, a clip range (a percentile of the activations on a calibration
   subset, chosen by the quantisation error at the width just below the knee) is tried where it
-  could lower the knee; both variants are measured there and the better kept per width.
+  lowers that error enough; both variants are measured there and the better kept per width.
+- **No page-fault churn, no thread fights.** Large tensors come from the heap rather than fresh
+  ``mmap``s during the analysis (:func:`heap_allocations`), and the thread count is whichever of 1
+  or all cores runs the model faster at the start (a machine shared with busy processes makes two
+  threads several times slower than one).
 
     >>> result = analyze_precision(model, cuts, x, y)
     >>> result.cuts[5].min_bits(0.01), ladder(result.cuts[5], result)[4].accuracy
@@ -33,12 +40,14 @@ How it stays fast (a naive sweep of every cut x 16 widths reruns the model hundr
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -141,15 +150,10 @@ def fake_quant(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
 
 def fake_quant_reference(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
                          clip: tuple[float, float] | None = None) -> torch.Tensor:
-    """:func:`fake_quant` by the codec's own per-tensor functions, one sample at a time (slower)."""
-    from dyno.codec import _quant
-
+    """:func:`fake_quant` by the codec itself: encode -> decode of one sample at a time (slow)."""
     out = torch.empty_like(x)
     for i in range(x.shape[0]):
-        sample = x[i].contiguous()
-        lo, hi = _quant.tensor_range(sample, nonnegative, clip)
-        codes = _quant.quantize(sample, lo, hi, bits)
-        out[i] = torch.from_numpy(_quant.dequantize(codes, lo, hi, bits)).view(sample.shape)
+        out[i] = torch.from_numpy(_codec_round_trip(x[i], bits, nonnegative, clip))
     return out
 
 
@@ -282,14 +286,16 @@ class SearchConfig:
     """Knobs of the knee search (defaults are what ``dyno analyze`` uses)."""
 
     batch_size: int = 50
-    min_samples: int = 100       # an early stop needs at least this many samples
+    min_samples: int = 50        # an early stop needs at least this many samples
     z: float = 3.0               # ... and the drop above 1 point by this many standard errors
     clip_percentiles: tuple[float, ...] = (99.9, 99.99, 99.999)
     clip_samples: int = 1 << 21  # activation values drawn for the percentiles
+    clip_gain: float = 0.8       # a clip range is tried only if its quantisation MSE is below this x min/max
     fp16: str = "auto"           # "all": measure fp16 at every cut; "auto": at a few; "none"
-    fp16_cuts: int = 8
+    fp16_cuts: int = 4
     start_bits: int = 8
-    screen: float = 0.25         # share of the sample the knees are located on before confirming
+    screen: float = 0.2          # share of the sample the knees are located on before confirming
+    min_screen: int = 100        # ... but at least this many samples
     image_qualities: tuple[int, ...] = IMAGE_QUALITIES
 
     def __post_init__(self) -> None:
@@ -415,8 +421,14 @@ class _Search:
             return hi
         i = self.widths.index(start) if start in self.widths else 0
         if self.passes(i, threshold, False):
-            while i > 0 and self.passes(i - 1, threshold, False):
-                i -= 1
+            while i > 0:  # down two at a time, then the one skipped
+                j = max(0, i - 2)
+                if self.passes(j, threshold, False):
+                    i = j
+                    continue
+                if j + 1 < i and self.passes(j + 1, threshold, False):
+                    i = j + 1
+                break
             return i
         while i < last:
             m = self.m(i, False)
@@ -482,9 +494,12 @@ def _calibrate(acts: list[torch.Tensor], bits: int, nonnegative: bool, config: S
     range is scored by the mean squared error of :func:`fake_quant` on those batches. Returns the
     best range (None when per-sample min/max is best) and a record of the scores.
     """
-    flat = torch.cat([a.reshape(-1) for a in acts])
-    if flat.numel() > config.clip_samples:
-        flat = flat[torch.randint(flat.numel(), (config.clip_samples,), generator=generator)]
+    per_batch = max(1, config.clip_samples // len(acts))
+    drawn = []
+    for a in acts:
+        flat = a.reshape(-1) if a.is_contiguous() else a.contiguous().reshape(-1)
+        drawn.append(flat[torch.randint(flat.numel(), (min(per_batch, flat.numel()),), generator=generator)])
+    flat = torch.cat(drawn)
     candidates: dict[str, tuple[float, float] | None] = {"minmax": None}
     values = flat.double().sort().values
     for p in config.clip_percentiles:
@@ -499,11 +514,14 @@ def _calibrate(acts: list[torch.Tensor], bits: int, nonnegative: bool, config: S
         count = 0
         for a in acts:
             q = fake_quant(a, bits, nonnegative=nonnegative, clip=clip)
-            error += float(((q - a).double() ** 2).sum())
+            error += float(q.sub_(a).pow_(2).sum(dtype=torch.float64))
             count += a.numel()
         scores[name] = error / max(count, 1)
     best = min(scores, key=lambda k: (scores[k], k != "minmax"))
-    record = {"method": f"percentile of activation values, chosen by quantisation MSE at {bits} bits",
+    if scores[best] > config.clip_gain * scores["minmax"]:
+        best = "minmax"  # not worth an accuracy evaluation
+    record = {"method": f"percentile of activation values, chosen by quantisation MSE at {bits} bits "
+                        f"(kept if under {config.clip_gain:g} x the min/max error)",
               "mse": {k: float(f"{v:.6g}") for k, v in scores.items()},
               "candidates": {k: list(v) for k, v in candidates.items() if v is not None},
               "choice": best, "calibration_samples": sum(len(a) for a in acts)}
@@ -533,11 +551,37 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     if threads is None:
         threads = _faster_threads(model, x[: 2 * (config or SearchConfig()).batch_size],
                                   (config or SearchConfig()).batch_size)
-    with torch_threads(threads):
+    with torch_threads(threads), heap_allocations() as heap:
         result = _analyze_precision(model, cuts, x, y, images=images, normalize=normalize, config=config,
                                     channels_last=channels_last, progress=progress)
     result.notes["threads"] = threads
+    result.notes["allocator"] = "heap (glibc mmap disabled during the analysis)" if heap else "default"
     return result
+
+
+@contextlib.contextmanager
+def heap_allocations() -> Iterator[bool]:
+    """With glibc, serve large blocks from the heap instead of a fresh ``mmap`` each time.
+
+    The analysis allocates and frees activation-sized tensors (tens to hundreds of MB) thousands of
+    times; by default glibc maps each one afresh and the kernel zero-fills every page on first touch,
+    which here cost as much system time as the model's own arithmetic. Restored (and the heap
+    trimmed) on exit; yields whether the setting took effect.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield False
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+    try:
+        yield ok
+    finally:
+        mallopt(m_mmap_max, 65536)
+        mallopt(m_trim_threshold, 128 * 1024)
+        trim(0)
 
 
 def _faster_threads(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
@@ -586,40 +630,52 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
 
     walks = [walk(gm, b, cuts) for b in batches]
     results: list[CutPrecision] = []
-    previous_acts: list[torch.Tensor] | None = None
+    acts: list[torch.Tensor | None] = []
     generator = torch.Generator().manual_seed(0)
     quantize = fake_quant
-    checked = False
+    checked: set[bool] = set()
     fp16_every = max(1, math.ceil((len(cuts) - 1) / max(config.fp16_cuts, 1)))
     guess = config.start_bits
     total = len(x)
+    nodes = {n.name: n for n in gm.graph.nodes}
     for index, cut in enumerate(cuts):
         began_cut = time.perf_counter()
-        acts = []
-        for w in walks:
+        result = CutPrecision(id=cut.id, name=cut.name, nonnegative=cut.nonnegative)
+        # Advance every walk to this cut. When this cut only pads or reshapes the previous cut's tensor,
+        # check batch by batch (releasing the previous activations as we go) that quantising here
+        # gives the tail exactly what quantising there did: then the previous measurements hold.
+        previous = results[-1] if results else None
+        share = (previous is not None and index < len(cuts) - 1 and not any(
+            k[0] in ("jpeg", "webp") for k in previous.measured) and bool(previous.measured)
+            and _shareable(gm, nodes[cut.name], cuts[index - 1].name))
+        new_acts = []
+        for k, w in enumerate(walks):
             got, value = next(w)
             if got != index:
                 raise RuntimeError(f"walk out of step: cut {got} instead of {index}")
-            acts.append(value)
-        result = CutPrecision(id=cut.id, name=cut.name, nonnegative=cut.nonnegative)
+            if share:
+                share = _same_values(gm, nodes[cut.name], cuts[index - 1], cut, acts[k], value, previous,
+                                     quantize)
+            if acts:
+                acts[k] = None
+            new_acts.append(value)
+        acts = new_acts
         results.append(result)
         if index == len(cuts) - 1:
             progress(index, "output (device-only)")
             break
-        if not checked:
-            checked = True
-            if not _self_check(acts[0].contiguous(), cut.nonnegative):
-                quantize = fake_quant_reference
-                notes["fake_quant"] = "per-sample codec functions (the batched version failed its self-check)"
-            else:
+        if cut.nonnegative not in checked and quantize is fake_quant:  # once signed, once non-negative
+            checked.add(cut.nonnegative)
+            if _self_check(acts[0].contiguous(), cut.nonnegative):
                 notes["fake_quant"] = "batched, checked bit-for-bit against dyno.codec encode -> decode"
+            else:
+                quantize = fake_quant_reference
+                notes["fake_quant"] = (f"per-sample codec encode -> decode (the batched version differed "
+                                       f"from the codec at cut {index})")
         result.fp16_ok = all(bool(a.abs().max() <= 65504) for a in acts)
-
-        # Reuse the previous cut's measurements when this cut feeds the tail the very same values.
-        if index > 0 and previous_acts is not None and _try_share(gm, cuts, index, acts, previous_acts,
-                                                                   results[index - 1], result, quantize):
-            progress(index, f"same as cut {index - 1}")
-            previous_acts = acts
+        if share:
+            _share(previous, result)
+            progress(index, f"same as cut {result.shared_with}")
             result.seconds = time.perf_counter() - began_cut
             continue
 
@@ -628,7 +684,7 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
             tail = tail.to(memory_format=torch.channels_last)
         evaluator = _Evaluator(tail, acts, labels, reference, config,
                                lambda message, i=index: progress(i, message))
-        screen = min(total, max(2 * config.min_samples, math.ceil(config.screen * total)))
+        screen = min(total, max(config.min_screen, math.ceil(config.screen * total)))
 
         def evaluate(kind: str, width: int, until: int | None, clip=None, _e=evaluator, _r=result,
                      _nonneg=cut.nonnegative) -> Measurement:
@@ -664,7 +720,6 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
                     return _e.run(m, transform, until)
 
                 _Search(config.image_qualities, run_image, screen, total).run(None)
-        previous_acts = acts
         result.seconds = time.perf_counter() - began_cut
         progress(index, f"knee {result.min_bits(THRESHOLDS[-1])} bits")
     for w in walks:
@@ -686,40 +741,33 @@ def _calibration_batches(acts: list[torch.Tensor], config: SearchConfig) -> list
     return out
 
 
-def _try_share(gm: torch.fx.GraphModule, cuts: Sequence[partition.Cut], index: int, acts: list[torch.Tensor],
-               previous_acts: list[torch.Tensor], previous: CutPrecision, result: CutPrecision,
-               quantize: Callable) -> bool:
-    """Copy ``previous``'s measurements if this cut's tensor is a value-preserving map of the previous
-    one and, for every measured setting, quantising here equals mapping the quantised previous tensor."""
-    cut, before = cuts[index], cuts[index - 1]
-    by_name = {n.name: n for n in gm.graph.nodes}
-    node = by_name[cut.name]
-    if not _shareable(gm, node, before.name):
-        return False
-    keys = [k for k in previous.measured if k[0] in ("q", "clip", "fp16")]
-    if not keys or any(k[0] in ("jpeg", "webp") for k in previous.measured):
-        return False
-    for key in keys:
-        for a, b in zip(previous_acts, acts):
-            if key[0] == "fp16":
-                left, right = fake_fp16(a), fake_fp16(b)
-            else:
-                clip = previous.clip if key[0] == "clip" else None
-                left = quantize(a, key[1], nonnegative=before.nonnegative, clip=clip)
-                right = quantize(b, key[1], nonnegative=cut.nonnegative, clip=clip)
-            mapped = _apply_node(gm, node, left, before)
-            if mapped.shape != right.shape or not torch.equal(mapped.contiguous(), right.contiguous()):
-                return False
+def _same_values(gm: torch.fx.GraphModule, node: torch.fx.Node, before: partition.Cut, cut: partition.Cut,
+                 a: torch.Tensor, b: torch.Tensor, previous: CutPrecision, quantize: Callable) -> bool:
+    """Whether, for every setting measured at the previous cut, quantising ``b`` (this cut's batch)
+    equals applying ``node`` to the quantised ``a`` (the previous cut's batch)."""
+    for key in previous.measured:
+        if key[0] == "fp16":
+            left, right = fake_fp16(a), fake_fp16(b)
+        else:
+            clip = previous.clip if key[0] == "clip" else None
+            left = quantize(a, key[1], nonnegative=before.nonnegative, clip=clip)
+            right = quantize(b, key[1], nonnegative=cut.nonnegative, clip=clip)
+        mapped = _apply_node(gm, node, left, before)
+        if mapped.shape != right.shape or not torch.equal(mapped.contiguous(), right.contiguous()):
+            return False
+    return True
+
+
+def _share(previous: CutPrecision, result: CutPrecision) -> None:
     root = previous.shared_with if previous.shared_with is not None else previous.id
-    for key in keys:
-        m = dataclasses.replace(previous.measured[key])
+    for key, m in previous.measured.items():
+        m = dataclasses.replace(m)
         m.note = (m.note + "; " if m.note else "") + f"identical tail inputs to cut {root} (verified)"
         result.measured[key] = m
     result.clip = previous.clip
     result.calibration = dict(previous.calibration, shared_with=root) if previous.calibration else {}
     result.shared_with = root
     result.fp16_ok = previous.fp16_ok and result.fp16_ok
-    return True
 
 
 def _image_transform(images: Sequence[np.ndarray], codec: str, quality: int,
@@ -795,7 +843,7 @@ def ladder(cut: CutPrecision, result: PrecisionResult) -> dict[Any, Entry]:
         measured = {k[1]: m for k, m in cut.measured.items() if k[0] == codec}
         if not measured:
             continue
-        for quality in result.notes.get("image_qualities", IMAGE_QUALITIES):
+        for quality in result.notes.get("search", {}).get("image_qualities", IMAGE_QUALITIES):
             if quality in measured:
                 entries[(codec, quality)] = _measured_entry(measured[quality], fp32, None)
             else:

@@ -178,7 +178,10 @@ def _print_table(plan) -> None:
             "-" if c["reduction_1pt"] is None else f"{c['reduction_1pt']:,.1f}×",
             f"{c['device_ms']:.2f}", f"{c['cloud_ms']:.2f}", f"{cut.cloud_ms_per_sample(big):.2f}",
             f"{c['measured']}/{c['options']}" if c["options"] else "-")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or a pipe: do not squeeze the table to 80 columns
+    console.print(table)
     best = [c for c in info["cuts"] if c["reduction_1pt"]]
     if best:
         top = max(best, key=lambda c: c["reduction_1pt"])

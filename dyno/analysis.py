@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dyno import partition, precision, profile
-from dyno.errors import ConfigError, DataError, ModelError, PlanError
+from dyno.errors import ConfigError, DataError, PlanError
 from dyno.plan import CutPlan, InputSpec, Option, Plan
 
 __all__ = ["analyze", "ensure_plan", "default_plan_path", "default_limit", "load_sample", "summary",
@@ -422,8 +422,10 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
 
     info = summary(plan)["cuts"]
     ids = np.array([c["id"] for c in info])
-    fig, axes = plt.subplots(3, 1, figsize=(max(8.0, 0.16 * len(ids) + 4), 11), sharex=True,
-                             gridspec_kw={"height_ratios": [1.1, 1, 1.5]})
+    fig, axes = plt.subplots(3, 1, figsize=(max(8.0, 0.16 * len(ids) + 4), 11.5), sharex=True,
+                             gridspec_kw={"height_ratios": [1.1, 1, 1.5], "hspace": 0.28})
+    legend = dict(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False,
+                  borderaxespad=0.2)
     ax = axes[0]
     fp32 = np.array([c["fp32_bytes"] for c in info], float)
     best = np.array([c["bytes_at_min_bits_1pt"] or np.nan for c in info], float)
@@ -432,9 +434,10 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
     ax.bar(ids + width / 2, best / 1024, width, color="#1f77b4", label="fewest bits within 1 point (shuffle-lz4)")
     ax.set_yscale("log")
     ax.set_ylabel("KiB per sample")
-    ax.set_title(f"{plan.model}: bytes per cut (top-1 fp32 {100 * plan.accuracy_fp32:.1f}% on {plan.samples} "
-                 f"samples of {plan.data})")
-    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{plan.model}: top-1 fp32 {100 * plan.accuracy_fp32:.1f}% on {plan.samples} samples of "
+                 f"{plan.data}", y=0.955)
+    fig.subplots_adjust(top=0.92)
+    ax.legend(**legend)
     for c in info:
         if c["min_bits_1pt"] is not None and len(info) <= 40:
             ax.annotate(str(c["min_bits_1pt"]), (c["id"] + width / 2, (c["bytes_at_min_bits_1pt"] or 1) / 1024),
@@ -448,7 +451,7 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
     ax.plot(ids, [cut.cloud_ms_per_sample(big) for cut in plan.cuts], "^--", ms=3,
             label=f"cloud: tail per sample at batch {big}")
     ax.set_ylabel("ms")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(**legend)
     ax.grid(alpha=0.3)
 
     ax = axes[2]
@@ -469,11 +472,14 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
     ax.scatter(ids[xs], ys, s=3, c="black", marker=".", label="measured (others inferred)")
     knees = [(c["id"], c["min_bits_1pt"] - 1) for c in info if c["min_bits_1pt"] is not None]
     if knees:
-        ax.plot([k[0] for k in knees], [k[1] for k in knees], "w_", ms=7, mew=1.5, label="fewest bits within 1 point")
+        ax.plot([k[0] for k in knees], [k[1] for k in knees], "o", ms=7, mfc="none", mec="black", mew=1.2,
+                label="fewest bits within 1 point")
     ax.set_yticks(range(len(columns)), [str(c) for c in columns], fontsize=7)
-    ax.set_ylabel("bits")
+    ax.set_ylabel("bits (top-1 drop)")
     ax.set_xlabel("cut")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.legend(**legend)
+    step = 1 if len(ids) <= 30 else 5
+    ax.set_xticks(ids[::step])
     bar = fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01)
     ticks = [0, 0.5, 1, 3, 10, 30, 90]
     bar.set_ticks([math.log10(0.1 + t) for t in ticks], labels=[str(t) for t in ticks])

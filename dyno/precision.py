@@ -17,9 +17,9 @@ How it stays fast (a naive sweep of every cut x 16 widths reruns the model hundr
   ``screen`` share of the sample) starting from the previous cut's knee - neighbouring cuts of a
   conv -> bn -> activation chain carry the same information and have similar knees, so this is
   usually one or two evaluations - then confirmed on the whole sample: the 1-point knee passes and
-  the width below it fails; the 0.5-point knee is the first width up that passes. The JPEG/WebP
-  qualities are searched the same way from anchors at both ends. Other widths are inferred and
-  marked so (:func:`ladder`).
+  the width below it fails; the 0.5-point knee is the first width up that passes. Every JPEG/WebP
+  quality is measured on the screening subset, and the knees among them confirmed the same way.
+  Other widths are inferred and marked so (:func:`ladder`).
 - **Stop clear failures early.** A width is evaluated batch by batch; once at least
   ``min_samples`` are in and the drop is above 1 point by more than ``z`` standard errors, it stops
   (the entry records how many samples it saw). The knees always see the whole sample.
@@ -381,10 +381,14 @@ class _Search:
     def passes(self, i: int, threshold: float, full: bool) -> bool:
         return self.m(i, full).passes(threshold)
 
-    def run(self, start: int | None, half: bool = True) -> int | None:
+    def run(self, start: int | None, half: bool = True, screen_all: bool = False) -> int | None:
         """Find and confirm the knees (the 0.5-point one too if ``half``); returns the confirmed
-        1-point knee width, or None if no width keeps the drop within one point."""
+        1-point knee width, or None if no width keeps the drop within one point. With
+        ``screen_all`` every width is first measured on the screening subset."""
         high = THRESHOLDS[-1]
+        if screen_all:
+            for i in range(len(self.widths)):
+                self.m(i, False)
         i = self._locate(start, high)
         if i is None:
             return None
@@ -548,13 +552,29 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     """
     from dyno.profile import torch_threads
 
-    if threads is None:
-        threads = _faster_threads(model, x[: 2 * (config or SearchConfig()).batch_size],
-                                  (config or SearchConfig()).batch_size)
+    batch = (config or SearchConfig()).batch_size
+    most = torch.get_num_threads()
+    auto = threads is None
+    if auto:
+        threads = _faster_threads(model, x[: 2 * batch], batch, most)
+    state: dict[str, Any] = {"checked": time.perf_counter(), "switches": []}
+
+    def rethread(index: int) -> None:
+        """Other processes come and go: re-choose the thread count every two minutes."""
+        if not auto or time.perf_counter() - state["checked"] < 120:
+            return
+        best = _faster_threads(model, x[:batch], batch, most)
+        if best != torch.get_num_threads():
+            torch.set_num_threads(best)
+            state["switches"].append([index, best])
+        state["checked"] = time.perf_counter()
+
     with torch_threads(threads), heap_allocations() as heap:
         result = _analyze_precision(model, cuts, x, y, images=images, normalize=normalize, config=config,
-                                    channels_last=channels_last, progress=progress)
+                                    channels_last=channels_last, progress=progress, rethread=rethread)
     result.notes["threads"] = threads
+    if state["switches"]:
+        result.notes["thread_switches"] = state["switches"]  # [cut index, threads from then on]
     result.notes["allocator"] = "heap (glibc mmap disabled during the analysis)" if heap else "default"
     return result
 
@@ -584,11 +604,10 @@ def heap_allocations() -> Iterator[bool]:
         trim(0)
 
 
-def _faster_threads(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
-    """1 or the default thread count, whichever runs ``model`` over ``x`` faster (each timed twice)."""
+def _faster_threads(model: nn.Module, x: torch.Tensor, batch_size: int, most: int) -> int:
+    """1 or ``most`` threads, whichever runs ``model`` over ``x`` faster (each timed twice)."""
     from dyno.profile import time_call, torch_threads
 
-    most = torch.get_num_threads()
     if most <= 1:
         return 1
     times = {}
@@ -600,7 +619,7 @@ def _faster_threads(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
 
 
 def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.Tensor, y: torch.Tensor, *,
-                       images, normalize, config, channels_last, progress) -> PrecisionResult:
+                       images, normalize, config, channels_last, progress, rethread) -> PrecisionResult:
     config = config or SearchConfig()
     progress = progress or (lambda i, message: None)
     if len(x) != len(y) or len(x) == 0:
@@ -639,6 +658,7 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
     total = len(x)
     nodes = {n.name: n for n in gm.graph.nodes}
     for index, cut in enumerate(cuts):
+        rethread(index)
         began_cut = time.perf_counter()
         result = CutPrecision(id=cut.id, name=cut.name, nonnegative=cut.nonnegative)
         # Advance every walk to this cut. When this cut only pads or reshapes the previous cut's tensor,
@@ -719,7 +739,7 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
                                                  channels_last)
                     return _e.run(m, transform, until)
 
-                _Search(config.image_qualities, run_image, screen, total).run(None)
+                _Search(config.image_qualities, run_image, screen, total).run(None, screen_all=True)
         result.seconds = time.perf_counter() - began_cut
         progress(index, f"knee {result.min_bits(THRESHOLDS[-1])} bits")
     for w in walks:

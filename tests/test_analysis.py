@@ -22,6 +22,13 @@ pytestmark = pytest.mark.skipif(not (zoo._paths.fashion_mnist_root() / "t10k-lab
 N = 300  # analysis samples: small, but enough for the knee search to stop and confirm
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared two-core machine two threads are often several times slower."""
+    with profile.torch_threads(1):
+        yield
+
+
 class PadNet(nn.Module):
     """conv-bn-relu, a zero pad (a cut carrying the same values as the one before), conv-bn-relu,
     pooling, flatten, linear: every kind of cut the analysis treats specially."""
@@ -45,19 +52,18 @@ class PadNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(one_thread):
     """PadNet trained for a few hundred steps (a few seconds): predictions that quantisation can move."""
     torch.manual_seed(0)
     net = PadNet()
     x, y = zoo.load_dataset("fashion-mnist", split="train").tensors(6000)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    with profile.torch_threads(1):
-        for step in range(250):
-            i = torch.randint(len(x), (128,))
-            loss = nn.functional.cross_entropy(net(x[i]), y[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for step in range(250):
+        i = torch.randint(len(x), (128,))
+        loss = nn.functional.cross_entropy(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return net.eval()
 
 
@@ -365,3 +371,42 @@ def test_imagenet_inputs_invert_to_the_8bit_images():
     images, normalize, note = analysis._images(x, spec)
     assert not note and images[0].dtype == np.uint8 and images[0].shape == (224, 224, 3)
     assert torch.equal(normalize(np.stack(images).astype(np.float32)), x)
+
+
+# ------------------------------------------------------------------------------------ the search
+
+
+@pytest.mark.parametrize("start", [1, 4, 8, 12, 16])
+@pytest.mark.parametrize("knee", [1, 3, 6, 11, 16])
+def test_the_knee_search_confirms_both_knees_on_the_whole_sample(start, knee):
+    """A synthetic cut whose drop falls with bits (1-point knee at ``knee``, 0.5-point knee one bit
+    higher): the search finds both wherever it starts, confirms them on every sample, and sees
+    only part of the sample for widths far from the knees."""
+    total, screen = 500, 100
+    drops = {b: (0.3 if b < knee - 1 else 0.02 if b < knee else 0.008 if b == knee else 0.002) for b in range(1, 17)}
+    config = precision.SearchConfig(batch_size=50, min_samples=50)
+    measured = {}
+
+    def evaluate(bits, until):
+        m = measured.setdefault(bits, precision.Measurement(("q", bits)))
+        until = total if until is None else until
+        while m.n < until and not m.stopped:  # 50 samples per batch, drops exactly as in the table
+            m.n += 50
+            m.batches += 1
+            m.diff = round(drops[bits] * m.n)
+            m.changed = m.diff
+            if m.n < total and m.n >= config.min_samples and m.drop - config.z * m.drop_se > 0.01:
+                m.stopped = True
+        return m
+
+    found = precision._Search(precision.BITS, evaluate, screen, total).run(start)
+    assert found == knee
+    assert measured[knee].n == total and measured[knee].passes(0.01)
+    if knee > 1:
+        assert not measured[knee - 1].passes(0.01)
+    half = min((b for b, m in measured.items() if m.passes(0.005)), default=None)
+    if knee < 16:
+        assert half == knee + 1 and measured[half].n == total
+    else:
+        assert half is None  # even 16 bits drop 0.8 points here
+    assert sum(m.n for m in measured.values()) <= 6 * total + 16 * screen

@@ -188,12 +188,12 @@ class _Progress:
         return tick
 
 
-
 # -------------------------------------------------------------------------------------- analyze
 
 
-def analyze(model: str | nn.Module, *, data: Any = None, limit: int | None = None, out: str | os.PathLike | None = None,
-            progress: bool = True, weights: str = "trained", device_profile: str | os.PathLike | profile.Profile | None = None,
+def analyze(model: str | nn.Module, *, data: Any = None, limit: int | None = None,
+            out: str | os.PathLike | None = None, progress: bool = True, weights: str = "trained",
+            device_profile: str | os.PathLike | profile.Profile | None = None,
             cloud_profile: str | os.PathLike | profile.Profile | None = None, threads: int = 1,
             batch_sizes: Sequence[int] = profile.BATCH_SIZES, bytes_samples: int = 16, codec_samples: int = 8,
             config: precision.SearchConfig | None = None, channels_last: bool | None = None) -> Plan:

@@ -579,6 +579,14 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     return result
 
 
+def _trim_heap() -> None:
+    """Give free heap pages back to the system (glibc), so that the heap holds about one cut."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def heap_allocations() -> Iterator[bool]:
     """With glibc, serve large blocks from the heap instead of a fresh ``mmap`` each time.
@@ -665,9 +673,9 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
         # check batch by batch (releasing the previous activations as we go) that quantising here
         # gives the tail exactly what quantising there did: then the previous measurements hold.
         previous = results[-1] if results else None
-        share = (previous is not None and index < len(cuts) - 1 and not any(
-            k[0] in ("jpeg", "webp") for k in previous.measured) and bool(previous.measured)
-            and _shareable(gm, nodes[cut.name], cuts[index - 1].name))
+        share = (previous is not None and index < len(cuts) - 1
+                 and any(k[0] in ("q", "clip", "fp16") for k in previous.measured)
+                 and _shareable(gm, nodes[cut.name], cuts[index - 1].name))
         new_acts = []
         for k, w in enumerate(walks):
             got, value = next(w)
@@ -680,6 +688,7 @@ def _analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch
                 acts[k] = None
             new_acts.append(value)
         acts = new_acts
+        _trim_heap()
         results.append(result)
         if index == len(cuts) - 1:
             progress(index, "output (device-only)")
@@ -766,6 +775,8 @@ def _same_values(gm: torch.fx.GraphModule, node: torch.fx.Node, before: partitio
     """Whether, for every setting measured at the previous cut, quantising ``b`` (this cut's batch)
     equals applying ``node`` to the quantised ``a`` (the previous cut's batch)."""
     for key in previous.measured:
+        if key[0] in ("jpeg", "webp"):  # images are the input cut's own options
+            continue
         if key[0] == "fp16":
             left, right = fake_fp16(a), fake_fp16(b)
         else:
@@ -781,6 +792,8 @@ def _same_values(gm: torch.fx.GraphModule, node: torch.fx.Node, before: partitio
 def _share(previous: CutPrecision, result: CutPrecision) -> None:
     root = previous.shared_with if previous.shared_with is not None else previous.id
     for key, m in previous.measured.items():
+        if key[0] in ("jpeg", "webp"):
+            continue
         m = dataclasses.replace(m)
         m.note = (m.note + "; " if m.note else "") + f"identical tail inputs to cut {root} (verified)"
         result.measured[key] = m

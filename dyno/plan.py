@@ -29,19 +29,19 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
-import typing
-from pathlib import Path
-from typing import Any, Iterable
+import os
+from typing import Any, ClassVar, Iterable
 
-from dyno.errors import PlanError
+from dyno import packing
+from dyno.datafile import DataFile, finite as _finite
+from dyno.errors import DynoError, PlanError
 
 __all__ = ["FORMAT", "VERSION", "CODECS", "InputSpec", "Option", "CutPlan", "Plan", "options_table"]
 
 FORMAT = "dyno-plan"
 VERSION = 1
-CODECS = ("fp32", "fp16", "shuffle-lz4", "shuffle-zstd", "dense", "jpeg", "webp")
-IMAGE_CODECS = ("jpeg", "webp")
+CODECS = packing.CODECS
+IMAGE_CODECS = packing.IMAGE_CODECS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,13 +88,8 @@ class Option:
         _floats(self, "bytes", "accuracy", "agreement", "encode_ms", "decode_ms", "drop_se")
         if self.clip is not None:
             object.__setattr__(self, "clip", tuple(float(v) if _finite(v) else v for v in self.clip))
-        _check(self.codec in CODECS, f"unknown codec {self.codec!r}; known: {', '.join(CODECS)}")
-        if self.codec in ("fp32", "fp16"):
-            _check(self.bits is None, f"{self.codec} takes no bits")
-        elif self.codec in IMAGE_CODECS:
-            _check(_int(self.bits) and 1 <= self.bits <= 100, "image quality must be 1..100")
-        else:
-            _check(_int(self.bits) and 1 <= self.bits <= 16, "bits must be 1..16")
+        wrong = packing.problem(self.codec, self.bits)
+        _check(wrong is None, str(wrong))
         _check(_finite(self.bytes) and self.bytes > 0, f"{self.label}: option bytes must be positive")
         _check(_finite(self.accuracy) and 0 <= self.accuracy <= 1,
                f"{self.label}: accuracy must be within [0, 1]")
@@ -112,8 +107,12 @@ class Option:
                    and self.clip[0] <= self.clip[1], "clip must be a finite (lo, hi) with lo <= hi")
 
     @property
+    def packing(self) -> packing.Packing:
+        return packing.Packing(self.codec, self.bits)
+
+    @property
     def label(self) -> str:
-        return self.codec if self.bits is None else f"{self.codec}:{self.bits}"
+        return packing.label(self.codec, self.bits)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -184,12 +183,17 @@ class CutPlan:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Plan:
+class Plan(DataFile):
     """Everything offline analysis learned about one model with one set of weights.
 
     ``accuracy_fp32`` is the unmodified model's top-1 on the ``samples`` analysis samples of ``data``;
     ``device_profile``/``cloud_profile`` name the profiles the latencies come from.
     """
+
+    FORMAT: ClassVar[str] = FORMAT
+    VERSION: ClassVar[int] = VERSION
+    ERROR: ClassVar[type[DynoError]] = PlanError
+    REMAKE: ClassVar[str] = "make one with `dyno analyze MODEL --out PLAN`"
 
     model: str
     weights_sha256: str
@@ -243,64 +247,10 @@ class Plan:
               and self.drop(o) <= max_drop + 1e-12]
         return min(ok, key=lambda o: (o.bits, o.bytes)) if ok else None
 
-    # ---------------------------------------------------------------------------------- JSON
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["cuts"] = [dict(cut) for cut in data["cuts"]]
-        for cut in data["cuts"]:
-            cut["shape"] = list(cut["shape"])
-            cut["cloud_ms"] = {str(b): t for b, t in sorted(cut["cloud_ms"].items())}
-            cut["clip"] = None if cut["clip"] is None else list(cut["clip"])
-            cut["options"] = [dict(option) for option in cut["options"]]
-            for option in cut["options"]:
-                option["clip"] = None if option["clip"] is None else list(option["clip"])
-        data["input_shape"] = list(self.input_shape)
-        if data["input_spec"] is not None:
-            data["input_spec"] = {k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in data["input_spec"].items()}
-        return {"format": FORMAT, "version": VERSION, **data}
-
     @classmethod
-    def from_dict(cls, data: Any) -> "Plan":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PlanError("not a dyno plan (the 'format' field is missing or wrong)")
-        if data.get("version") != VERSION:
-            raise PlanError(f"plan version {data.get('version')!r} is not supported (this dyno reads "
-                            f"version {VERSION}); run `dyno analyze` again")
-        fields = {k: v for k, v in data.items() if k not in ("format", "version")}
-        try:
-            return _build(cls, fields, "plan")
-        except PlanError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise PlanError(f"malformed plan: {type(error).__name__}: {error}") from error
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        tmp.replace(path)  # never leave a half-written plan behind
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, *, model: Any = None, weights_sha256: str | None = None) -> "Plan":
+    def load(cls, path: str | os.PathLike, *, model: Any = None, weights_sha256: str | None = None) -> "Plan":
         """Read and validate a plan; with ``model`` (or its hash) refuse a plan for other weights."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(), parse_constant=_reject_constant)
-        except FileNotFoundError as error:
-            raise PlanError(f"no plan at {path}; make one with `dyno analyze MODEL --out {path}`") from error
-        except PlanError as error:
-            raise PlanError(f"{path}: {error}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PlanError(f"cannot read plan {path}: {error}; the file is corrupt or truncated, "
-                            "run `dyno analyze` again") from error
-        try:
-            plan = cls.from_dict(data)
-        except PlanError as error:
-            raise PlanError(f"{path}: {error}") from None
+        plan = cls.read(path)
         if model is not None:
             from dyno.zoo import weights_hash  # the zoo owns how weights are hashed
 
@@ -311,90 +261,8 @@ class Plan:
         return plan
 
 
-# ------------------------------------------------------------------------------------- parsing
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from JSON ``data``, checking field names and converting types."""
-    if not isinstance(data, dict):
-        raise PlanError(f"{where} must be a JSON object, not {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise PlanError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-    missing = [name for name, f in fields.items() if name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise PlanError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
-    kwargs = {}
-    for name, value in data.items():
-        if name == "cuts":
-            kwargs[name] = tuple(_build(CutPlan, c, f"cut {i}") for i, c in enumerate(_list(value, "cuts")))
-        elif name == "options":
-            kwargs[name] = tuple(_build(Option, o, f"{where} option {i}")
-                                 for i, o in enumerate(_list(value, f"{where} options")))
-        elif name == "input_spec" and value is not None:
-            kwargs[name] = _build(InputSpec, value, "input_spec")
-        elif name == "cloud_ms":
-            if not isinstance(value, dict):
-                raise PlanError(f"{where}: cloud_ms must be an object of batch size -> ms")
-            try:
-                kwargs[name] = {int(b): _number(t, f"{where} cloud_ms") for b, t in value.items()}
-            except ValueError:
-                raise PlanError(f"{where}: cloud_ms keys must be batch sizes (integers)") from None
-        else:
-            kwargs[name] = _convert(value, hints[name], f"{where} {name}")
-    return cls(**kwargs)
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """JSON value -> the annotated type: lists become tuples; numbers, strings and bools are checked."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(h for h in options if h is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is tuple:
-        return tuple(_convert(v, typing.get_args(hint)[0], where) for v in _list(value, where))
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise PlanError(f"{where} must be an object")
-        return value
-    if hint is float:
-        return _number(value, where)
-    if hint is int:
-        if not _int(value):
-            raise PlanError(f"{where} must be an integer, not {value!r}")
-        return value
-    if hint in (str, bool) and not isinstance(value, hint):
-        raise PlanError(f"{where} must be a {hint.__name__}, not {value!r}")
-    return value
-
-
-def _list(value: Any, where: str) -> list | tuple:
-    if not isinstance(value, (list, tuple)):
-        raise PlanError(f"{where} must be a list")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if not _finite(value):
-        raise PlanError(f"{where} must be a finite number, not {value!r}")
-    return float(value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise PlanError(f"the plan contains {name}, which is not a valid number; run `dyno analyze` again")
-
-
 def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _json_data(value: Any, where: str) -> Any:

@@ -118,7 +118,7 @@ def _edited(edit):
     (_edited(lambda d: d["cuts"][1]["options"][0].update(accuracy=1.5)), "accuracy must be within"),
     (_edited(lambda d: d["cuts"][1]["options"][1].update(bits=17)), "bits must be 1..16"),
     (_edited(lambda d: d["cuts"][1]["options"][1].update(codec="gzip")), "unknown codec"),
-    (_edited(lambda d: d["cuts"][1].update(cloud_ms={"one": 1.0})), "batch sizes"),
+    (_edited(lambda d: d["cuts"][1].update(cloud_ms={"one": 1.0})), "keys must be integers"),
     (_edited(lambda d: d["cuts"][1].update(shape="8x14x14")), "shape must be a list"),
     (_edited(lambda d: d["cuts"].pop(1)), "cut ids|input cut|cut 0"),
     (_edited(lambda d: d["cuts"][2]["options"].append(d["cuts"][1]["options"][0])), "device-only"),

@@ -1,0 +1,99 @@
+"""How an activation is packed for the wire: a codec at a bit width (``Packing``), and the codec names.
+
+The one home of the (codec, bits) pair and its label. The plan's options, the policies' decisions,
+the profiles and every report name packings; the codec checks its modes against the same names.
+Light on purpose (no torch, no numpy).
+
+    Packing("shuffle-lz4", 4).label          # 'shuffle-lz4:4'
+    Packing.parse("jpeg:90")                # Packing(codec='jpeg', bits=90): bits is the quality
+    Packing("fp16").label                   # 'fp16'
+
+``bits`` is the bit width (1..16) of a quantising codec, the image quality (1..100) of ``jpeg`` and
+``webp`` (the input cut only), and None for ``fp32``/``fp16``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dyno.errors import ConfigError
+
+__all__ = ["QUANT_CODECS", "FLOAT_CODECS", "IMAGE_CODECS", "CODECS", "BITS", "IMAGE_QUALITIES",
+           "Packing", "label", "problem"]
+
+QUANT_CODECS: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense")
+FLOAT_CODECS: tuple[str, ...] = ("fp32", "fp16")
+IMAGE_CODECS: tuple[str, ...] = ("jpeg", "webp")
+#: Every codec, in the order plans list them.
+CODECS: tuple[str, ...] = FLOAT_CODECS + QUANT_CODECS + IMAGE_CODECS
+#: Bit widths of the quantising codecs.
+BITS: tuple[int, ...] = tuple(range(1, 17))
+#: Image qualities the offline analysis measures at the input cut.
+IMAGE_QUALITIES: tuple[int, ...] = (30, 40, 50, 60, 70, 80, 90, 95)
+
+
+def label(codec: str, bits: int | None) -> str:
+    """``codec`` or ``codec:bits``: how plans, profiles and reports name a packing."""
+    return codec if bits is None else f"{codec}:{bits}"
+
+
+def problem(codec: object, bits: object) -> str | None:
+    """What is wrong with the pair, or None if it names a valid packing (callers raise their own
+    error type: a plan file says PlanError, an argument ConfigError)."""
+    if codec not in CODECS:
+        return f"unknown codec {codec!r}; known: {', '.join(CODECS)}"
+    if codec in FLOAT_CODECS:
+        return None if bits is None else f"{codec} takes no bits"
+    top, what = (100, "image quality") if codec in IMAGE_CODECS else (16, "bits")
+    if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= top):
+        return f"{what} must be 1..{top} for {codec}, not {bits!r}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """A codec at a bit width (quality for jpeg/webp; None for fp32/fp16). Validated on construction."""
+
+    codec: str
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        wrong = problem(self.codec, self.bits)
+        if wrong:
+            raise ConfigError(wrong)
+
+    @classmethod
+    def parse(cls, text: str) -> Packing:
+        """The inverse of ``label``: ``"shuffle-lz4:4"``, ``"jpeg:90"``, ``"fp16"``."""
+        codec, sep, bits = text.strip().partition(":")
+        if not sep:
+            return cls(codec)
+        try:
+            return cls(codec, int(bits))
+        except ValueError:
+            raise ConfigError(f"cannot read packing {text!r}; use CODEC or CODEC:BITS, e.g. shuffle-lz4:4"
+                              ) from None
+
+    @property
+    def label(self) -> str:
+        return label(self.codec, self.bits)
+
+    @property
+    def is_image(self) -> bool:
+        return self.codec in IMAGE_CODECS
+
+    @property
+    def is_quantised(self) -> bool:
+        return self.codec in QUANT_CODECS
+
+    @property
+    def bits_per_value(self) -> float:
+        """Bits per value before entropy coding: 32/16 for floats, 8 for an image's pixels."""
+        if self.codec == "fp32":
+            return 32.0
+        if self.codec == "fp16":
+            return 16.0
+        return 8.0 if self.is_image else float(self.bits or 0)
+
+    def __str__(self) -> str:
+        return self.label

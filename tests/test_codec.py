@@ -17,8 +17,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 import dyno.codec as codec
-from dyno.codec import MODES, CodecSpec, Encoded, Expected, FrameMeta, decode, encode, encode_with
-from dyno.codec import _pack, _quant
+from dyno.codec import MODES, CodecSpec, Encoded, Expected, FrameMeta, _pack, _quant, decode, encode, encode_with
 from dyno.errors import ConfigError, FrameError
 
 QUANT = ("shuffle-lz4", "shuffle-zstd", "dense")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from plan_factory import make_plan
 
 from dyno.errors import ConfigError
 from dyno.monitor import BandwidthEstimator, Monitors
 from dyno.policy import Estimates
-
-from plan_factory import make_plan
 
 
 def feed(est: BandwidthEstimator, rate_bps: float, n: int, nbytes: int = 10_000) -> list[float]:

@@ -8,14 +8,13 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plan_factory import INPUT_SHAPE, make_plan, tiny_plan
 
 from dyno.errors import PolicyError
 from dyno.plan import CutPlan, Option, Plan
 from dyno.policy import OBJECTIVES, SLO, Decision, Estimates, State, make, names
 from dyno.policy.dyno_policy import DynoPolicy
 from dyno.policy.model import PerfModel, meets, predict, rows_of, violation
-
-from plan_factory import INPUT_SHAPE, make_plan, tiny_plan
 
 EST = Estimates(bandwidth_bps=1e6, rtt_ms=10.0, device_slowdown=2.0)
 

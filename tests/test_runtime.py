@@ -1,5 +1,5 @@
 """Runtime integration tests: a real server on a free loopback port, real clients, a small untrained
-Fashion-MNIST-sized CNN (dyno.runtime.testing) and its real cuts and codec."""
+Fashion-MNIST-sized CNN (tests/nets.py) and its real cuts and codec."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from nets import tiny_model
 
 from dyno import codec
+from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.server import channel_options
-from dyno.runtime.testing import tiny_model, tiny_plan
 
 
 class Fixed(Policy):

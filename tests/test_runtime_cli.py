@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dyno.offline import nominal_plan as tiny_plan
 from dyno.runtime.results import SUMMARY_KEYS
-from dyno.runtime.testing import tiny_plan
 
 FASHION = Path(os.environ.get("DYNO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nets import tiny_model
 
 from dyno import demo as D
 from dyno.emulate.device import Device
+from dyno.offline import nominal_plan as tiny_plan
 from dyno.runtime import ServerThread, Splits
 from dyno.runtime.results import SUMMARY_KEYS
-from dyno.runtime.testing import tiny_model, tiny_plan
 
 
 @pytest.fixture(scope="module")

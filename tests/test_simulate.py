@@ -6,17 +6,15 @@ import json
 import math
 
 import pytest
+from plan_factory import make_plan, tiny_plan
 
 from dyno.cli import main as dyno_main
 from dyno.cli import simulate_command
 from dyno.emulate.traces import Trace
 from dyno.policy import SLO, make
 from dyno.policy.model import PerfModel
-from dyno.simulate import (DEFAULT_POLICIES, MAIN_SLO, ONLOADING_SLO, SimConfig, run, simulate_policy,
-                           summary)
+from dyno.simulate import DEFAULT_POLICIES, MAIN_SLO, ONLOADING_SLO, SimConfig, run, simulate_policy, summary
 from dyno.simulate.bench import bench_decide
-
-from plan_factory import make_plan, tiny_plan
 
 SLO_T = SLO.parse("throughput")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TRACES as SHARED
+from conftest import needs_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno.emulate.traces import Trace, load_trace, load_traces
 from dyno.errors import TraceFileError
-
-SHARED = Path("/work/shared/traces")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -136,7 +136,7 @@ def test_directory_sorted_and_readme_skipped(tmp_path):
     assert [t.name for t in load_traces(tmp_path)] == ["a", "b"]
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared traces not present")
+@needs_traces
 def test_shared_traces_load():
     norway = load_traces(SHARED / "norway-hsdpa")
     fcc = load_traces(SHARED / "fcc")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGENET_SAMPLES, needs_fmnist, needs_imagenet
 from PIL import Image
 from torch import nn
 
@@ -21,19 +22,12 @@ import dyno.cli
 import dyno.zoo as zoo
 from dyno.errors import ConfigError, DataError, ModelError
 
-IMAGENET_SAMPLES = Path("/work/shared/imagenet-samples")
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
 # efficientnet-lite0, preprocessing of the zoo, first 50 rows of imagenet-samples/labels.tsv: 44 correct.
 # (All 500 images: 444 correct, 88.8%.)
 EFFICIENTNET_LITE0_FIRST50_CORRECT = 44
 # sha256 of the tensors {"a": arange(4, float32), "b": [[1, 2]] int64} as weights_hash defines it.
 WEIGHTS_HASH_FIXTURE = "5a0fdbcfb8c3571dcc421fa1605e98d04d99253766661816dcd784c1740675e7"
 
-needs_imagenet = pytest.mark.skipif(not (IMAGENET_SAMPLES / "labels.tsv").is_file(),
-                                    reason=f"{IMAGENET_SAMPLES}/labels.tsv not present")
-needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-                                  reason="Fashion-MNIST IDX files not installed (Debian dataset-fashion-mnist)")
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 Formats read (``load_trace`` detects which from the first data line):
 
-- two columns ``seconds<TAB>Mbit/s`` (the Norway HSDPA and FCC traces of ``/work/shared/traces``):
+- two columns ``seconds<TAB>Mbit/s`` (the Norway HSDPA and FCC traces of ``../shared/traces``):
   sample k's rate holds from its time until the next sample's; the last sample holds for the previous
   sample interval, and the trace then loops (period = last time + last interval). Times must not
   decrease; rates must be finite and >= 0.
@@ -16,9 +16,9 @@ binary search; O(log n) per call, no loop over segments), so the runtime's link 
 simulator agree to the float. Zero-rate stretches (tunnels) just take time; a trace without any
 capacity is refused.
 
-    trace = load_trace("/work/shared/traces/norway-hsdpa/norway_bus_1.tsv")
+    trace = load_trace("../shared/traces/norway-hsdpa/norway_bus_1.tsv")
     trace.rate_bps(12.3); trace.transfer_time(20_000, start_t=12.3)
-    traces = load_traces("/work/shared/traces/norway-hsdpa")      # a file or a directory
+    traces = load_traces("../shared/traces/norway-hsdpa")      # a file or a directory
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class PayloadNet(nn.Module):
 
 
 def _build(spec: tuple) -> tuple[nn.Module, Any]:
-    from dyno.runtime.testing import tiny_plan
+    from dyno.offline import nominal_plan as tiny_plan
 
     torch.manual_seed(0)
     if spec[0] == "payload":

@@ -1,0 +1,54 @@
+"""What every test module may use: the data at hand, found relative to the repository, never by an
+absolute path. ``../shared`` (beside the checkout) is not part of the repository: tests that need it
+skip with a reason naming the missing path, and so do tests that need Debian's Fashion-MNIST.
+
+    from conftest import needs_fmnist, needs_imagenet
+
+    @needs_imagenet
+    def test_something(imagenet_samples): ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dyno.zoo import _paths
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TRACES = SHARED / "traces"
+IMAGENET_SAMPLES = SHARED / "imagenet-samples"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _fmnist_present() -> bool:
+    root = _paths.fashion_mnist_root()
+    return any((root / f"t10k-labels-idx1-ubyte{ext}").is_file() for ext in ("", ".gz"))
+
+
+needs_fmnist = pytest.mark.skipif(not _fmnist_present(),
+                                  reason=f"Fashion-MNIST is not installed at {_paths.fashion_mnist_root()} "
+                                  "(Debian package dataset-fashion-mnist; `make setup` installs it as root)")
+needs_imagenet = pytest.mark.skipif(not (IMAGENET_SAMPLES / "labels.tsv").is_file(),
+                                    reason=f"{IMAGENET_SAMPLES}/labels.tsv not present (../shared is not part "
+                                    "of the repository)")
+needs_traces = pytest.mark.skipif(not (TRACES / "norway-hsdpa").is_dir(),
+                                  reason=f"{TRACES} not present (../shared is not part of the repository)")
+
+
+@pytest.fixture(scope="session")
+def imagenet_samples() -> Path:
+    """``../shared/imagenet-samples``; skips when absent."""
+    if not (IMAGENET_SAMPLES / "labels.tsv").is_file():
+        pytest.skip(f"{IMAGENET_SAMPLES}/labels.tsv not present")
+    return IMAGENET_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def traces_dir() -> Path:
+    """``../shared/traces`` (norway-hsdpa, fcc); skips when absent."""
+    if not (TRACES / "norway-hsdpa").is_dir():
+        pytest.skip(f"{TRACES} not present")
+    return TRACES

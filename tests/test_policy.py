@@ -122,7 +122,6 @@ def test_slo_parse_and_str_round_trip():
     ("speed", "unknown SLO objective"),
     ("throughput;drop>=1", "drop takes <="),
     ("throughput;latency<=fast", "not a number"),
-    ("throughput;throughput>=warp-drive", "unknown policy"),
     ("throughput;colour<=3", "cannot read SLO constraint"),
     ("throughput,throughput", "repeat"),
     ("", "empty SLO"),
@@ -130,6 +129,13 @@ def test_slo_parse_and_str_round_trip():
 def test_slo_parse_errors(text, fragment):
     with pytest.raises(PolicyError, match=fragment):
         SLO.parse(text)
+
+
+def test_a_floor_naming_an_unknown_policy_fails_when_resolved():
+    slo = SLO.parse("throughput;throughput>=warp-drive")      # the SLO is data; it names a policy
+    assert slo.min_throughput_of == "warp-drive"
+    with pytest.raises(PolicyError, match="unknown policy 'warp-drive'; known: cloud-only"):
+        make("dyno").decide(State(tiny_plan(), EST, slo))
 
 
 def test_estimates_and_state_validate():

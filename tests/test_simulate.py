@@ -8,20 +8,20 @@ import math
 import pytest
 from plan_factory import make_plan, tiny_plan
 
+from dyno.bench.decide import bench_decide
+from dyno.bench.simulate import DEFAULT_POLICIES, run, summary
 from dyno.cli import main as dyno_main
-from dyno.cli import simulate_command
 from dyno.emulate.traces import Trace
-from dyno.policy import SLO, make
+from dyno.policy import DEFAULT_SLO as MAIN_SLO
+from dyno.policy import ONLOADING_SLO, SLO, make
 from dyno.policy.model import PerfModel
-from dyno.simulate import DEFAULT_POLICIES, MAIN_SLO, ONLOADING_SLO, SimConfig, run, simulate_policy, summary
-from dyno.simulate.bench import bench_decide
+from dyno.simulate import SimConfig, simulate_policy
 
 SLO_T = SLO.parse("throughput")
 
 
 def sim(name, plan, trace, **config):
-    feed = config.pop("feed", "own")
-    return simulate_policy(make(name), PerfModel(plan), trace, SLO_T, SimConfig(**config), feed=feed)
+    return simulate_policy(make(name), PerfModel(plan), trace, SLO_T, SimConfig(**config))
 
 
 def test_device_only_by_hand():
@@ -89,11 +89,11 @@ def test_dyno_adapts_and_neurosurgeon_trusts_its_probe():
     assert max(set(fast), key=fast.count) == 1          # cut 1: 8 ms device stage, 125/s
     assert slow.count(2) > 0.9 * len(slow)              # device-only once its own transfers say so
     # Neurosurgeon probed once at start (fast link) and keeps sending fp32 into the slow link
-    ns = sim("neurosurgeon", plan, trace, feed="probe", probe_every_s=None, **cfg)
+    ns = sim("neurosurgeon", plan, trace, probe_every_s=None, **cfg)
     ns_slow = [c for x, c in zip(ns.timeline["t"], ns.timeline["cut"]) if x > 12]
     assert ns_slow and all(c != 2 for c in ns_slow)
     # ... while a periodic probe lets it recover
-    ns2 = sim("neurosurgeon", plan, trace, feed="probe", probe_every_s=1.0, **cfg)
+    ns2 = sim("neurosurgeon", plan, trace, probe_every_s=1.0, **cfg)
     assert ns2.throughput > ns.throughput
     for other in ("device-only", "cloud-only", "spinn", "jalad"):
         assert dyno.throughput >= sim(other, plan, trace, **cfg).throughput
@@ -131,16 +131,6 @@ def test_run_and_summary_shapes():
                                             "cloud_s", "violations"}
     assert len(doc["per_trace"]) == 4
     json.dumps(doc)
-
-
-def test_cli_constants_match_the_library():
-    import importlib
-
-    run_module = importlib.import_module("dyno.simulate.run")
-
-    assert simulate_command.DEFAULT_POLICIES == run_module.DEFAULT_POLICIES
-    assert simulate_command.MAIN_SLO == run_module.MAIN_SLO
-    assert simulate_command.ONLOADING_SLO == run_module.ONLOADING_SLO
 
 
 def test_simulate_command_over_a_directory(tmp_path, capsys):

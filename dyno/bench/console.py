@@ -12,8 +12,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dyno.progress import NO_PROGRESS, Tick
 
@@ -33,13 +32,13 @@ def stderr_console() -> Console:
 class RichProgress:
     """``dyno.progress.Progress`` drawn as rich progress bars on stderr, one per task.
 
-    Disabled (a no-op) with ``enabled=False`` or when stderr is not a terminal: logs and pipes get no
-    bars. Use as a context manager; tasks opened outside it are not shown.
+    A no-op with ``enabled=False`` (``--json``, ``--no-progress``). Where stderr is not a terminal
+    (a log, a pipe) rich draws the final state once, at the end. Use as a context manager.
     """
 
     def __init__(self, enabled: bool = True, *, transient: bool = False) -> None:
         console = stderr_console()
-        self.enabled = enabled and console.is_terminal
+        self.enabled = enabled
         self._bar: Progress | None = None
         if self.enabled:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

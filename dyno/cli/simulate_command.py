@@ -7,12 +7,9 @@ import json
 import math
 from typing import Any
 
-
-# Copies of dyno.simulate.run's constants, so that building the parser imports nothing heavy
-# (tests/test_simulate.py checks they agree).
-DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
-MAIN_SLO = "throughput;drop<=1"
-ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
+from dyno.bench.simulate import DEFAULT_POLICIES
+from dyno.emulate.device import TIERS
+from dyno.policy import DEFAULT_SLO, ONLOADING_SLO
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slowdown", type=float, help="a custom device slowdown K (replaces --tier)")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES + ("oracle",)),
                         help="comma-separated policy names (default: all, and the hindsight oracle)")
-    parser.add_argument("--slo", default=MAIN_SLO,
-                        help=f"objectives;constraints, e.g. {MAIN_SLO!r} or {ONLOADING_SLO!r} (default: %(default)s)")
+    parser.add_argument("--slo", default=DEFAULT_SLO,
+                        help=f"objectives;constraints, e.g. {DEFAULT_SLO!r} or {ONLOADING_SLO!r} (default: %(default)s)")
     parser.add_argument("--duration", type=float, help="seconds of inferences per trace (default: one trace period)")
     parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time (default: %(default)s)")
@@ -55,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _tiers(args: argparse.Namespace) -> dict[str, float]:
     from dyno.errors import ConfigError
-    from dyno.simulate.run import TIERS
 
     if args.slowdown is not None:
         if not (args.slowdown > 0 and math.isfinite(args.slowdown)):
@@ -72,6 +68,7 @@ def _tiers(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int | None:
+    from dyno.bench.console import RichProgress
     from dyno.errors import ConfigError
     from dyno.plan import Plan
 
@@ -80,9 +77,10 @@ def run(args: argparse.Namespace) -> int | None:
         return _bench(plan, args)
     if plan is None or not args.trace:
         raise ConfigError("dyno simulate needs --plan and --trace (or --bench-decide)")
+    from dyno.bench.simulate import run as simulate
+    from dyno.bench.simulate import summary
     from dyno.emulate.traces import load_traces
     from dyno.policy import SLO
-    from dyno.simulate.run import ONLOADING_SLO, run as simulate, summary
 
     traces = load_traces(args.trace)
     if args.limit:
@@ -103,19 +101,20 @@ def run(args: argparse.Namespace) -> int | None:
     if args.summary:
         runs.append(("onloading", SLO.parse(ONLOADING_SLO), ("dyno", "cloud-only")))
     reports = {}
-    with _Progress(len(traces) * len(tiers) * len(runs), disabled=args.no_progress) as progress:
+    with RichProgress(not args.no_progress) as progress:
+        tick = progress.task("simulate", len(traces) * len(tiers) * len(runs))
         for label, run_slo, run_policies in runs:
             reports[label] = simulate(
                 plan, traces, tiers=tiers, policies=run_policies, slo=run_slo, config=config,
                 timeline_for=(next(iter(tiers)), plot_trace) if args.plot and label == "main" else None,
-                progress=lambda what, label=label: progress.advance(f"{label}: {what}"))
+                progress=lambda what, label=label: tick(status=f"{label}: {what}"))
     main = reports["main"]
     document: dict[str, Any] = main.to_json()
     if args.summary:
         document["summary"] = summary(main, reports.get("onloading"))
         document["onloading"] = reports["onloading"].to_json()["by_tier"]
     if args.plot:
-        from dyno.simulate.plot import plot_timeline
+        from dyno.bench.simulate_plot import plot_timeline
 
         trace = next(t for t in traces if t.name == plot_trace)
         path = plot_timeline(main, trace, next(iter(tiers)), args.plot)
@@ -133,37 +132,8 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-class _Progress:
-    """A rich progress bar on stderr over (tier, trace) runs."""
-
-    def __init__(self, total: int, *, disabled: bool) -> None:
-        self.total, self.disabled = total, disabled
-        self._progress = None
-
-    def __enter__(self) -> "_Progress":
-        if not self.disabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from dyno.cli._console import stderr_console
-
-            self._progress = Progress(TextColumn("simulate"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), TextColumn("{task.description}"),
-                                      console=stderr_console(), transient=False)
-            self._progress.start()
-            self._task = self._progress.add_task("", total=self.total)
-        return self
-
-    def advance(self, what: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=what)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
 def _bench(plan, args: argparse.Namespace) -> None:
-    from dyno.simulate.bench import bench_decide
+    from dyno.bench.decide import bench_decide
 
     results = bench_decide(plan)
     if args.json:
@@ -178,7 +148,7 @@ def _bench(plan, args: argparse.Namespace) -> None:
 def _print(document: dict[str, Any], args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    from dyno.cli._console import stdout_console
+    from dyno.bench.console import stdout_console
 
     console = stdout_console()
     for tier, policies in document["by_tier"].items():

@@ -33,7 +33,8 @@ from dyno.errors import ConfigError
 
 __all__ = ["TIERS", "Device", "cgroup_available"]
 
-TIERS: dict[str, float] = {"native": 1.0, "high": 2.0, "mid": 8.0, "low": 33.0}
+#: Device tiers: slowdowns against the cloud (DESIGN.md, "Emulation"). ``native`` (1.0) is also accepted.
+TIERS: dict[str, float] = {"low": 33.0, "mid": 8.0, "high": 2.0}
 _CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 
 
@@ -62,12 +63,14 @@ class Device:
     @classmethod
     def tier(cls, name: str | float, *, mode: str = "pad") -> "Device":
         """A device of a named tier (``low``/``mid``/``high``/``native``) or a numeric slowdown."""
+        if name == "native":
+            return cls(1.0, mode=mode)
         if isinstance(name, str) and name in TIERS:
             return cls(TIERS[name], mode=mode)
         try:
             return cls(float(name), mode=mode)
         except (TypeError, ValueError):
-            raise ConfigError(f"unknown device tier {name!r}; known: {', '.join(TIERS)}, or a number "
+            raise ConfigError(f"unknown device tier {name!r}; known: {', '.join(TIERS)}, native, or a number "
                               ">= 1 (the slowdown k_d)") from None
 
     @property

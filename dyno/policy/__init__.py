@@ -2,33 +2,36 @@
 
     from dyno.policy import SLO, Estimates, State, make
     policy = make("dyno")
-    state = State(plan, Estimates(bandwidth_bps=5e6, device_slowdown=8), SLO.parse("throughput;drop<=1"),
+    state = State(plan, Estimates(bandwidth_bps=5e6, device_slowdown=8), SLO.parse(DEFAULT_SLO),
                   batch=1, in_flight=8)   # in_flight: the client's request window (None: unbounded)
     decision = policy.decide(state)        # Decision(cut, codec, bits, predicted, note)
 
 Registered names: ``dyno``, ``device-only``, ``cloud-only`` (JPEG q90), ``cloud-only-raw`` (fp32 input),
 ``neurosurgeon``, ``spinn`` (SPINN-style transfer: 8-bit + lossless, no early exits), ``jalad``
 (JALAD-style: fixed offline choice). The performance model is ``dyno.policy.model``.
+
+Imports point one way: ``base`` (the interface) <- ``registry`` <- ``model`` <- ``floor`` <- the policies;
+importing this package imports every policy module, and that is what registers them.
 """
 
-from dyno.policy.base import OBJECTIVES, SLO, Decision, Estimates, Policy, Prediction, State
+from dyno.policy import baselines, dyno_policy  # noqa: F401  (importing them registers the policies)
+from dyno.policy.base import (
+                              DEFAULT_SLO,
+                              FEEDS,
+                              OBJECTIVES,
+                              ONLOADING_SLO,
+                              SLO,
+                              Decision,
+                              Estimates,
+                              Policy,
+                              Prediction,
+                              State,
+)
+from dyno.policy.baselines import CloudOnly, CloudOnlyRaw, DeviceOnly, JaladStyle, Neurosurgeon, SpinnStyle
+from dyno.policy.dyno_policy import DynoPolicy
+from dyno.policy.model import DevicePower, PerfModel, predict
 from dyno.policy.registry import make, names, register
 
-__all__ = ["OBJECTIVES", "SLO", "Decision", "Estimates", "Policy", "Prediction", "State",
-           "make", "names", "register"]
-
-
-def __getattr__(name: str):  # the model and policy classes load on first use
-    if name in ("DynoPolicy",):
-        from dyno.policy import dyno_policy
-
-        return getattr(dyno_policy, name)
-    if name in ("DeviceOnly", "CloudOnly", "CloudOnlyRaw", "Neurosurgeon", "SpinnStyle", "JaladStyle"):
-        from dyno.policy import baselines
-
-        return getattr(baselines, name)
-    if name in ("PerfModel", "predict", "DevicePower"):
-        from dyno.policy import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module 'dyno.policy' has no attribute {name!r}")
+__all__ = ["DEFAULT_SLO", "FEEDS", "OBJECTIVES", "ONLOADING_SLO", "SLO", "Decision", "Estimates", "Policy",
+           "Prediction", "State", "make", "names", "register", "DynoPolicy", "DeviceOnly", "CloudOnly",
+           "CloudOnlyRaw", "Neurosurgeon", "SpinnStyle", "JaladStyle", "PerfModel", "predict", "DevicePower"]

@@ -4,7 +4,7 @@ Every compared system (DynO, device-only, cloud-only, Neurosurgeon, SPINN-style,
 ``Policy``: ``decide(state) -> Decision(cut, codec, bits)``. Policies do no I/O, so the simulator and
 the device client run the very same code.
 
-    state = State(plan, Estimates(bandwidth_bps=4e6, device_slowdown=8.0), SLO.parse("throughput;drop<=1"))
+    state = State(plan, Estimates(bandwidth_bps=4e6, device_slowdown=8.0), SLO.parse(DEFAULT_SLO))
     decision = dyno.policy.make("dyno").decide(state)
     decision.cut, decision.codec, decision.bits, decision.predicted.throughput
 """
@@ -18,11 +18,24 @@ import re
 from typing import TYPE_CHECKING
 
 from dyno.errors import PolicyError
+from dyno.packing import label
 
 if TYPE_CHECKING:  # the plan module is light, but the policy interface needs only its name
     from dyno.plan import Plan
 
-__all__ = ["OBJECTIVES", "Prediction", "Decision", "Estimates", "SLO", "State", "Policy"]
+__all__ = ["OBJECTIVES", "FEEDS", "DEFAULT_SLO", "ONLOADING_SLO", "Prediction", "Decision", "Estimates", "SLO",
+           "State", "Policy"]
+
+#: The SLO of the demo, ``dyno run`` and ``dyno simulate``: the most throughput losing at most one point
+#: of top-1 against the fp32 model (without an accuracy bound any scheduler sends 1-bit noise).
+DEFAULT_SLO = "throughput;drop<=1"
+#: The onloading view: the least cloud compute per inference at no less throughput than cloud-only.
+ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
+
+#: What a policy's estimates are fed from, in the simulator as on a device (``Policy.feed``):
+#: ``own``: the device's own monitors; ``probe``: a bandwidth probe at start and periodically (as
+#: Neurosurgeon measures); ``oracle``: the trace's true future (the hindsight oracle, simulator only).
+FEEDS = ("own", "probe", "oracle")
 
 #: objective name -> +1 if larger is better, -1 if smaller is better
 OBJECTIVES: dict[str, int] = {
@@ -70,7 +83,7 @@ class Decision:
     def label(self) -> str:
         if self.codec is None:
             return f"cut {self.cut} (device-only)"
-        return f"cut {self.cut} {self.codec}" + ("" if self.bits is None else f":{self.bits}")
+        return f"cut {self.cut} {label(self.codec, self.bits)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +127,7 @@ class SLO:
 
     Objectives are compared in order; options within ``tolerance`` (relative) of the best on one
     objective are all kept for the next, and the last objective picks exactly (ties: plan order).
+    The SLO is data: a floor naming a policy that is not registered fails when a policy resolves it.
 
         SLO.parse("throughput,cloud_cost;drop<=1;latency<=200")
         SLO.parse("cloud_cost;throughput>=cloud-only")      # the onloading view
@@ -149,12 +163,9 @@ class SLO:
             raise PolicyError(f"SLO.tolerance must be in [0, 1), got {self.tolerance!r}")
         if not (math.isfinite(self.min_throughput_ratio) and self.min_throughput_ratio > 0):
             raise PolicyError("SLO.min_throughput_ratio must be > 0")
-        if self.min_throughput_of is not None:
-            from dyno.policy.registry import names  # late: the registry imports the policies
-
-            if self.min_throughput_of not in names():
-                raise PolicyError(f"SLO throughput floor names unknown policy {self.min_throughput_of!r}; "
-                                  f"known: {', '.join(names())}")
+        if self.min_throughput_of is not None and not (isinstance(self.min_throughput_of, str)
+                                                       and self.min_throughput_of.strip()):
+            raise PolicyError("SLO throughput floor needs a policy name, e.g. throughput>=cloud-only")
 
     @property
     def constrained(self) -> bool:
@@ -260,6 +271,8 @@ class Policy(abc.ABC):
     """
 
     name: str = "policy"
+    #: Where the estimates this policy decides on come from (one of ``FEEDS``).
+    feed: str = "own"
     #: True when ``decide`` is a pure function of the state (no hysteresis or memory beyond a fixed
     #: first choice): a caller may then reuse a decision while the state is unchanged.
     pure: bool = False

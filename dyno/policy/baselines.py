@@ -21,8 +21,8 @@ import numpy as np
 
 from dyno.errors import PolicyError
 from dyno.policy.base import Decision, Estimates, Policy, State
-from dyno.policy.dyno_policy import FloorResolver, ModelCache
-from dyno.policy.model import DevicePower, PerfModel
+from dyno.policy.floor import FloorResolver
+from dyno.policy.model import DevicePower, ModelCache, PerfModel
 from dyno.policy.registry import register
 
 __all__ = ["RowPolicy", "DeviceOnly", "CloudOnly", "CloudOnlyRaw", "Neurosurgeon", "SpinnStyle", "JaladStyle"]
@@ -130,6 +130,8 @@ class Neurosurgeon(RowPolicy):
     """Neurosurgeon: the split of minimum predicted latency (``objective="energy"`` for its energy mode),
     activations sent uncompressed in fp32. It decides on whatever estimates it is given: in the
     simulator a bandwidth probe, not the device's own transfer history."""
+
+    feed = "probe"
 
     def __init__(self, *, objective: str = "latency", power: DevicePower = DevicePower()) -> None:
         if objective not in ("latency", "energy"):

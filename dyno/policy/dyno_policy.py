@@ -19,62 +19,15 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from dyno.errors import PolicyError
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
-from dyno.policy.model import DevicePower, PerfModel
-from dyno.policy.registry import make, register
+from dyno.policy.floor import FloorResolver
+from dyno.policy.model import DevicePower, ModelCache, PerfModel
+from dyno.policy.registry import register
 
-__all__ = ["DynoPolicy", "ModelCache"]
-
-
-class ModelCache:
-    """One ``PerfModel`` per plan object (plans are immutable)."""
-
-    def __init__(self, power: DevicePower) -> None:
-        self.power = power
-        self._plan = None
-        self._model: PerfModel | None = None
-
-    def get(self, plan) -> PerfModel:
-        if plan is not self._plan:
-            self._model = PerfModel(plan, power=self.power)
-            self._plan = plan
-        assert self._model is not None
-        return self._model
-
-
-class FloorResolver:
-    """The throughput floor of an SLO: absolute, or a named baseline's predicted throughput."""
-
-    def __init__(self) -> None:
-        self._baselines: dict[str, Policy] = {}
-        self._stripped: dict[SLO, SLO] = {}
-
-    def floor(self, state: State, model: PerfModel, ev) -> float | None:
-        slo = state.slo
-        floor = slo.min_throughput
-        if slo.min_throughput_of is not None:
-            baseline = self._baselines.get(slo.min_throughput_of)
-            if baseline is None:
-                baseline = self._baselines[slo.min_throughput_of] = make(slo.min_throughput_of)
-            stripped = self._stripped.get(slo)
-            if stripped is None:
-                stripped = self._stripped[slo] = dataclasses.replace(slo, min_throughput_of=None,
-                                                                     min_throughput=None)
-            sub = State(state.plan, state.estimates, stripped, state.batch, state.in_flight)
-            row_for = getattr(baseline, "row_for", None)
-            if row_for is not None:   # a RowPolicy: the row index, no Prediction built
-                i = row_for(sub)[1]
-            else:
-                d = baseline.decide(sub)
-                i = model.index[(d.cut, d.codec, d.bits)]
-            relative = float(ev.throughput[i]) * slo.min_throughput_ratio
-            floor = relative if floor is None else max(floor, relative)
-        return floor
+__all__ = ["DynoPolicy"]
 
 
 @register("dyno")

@@ -43,7 +43,7 @@ from dyno.policy.base import OBJECTIVES, SLO, Estimates, Prediction
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["DevicePower", "Row", "PerfModel", "rows_of", "predict", "meets", "violation", "MAX_LOAD",
+__all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict", "meets", "violation", "MAX_LOAD",
            "MIN_BANDWIDTH_BPS"]
 
 MAX_LOAD = 0.95
@@ -335,3 +335,19 @@ class PerfModel:
         mask = np.zeros(len(self.rows), dtype=bool)
         mask[list(rows)] = True
         return mask
+
+
+class ModelCache:
+    """One ``PerfModel`` per plan object (plans are immutable)."""
+
+    def __init__(self, power: DevicePower) -> None:
+        self.power = power
+        self._plan = None
+        self._model: PerfModel | None = None
+
+    def get(self, plan) -> PerfModel:
+        if plan is not self._plan:
+            self._model = PerfModel(plan, power=self.power)
+            self._plan = plan
+        assert self._model is not None
+        return self._model

@@ -1,13 +1,13 @@
-"""Discrete-event simulation of policies over bandwidth traces (``dyno simulate``).
+"""The discrete-event simulator: one policy streaming inferences over a bandwidth trace, on the plan's
+numbers, through the very policy code the device client runs (``dyno.simulate.engine``).
 
-    from dyno.simulate import run, TIERS, DEFAULT_POLICIES
-    report = run(plan, traces, tiers={"low": TIERS["low"]}, policies=DEFAULT_POLICIES, slo=SLO.parse(MAIN_SLO))
+    from dyno.simulate import SimConfig, simulate_policy
+    result = simulate_policy(dyno.policy.make("dyno"), PerfModel(plan), trace, slo, SimConfig(slowdown=8))
+
+Experiments over many policies, traces and tiers (``dyno simulate``) are in ``dyno.bench.simulate``.
 """
 
-from dyno.simulate.engine import FEEDS, SimConfig, SimResult, simulate_policy
-from dyno.simulate.run import (DEFAULT_POLICIES, MAIN_SLO, OFFLOADING_BASELINES, ONLOADING_SLO, TIERS,
-                               OracleDyno, Report, build_policy, feed_of, run, summary)
+from dyno.simulate.engine import OracleDyno, SimConfig, SimResult, simulate_policy
+from dyno.simulate.synthetic import synthetic_plan
 
-__all__ = ["FEEDS", "SimConfig", "SimResult", "simulate_policy", "DEFAULT_POLICIES", "MAIN_SLO",
-           "OFFLOADING_BASELINES", "ONLOADING_SLO", "TIERS", "OracleDyno", "Report", "build_policy",
-           "feed_of", "run", "summary"]
+__all__ = ["OracleDyno", "SimConfig", "SimResult", "simulate_policy", "synthetic_plan"]

@@ -12,7 +12,7 @@ the pipeline when the device finishes. Inferences are started during ``[0, durat
 their number divided by the time the last one is answered.
 
 The policy decides at each start, on estimates fed only by what a real device would know at that
-moment (updates are applied in time order, never early):
+moment (updates are applied in time order, never early), from the source its ``feed`` names:
 
 - ``"own"`` (DynO, SPINN-style, JALAD-style, fixed baselines): ``dyno.monitor.Monitors`` fed by the
   simulated transfers (bytes, link seconds) when each transfer ends, the head times when the device
@@ -37,12 +37,10 @@ import numpy as np
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
 from dyno.monitor import Monitors
-from dyno.policy.base import SLO, Estimates, Policy, State
-from dyno.policy.model import PerfModel
+from dyno.policy import FEEDS, SLO, DynoPolicy, Estimates, Policy, State
+from dyno.policy.model import PerfModel, Row
 
-__all__ = ["SimConfig", "SimResult", "simulate_policy", "FEEDS"]
-
-FEEDS = ("own", "probe", "oracle")
+__all__ = ["SimConfig", "SimResult", "simulate_policy", "OracleDyno"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,124 +115,165 @@ def _violates(slo: SLO, latency_ms: float, drop_points: float, nbytes: float) ->
             or (slo.max_bytes is not None and nbytes > slo.max_bytes))
 
 
-def simulate_policy(policy: Policy, model: PerfModel, trace: Trace, slo: SLO, config: SimConfig, *,
-                    feed: str = "own") -> SimResult:
-    """Run ``policy`` over ``trace`` and return what happened (see the module docstring)."""
-    if feed not in FEEDS:
-        raise ConfigError(f"unknown estimate feed {feed!r}; known: {', '.join(FEEDS)}")
-    plan = model.plan
-    policy.reset()
-    kd = config.slowdown
-    duration = trace.period if config.duration_s is None else config.duration_s
-    rtt_s = config.rtt_ms / 1000.0
-    half_rtt = rtt_s / 2.0
-    load_scale = 1.0 / (1.0 - config.server_load)
-    batch = config.batch
-    cloud_ps = model.cloud_ps(batch).tolist()
-    monitors = Monitors(plan, initial_bandwidth_bps=config.initial_bandwidth_bps, window=config.window,
-                        initial_rtt_ms=config.rtt_ms, initial_slowdown=kd)
-    true_server = dict(rtt_ms=config.rtt_ms, device_slowdown=kd, server_load=config.server_load)
+class _Feed:
+    """The estimates a policy decides on at time ``t``, from its ``feed`` (see the module docstring).
 
-    # pending monitor updates: (time, seq, kind, a, b)
-    pending: list[tuple[float, int, str, float, float]] = []
-    seq = 0
-    inflight: list[float] = []   # answer times of started, unanswered inferences (a heap)
-    device_free = link_free = cloud_free = 0.0
-    latencies: list[float] = []
-    bytes_total = accuracy_sum = cloud_s_total = 0.0
-    offloaded = violations = 0
-    probe_bw: float | None = None
-    next_probe = 0.0
-    last_est: Estimates | None = None
-    last_row = -1
-    timeline: dict[str, list] | None = ({"t": [], "cut": [], "bits": [], "codec": [], "bw_est": []}
-                                        if config.timeline else None)
-    t = 0.0
-    end = 0.0
-    index = model.index
-    rows = model.rows
-    while True:
-        t = device_free
+    Monitor updates are queued with the time they become known and applied in time order, never early."""
+
+    def __init__(self, feed: str, plan, trace: Trace, config: SimConfig) -> None:
+        if feed not in FEEDS:
+            raise ConfigError(f"unknown estimate feed {feed!r}; known: {', '.join(FEEDS)}")
+        self.feed, self.trace, self.config = feed, trace, config
+        self.monitors = Monitors(plan, initial_bandwidth_bps=config.initial_bandwidth_bps, window=config.window,
+                                 initial_rtt_ms=config.rtt_ms, initial_slowdown=config.slowdown)
+        self.pending: list[tuple[float, int, str, float, float]] = []   # (time, seq, kind, a, b)
+        self._seq = 0
+        self._probe: Estimates | None = None
+        self._next_probe = 0.0
+
+    def later(self, when: float, kind: str, a: float, b: float) -> None:
+        """An observation the device makes at ``when``: a transfer, a head time, a reply."""
+        heapq.heappush(self.pending, (when, self._seq, kind, a, b))
+        self._seq += 1
+
+    def at(self, t: float, link_free: float) -> Estimates:
+        if self.feed == "own":
+            return self._own(t)
+        if self.feed == "probe":
+            return self._probed(t)
+        start = max(t, link_free)
+        c = self.config
+        return Estimates(bandwidth_bps=self.trace.mean_rate(start, start + c.oracle_horizon_s),
+                         rtt_ms=c.rtt_ms, device_slowdown=c.slowdown, server_load=c.server_load)
+
+    def _own(self, t: float) -> Estimates:
+        monitors, pending, c = self.monitors, self.pending, self.config
+        while pending and pending[0][0] <= t:
+            _, _, kind, a, b = heapq.heappop(pending)
+            if kind == "x":
+                monitors.record_transfer(a, b)  # type: ignore[arg-type]  # median bytes are fractional
+            elif kind == "d":
+                monitors.record_device(int(a), b)
+            else:
+                monitors.record_server(int(a), b, c.server_load, c.batch)
+                monitors.record_rtt(c.rtt_ms)
+        return monitors.estimates()
+
+    def _probed(self, t: float) -> Estimates:
+        c = self.config
+        if self._probe is None or (c.probe_every_s is not None and t >= self._next_probe):
+            bandwidth = 8.0 * c.probe_bytes / self.trace.transfer_time(c.probe_bytes, t)
+            self._next_probe = t + (c.probe_every_s or math.inf)
+            self._probe = Estimates(bandwidth_bps=bandwidth, rtt_ms=c.rtt_ms, device_slowdown=c.slowdown)
+        return self._probe
+
+
+class _Tally:
+    """What happened to the inferences started so far."""
+
+    def __init__(self, timeline: bool) -> None:
+        self.latencies: list[float] = []
+        self.bytes_total = self.accuracy_sum = self.cloud_s_total = 0.0
+        self.offloaded = self.violations = 0
+        self.end = 0.0
+        self.timeline: dict[str, list] | None = ({"t": [], "cut": [], "bits": [], "codec": [], "bw_est": []}
+                                                 if timeline else None)
+
+    def add(self, t: float, done: float, row: Row, cloud_s: float, violated: bool, estimate_bps: float) -> None:
+        self.end = max(self.end, done)
+        self.latencies.append((done - t) * 1000.0)
+        self.accuracy_sum += row.accuracy
+        self.cloud_s_total += cloud_s
+        self.violations += violated
+        if row.offloaded:
+            self.bytes_total += row.bytes
+            self.offloaded += 1
+        if self.timeline is not None:
+            for key, value in (("t", t), ("cut", row.cut), ("bits", -1 if row.bits is None else row.bits),
+                               ("codec", row.codec), ("bw_est", estimate_bps)):
+                self.timeline[key].append(value)
+
+
+class _Pipeline:
+    """The three FIFO stages (device, link, cloud), each serving one inference at a time."""
+
+    def __init__(self, model: PerfModel, trace: Trace, config: SimConfig, feed: _Feed) -> None:
+        self.trace, self.config, self.feed = trace, config, feed
+        self.cloud_ps = model.cloud_ps(config.batch).tolist()
+        self.load_scale = 1.0 / (1.0 - config.server_load)
+        self.half_rtt = config.rtt_ms / 2000.0
+        self.device_free = self.link_free = self.cloud_free = 0.0
+
+    def run(self, i: int, row: Row, t: float) -> tuple[float, float]:
+        """Start ``row`` (row index ``i``) on the device at ``t``: (answer time, cloud seconds)."""
+        head_ms = self.config.slowdown * row.device_ms
+        dev_end = t + (head_ms + row.encode_ms) / 1000.0
+        self.device_free = dev_end
+        if row.device_ms > 0:
+            self.feed.later(dev_end, "d", row.cut, head_ms)
+        if row.codec is None:
+            return dev_end, 0.0
+        link_start = max(dev_end, self.link_free)
+        seconds = self.trace.transfer_time(row.bytes, link_start)
+        self.link_free = link_start + seconds
+        self.feed.later(self.link_free, "x", row.bytes, seconds)
+        server_ms = self.cloud_ps[i]
+        cloud_start = max(self.link_free + self.half_rtt, self.cloud_free)
+        self.cloud_free = cloud_start + (row.decode_ms + server_ms * self.load_scale) / 1000.0
+        done = self.cloud_free + self.half_rtt
+        self.feed.later(done, "s", row.cut, server_ms * self.config.batch)
+        return done, (row.decode_ms + server_ms) / 1000.0
+
+
+def _next_start(device_free: float, inflight: list[float], window: int) -> float:
+    """When the next inference can start: the device is free and the request window has a slot."""
+    t = device_free
+    while inflight and inflight[0] <= t:
+        heapq.heappop(inflight)
+    if len(inflight) >= window:
+        t = heapq.heappop(inflight)   # the earliest answer frees a slot
         while inflight and inflight[0] <= t:
             heapq.heappop(inflight)
-        if len(inflight) >= config.max_inflight:
-            t = heapq.heappop(inflight)   # the earliest answer frees a slot
-            while inflight and inflight[0] <= t:
-                heapq.heappop(inflight)
-        if t >= duration:
-            break
-        # ------------------------------------------------------------ estimates at time t
-        if feed == "own":
-            while pending and pending[0][0] <= t:
-                _, _, kind, a, b = heapq.heappop(pending)
-                if kind == "x":
-                    monitors.record_transfer(a, b)
-                elif kind == "d":
-                    monitors.record_device(int(a), b)
-                else:
-                    monitors.record_server(int(a), b, config.server_load, batch)
-                    monitors.record_rtt(config.rtt_ms)
-            est = monitors.estimates()
-        elif feed == "probe":
-            if probe_bw is None or (config.probe_every_s is not None and t >= next_probe):
-                probe_t = t
-                probe_bw = 8.0 * config.probe_bytes / trace.transfer_time(config.probe_bytes, probe_t)
-                next_probe = probe_t + (config.probe_every_s or math.inf)
-                est = Estimates(bandwidth_bps=probe_bw, rtt_ms=config.rtt_ms, device_slowdown=kd)
-            else:
-                est = last_est  # type: ignore[assignment]
-        else:
-            start = max(t, link_free)
-            est = Estimates(bandwidth_bps=trace.mean_rate(start, start + config.oracle_horizon_s),
-                            **true_server)
-        # ------------------------------------------------------------ decide
+    return t
+
+
+def simulate_policy(policy: Policy, model: PerfModel, trace: Trace, slo: SLO, config: SimConfig) -> SimResult:
+    """Run ``policy`` over ``trace`` and return what happened (see the module docstring); its estimates
+    come from its ``feed``."""
+    plan = model.plan
+    policy.reset()
+    duration = trace.period if config.duration_s is None else config.duration_s
+    feed = _Feed(policy.feed, plan, trace, config)
+    pipeline = _Pipeline(model, trace, config, feed)
+    tally = _Tally(config.timeline)
+    inflight: list[float] = []   # answer times of started, unanswered inferences (a heap)
+    last_est: Estimates | None = None
+    last_row = -1
+    while (t := _next_start(pipeline.device_free, inflight, config.max_inflight)) < duration:
+        est = feed.at(t, pipeline.link_free)
         if policy.pure and last_row >= 0 and (est is last_est or est == last_est):
             i = last_row
         else:
-            d = policy.decide(State(plan, est, slo, batch, config.max_inflight))
-            i = index[(d.cut, d.codec, d.bits)]
+            d = policy.decide(State(plan, est, slo, config.batch, config.max_inflight))
+            i = model.index[(d.cut, d.codec, d.bits)]
         last_est, last_row = est, i
-        row = rows[i]
-        # ------------------------------------------------------------ run it
-        head_ms = kd * row.device_ms
-        dev_end = t + (head_ms + row.encode_ms) / 1000.0
-        device_free = dev_end
-        if row.device_ms > 0:
-            heapq.heappush(pending, (dev_end, seq, "d", row.cut, head_ms))
-            seq += 1
-        if row.codec is None:
-            done = dev_end
-            cloud_s = 0.0
-        else:
-            link_start = max(dev_end, link_free)
-            seconds = trace.transfer_time(row.bytes, link_start)
-            link_free = link_start + seconds
-            heapq.heappush(pending, (link_free, seq, "x", row.bytes, seconds))
-            seq += 1
-            server_ms = cloud_ps[i]
-            cloud_start = max(link_free + half_rtt, cloud_free)
-            cloud_free = cloud_start + (row.decode_ms + server_ms * load_scale) / 1000.0
-            done = cloud_free + half_rtt
-            heapq.heappush(pending, (done, seq, "s", row.cut, server_ms * batch))
-            seq += 1
-            bytes_total += row.bytes
-            offloaded += 1
-            cloud_s = (row.decode_ms + server_ms) / 1000.0
+        row = model.rows[i]
+        done, cloud_s = pipeline.run(i, row, t)
         heapq.heappush(inflight, done)
-        end = max(end, done)
         latency_ms = (done - t) * 1000.0
-        latencies.append(latency_ms)
-        accuracy_sum += row.accuracy
-        cloud_s_total += cloud_s
-        if _violates(slo, latency_ms, (plan.accuracy_fp32 - row.accuracy) * 100.0, row.bytes):
-            violations += 1
-        if timeline is not None:
-            timeline["t"].append(t)
-            timeline["cut"].append(row.cut)
-            timeline["bits"].append(-1 if row.bits is None else row.bits)
-            timeline["codec"].append(row.codec)
-            timeline["bw_est"].append(est.bandwidth_bps)
-    return SimResult(policy=policy.name, trace=trace.name, inferences=len(latencies), makespan_s=end,
-                     latencies_ms=np.asarray(latencies), bytes_total=bytes_total, offloaded=offloaded,
-                     accuracy_sum=accuracy_sum, cloud_s_total=cloud_s_total, violations=violations,
-                     timeline=timeline)
+        violated = _violates(slo, latency_ms, (plan.accuracy_fp32 - row.accuracy) * 100.0, row.bytes)
+        tally.add(t, done, row, cloud_s, violated, est.bandwidth_bps)
+    return SimResult(policy=policy.name, trace=trace.name, inferences=len(tally.latencies), makespan_s=tally.end,
+                     latencies_ms=np.asarray(tally.latencies), bytes_total=tally.bytes_total,
+                     offloaded=tally.offloaded, accuracy_sum=tally.accuracy_sum, cloud_s_total=tally.cloud_s_total,
+                     violations=tally.violations, timeline=tally.timeline)
+
+
+class OracleDyno(DynoPolicy):
+    """The hindsight oracle: DynO's rule, no hysteresis or probing, fed the trace's true future rate."""
+
+    name = "oracle"
+    feed = "oracle"
+
+    def __init__(self) -> None:
+        super().__init__(margin=0.0, probe_every=0)

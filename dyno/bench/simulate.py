@@ -5,7 +5,7 @@ plan's device_ms and cloud_ms are both measured on this CPU): ``low`` = 33 (Rasp
 ``mid`` = 8 (Pixel 4 CPU), ``high`` = 2 (Jetson AGX Xavier class). The server is the native-speed
 process (DESIGN.md, "Emulation"): the paper's GPU server is not modelled beyond that.
 
-    report = run(plan, traces, tiers={"low": 33.0}, policies=DEFAULT_POLICIES, slo=SLO.parse("throughput;drop<=1"))
+    report = run(plan, traces, tiers={"low": 33.0}, policies=DEFAULT_POLICIES, slo=SLO.parse(DEFAULT_SLO))
     report.aggregate()["low"]["dyno"]["throughput"]
 """
 
@@ -18,37 +18,21 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from dyno.emulate.device import TIERS
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
 from dyno.policy import SLO, Policy, make, names
-from dyno.policy.dyno_policy import DynoPolicy
 from dyno.policy.model import PerfModel
-from dyno.simulate.engine import SimConfig, SimResult, simulate_policy
+from dyno.simulate.engine import OracleDyno, SimConfig, SimResult, simulate_policy
 
-__all__ = ["TIERS", "DEFAULT_POLICIES", "OFFLOADING_BASELINES", "MAIN_SLO", "ONLOADING_SLO", "Report",
-           "build_policy", "feed_of", "run", "summary", "OracleDyno"]
+__all__ = ["TIERS", "DEFAULT_POLICIES", "Report", "build_policy", "run", "summary"]
 
-TIERS: dict[str, float] = {"low": 33.0, "mid": 8.0, "high": 2.0}
+#: Every compared system, DynO first: the default of ``dyno simulate``.
 DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
-OFFLOADING_BASELINES = ("neurosurgeon", "spinn", "jalad")
-MAIN_SLO = "throughput;drop<=1"
-ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
-
-
-class OracleDyno(DynoPolicy):
-    """The hindsight oracle: DynO's rule, no hysteresis or probing, fed the trace's true future rate."""
-
-    name = "oracle"
-
-    def __init__(self) -> None:
-        super().__init__(margin=0.0, probe_every=0)
-
-
-def feed_of(name: str) -> str:
-    return {"neurosurgeon": "probe", "oracle": "oracle"}.get(name, "own")
 
 
 def build_policy(name: str, *, nominal_bandwidth_bps: float | None = None) -> Policy:
+    """A registered policy by name, or ``oracle``; JALAD gets the trace set's nominal bandwidth."""
     if name == "oracle":
         return OracleDyno()
     if name == "jalad":
@@ -132,7 +116,7 @@ def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Ite
             keep = timeline_for is not None and timeline_for == (tier, trace.name)
             cfg = SimConfig(slowdown=slowdown, timeline=keep, **config)
             results[tier][trace.name] = {
-                name: simulate_policy(policy, model, trace, slo, cfg, feed=feed_of(name))
+                name: simulate_policy(policy, model, trace, slo, cfg)
                 for name, policy in built.items()}
             if progress:
                 progress(f"{tier} {trace.name}")

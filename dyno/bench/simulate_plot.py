@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from dyno.bench.simulate import Report
     from dyno.emulate.traces import Trace
-    from dyno.simulate.run import Report
 
 __all__ = ["plot_timeline"]
 

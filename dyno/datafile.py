@@ -165,26 +165,22 @@ def build(cls: type, data: Any, where: str, error: type[DynoError], *, top: bool
 
 def _convert(value: Any, hint: Any, where: str, error: type[DynoError], item: str = "") -> Any:
     """A JSON value as the annotated type ``hint``; ``item`` names the entries of a list of objects."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
         hint = next(h for h in options if h is not type(None))
-        origin = typing.get_origin(hint)
+    origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where, error, top=False)  # type: ignore[arg-type]
     if origin is tuple:
-        args = typing.get_args(hint)
-        items = _list(value, where, error)
-        if len(args) == 2 and args[1] is Ellipsis:
-            name = f"{item} {{}}" if dataclasses.is_dataclass(args[0]) and item else f"{where}[{{}}]"
-            return tuple(_convert(v, args[0], name.format(i), error) for i, v in enumerate(items))
-        if len(items) != len(args):
-            raise error(f"{where} must have {len(args)} entries, not {len(items)}")
-        return tuple(_convert(v, a, f"{where}[{i}]", error) for i, (v, a) in enumerate(zip(items, args)))
+        return _tuple(value, typing.get_args(hint), where, error, item)
     if origin is dict or hint is dict:
         return _mapping(value, typing.get_args(hint), where, error)
+    return _scalar(value, hint, where, error)
+
+
+def _scalar(value: Any, hint: Any, where: str, error: type[DynoError]) -> Any:
     if hint is float:
         if not finite(value):
             raise error(f"{where} must be a finite number, not {value!r}")
@@ -196,6 +192,16 @@ def _convert(value: Any, hint: Any, where: str, error: type[DynoError], item: st
     if hint in (str, bool) and not isinstance(value, hint):
         raise error(f"{where} must be a {hint.__name__}, not {value!r}")
     return value
+
+
+def _tuple(value: Any, args: tuple, where: str, error: type[DynoError], item: str) -> tuple:
+    items = _list(value, where, error)
+    if len(args) == 2 and args[1] is Ellipsis:
+        name = f"{item} {{}}" if dataclasses.is_dataclass(args[0]) and item else f"{where}[{{}}]"
+        return tuple(_convert(v, args[0], name.format(i), error) for i, v in enumerate(items))
+    if len(items) != len(args):
+        raise error(f"{where} must have {len(args)} entries, not {len(items)}")
+    return tuple(_convert(v, a, f"{where}[{i}]", error) for i, (v, a) in enumerate(zip(items, args)))
 
 
 def _mapping(value: Any, args: tuple, where: str, error: type[DynoError]) -> dict:

@@ -33,7 +33,8 @@ import os
 from typing import Any, ClassVar, Iterable
 
 from dyno import packing
-from dyno.datafile import DataFile, finite as _finite
+from dyno.datafile import DataFile
+from dyno.datafile import finite as _finite
 from dyno.errors import DynoError, PlanError
 
 __all__ = ["FORMAT", "VERSION", "CODECS", "InputSpec", "Option", "CutPlan", "Plan", "options_table"]

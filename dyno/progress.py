@@ -37,7 +37,7 @@ def _ignore(advance: int = 1, *, status: str | None = None) -> None:
 class NoProgress:
     """Shows nothing."""
 
-    def task(self, description: str, total: int | None = None) -> Tick:
+    def task(self, description: str, total: int | None = None) -> Tick:  # noqa: ARG002 (the protocol's signature)
         return _ignore
 
 

@@ -7,9 +7,12 @@ import pytest
 import torch
 from nets import tiny_model
 
-from dyno import demo as D
+from dyno.bench import demo as D
+from dyno.bench import session as S
+from dyno.bench.demo_plot import plot_timeline
 from dyno.emulate.device import Device
 from dyno.offline import nominal_plan as tiny_plan
+from dyno.policy import DEFAULT_SLO
 from dyno.runtime import ServerThread, Splits
 from dyno.runtime.results import SUMMARY_KEYS
 
@@ -30,10 +33,10 @@ def test_systems_run_the_same_pattern_and_are_summarised(setup, tmp_path):
     runs = []
     with ServerThread(plan, model, splits=splits) as server:
         for name in ("dyno", "device-only", "cloud-only-raw"):
-            run = D._SystemRun(name, 2.0)
-            summary = D._run_system(name, plan=plan, model=model, splits=splits, server=server.address,
-                                    xs=xs, ys=ys, slo=D.DEFAULT_SLO, trace=pattern, duration=2.0, n=None,
-                                    device=Device(slowdown=4), in_flight=4, state=run)
+            run = S.SystemRun(name, 2.0)
+            summary = S.run_system(run, plan, model, S.Workload(xs=xs, ys=ys, duration=2.0),
+                                   server=server.address, splits=splits, slo=DEFAULT_SLO, trace=pattern,
+                                   device=Device(slowdown=4), in_flight=4)
             runs.append(run)
             assert tuple(summary) == SUMMARY_KEYS
             assert summary["n"] == len(run.points) > 0 and summary["fallbacks"] == 0
@@ -47,5 +50,5 @@ def test_systems_run_the_same_pattern_and_are_summarised(setup, tmp_path):
     # the link's true rate is recorded, following the pattern
     rates = {round(p.rate_bps) for r in runs for p in r.points if r.link is not None}
     assert rates <= {8_000_000, 1_000_000, 300_000, 4_000_000}
-    png = D._plot(runs, pattern, 2.0, tmp_path / "timeline.png", "test")
+    png = plot_timeline(runs, pattern, 2.0, tmp_path / "timeline.png", "test")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

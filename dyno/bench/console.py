@@ -61,6 +61,9 @@ class RichProgress:
         task = bar.add_task(description, total=total, status="")
 
         def tick(advance: int = 1, *, status: str | None = None) -> None:
-            bar.update(task, advance=advance, **({"status": status} if status is not None else {}))
+            if status is None:
+                bar.update(task, advance=advance)
+            else:
+                bar.update(task, advance=advance, status=status)
 
         return tick

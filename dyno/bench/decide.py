@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any
 
-from dyno.policy import SLO, Estimates, State, make
+from dyno.policy import SLO, Estimates, PerfModel, State, make
 from dyno.simulate.synthetic import synthetic_plan
 
 __all__ = ["bench_decide"]
@@ -35,7 +35,7 @@ def _time(plan, slo: SLO, n: int, repeats: int) -> dict[str, Any]:
             policy.decide(s)
         wall.append((time.perf_counter() - start) / n * 1e6)
         cpu.append((time.process_time() - start_cpu) / n * 1e6)
-    rows = len(policy._models.get(plan).rows)
+    rows = len(PerfModel(plan).rows)
     return {"plan": plan.model, "cuts": len(plan.cuts), "rows": rows, "slo": str(slo),
             "us_per_decision": statistics.median(wall), "us_min": min(wall),
             "cpu_us_per_decision": statistics.median(cpu)}

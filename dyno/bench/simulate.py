@@ -12,6 +12,7 @@ process (DESIGN.md, "Emulation"): the paper's GPU server is not modelled beyond 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -21,11 +22,13 @@ import numpy as np
 from dyno.emulate.device import TIERS
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
-from dyno.policy import SLO, Policy, make, names
+from dyno.plan import Plan
+from dyno.policy import ONLOADING_SLO, SLO, Policy, make, names
 from dyno.policy.model import PerfModel
+from dyno.progress import NO_PROGRESS, Progress, Tick
 from dyno.simulate.engine import OracleDyno, SimConfig, SimResult, simulate_policy
 
-__all__ = ["TIERS", "DEFAULT_POLICIES", "Report", "build_policy", "run", "summary"]
+__all__ = ["TIERS", "DEFAULT_POLICIES", "Report", "build_policy", "run", "summary", "experiment"]
 
 #: Every compared system, DynO first: the default of ``dyno simulate``.
 DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
@@ -141,48 +144,89 @@ def summary(main: Report, onloading: Report | None = None) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"slo": str(main.slo), "tiers": {}}
     for tier, per_trace in main.results.items():
-        entry: dict[str, Any] = {"slowdown": main.tiers[tier], "speedup": {}}
-        for other in main.policies:
-            if other in ("dyno", "oracle"):
-                continue
-            ratios = {name: r["dyno"].throughput / r[other].throughput
-                      for name, r in per_trace.items() if r[other].throughput > 0}
-            if ratios:
-                worst = min(ratios, key=ratios.get)
-                n = sum(r[other].inferences for r in per_trace.values())
-                entry["speedup"][other] = {
-                    **_stats(list(ratios.values())), "worst_trace": worst,
-                    "below_1": int(sum(v < 1.0 for v in ratios.values())),
-                    # the baseline's own SLO violations (e.g. cloud-only's JPEG breaking the accuracy
-                    # drop): a ratio below 1 against a baseline that breaks the SLO is not a loss
-                    "baseline_violation_share": sum(r[other].violations for r in per_trace.values()) / max(n, 1),
-                }
+        entry: dict[str, Any] = {"slowdown": main.tiers[tier], "speedup": {
+            other: _speedup(per_trace, other) for other in main.policies
+            if other not in ("dyno", "oracle") and any(r[other].throughput > 0 for r in per_trace.values())}}
         if "neurosurgeon" in main.policies:
-            ratios = []
-            for r in per_trace.values():
-                d, n = r["dyno"].metrics(), r["neurosurgeon"].metrics()
-                if d["bytes_per_offloaded"] > 0 and n["bytes_per_offloaded"] > 0:
-                    ratios.append(n["bytes_per_offloaded"] / d["bytes_per_offloaded"])
-            entry["bytes_ratio_neurosurgeon"] = _stats(ratios)
-            agg = main.aggregate()[tier]
-            entry["bytes_per_offloaded"] = {"dyno": agg["dyno"]["bytes_per_offloaded"],
-                                            "neurosurgeon": agg["neurosurgeon"]["bytes_per_offloaded"]}
+            entry.update(_bytes_against_neurosurgeon(per_trace, main.aggregate()[tier]))
         if "oracle" in main.policies:
-            regret = [1.0 - r["dyno"].throughput / r["oracle"].throughput
-                      for r in per_trace.values() if r["oracle"].throughput > 0]
-            entry["regret"] = _stats(regret)
+            entry["regret"] = _stats([1.0 - r["dyno"].throughput / r["oracle"].throughput
+                                      for r in per_trace.values() if r["oracle"].throughput > 0])
         if onloading is not None and tier in onloading.results:
-            agg = onloading.aggregate()[tier]
-            per = onloading.results[tier].values()
-            achieved = [r["dyno"].throughput / r["cloud-only"].throughput for r in per
-                        if r["cloud-only"].throughput > 0]
-            entry["onloading"] = {
-                "slo": str(onloading.slo),
-                "cloud_s": {"dyno": agg["dyno"]["cloud_s"], "cloud-only": agg["cloud-only"]["cloud_s"]},
-                "cloud_s_reduction": (agg["cloud-only"]["cloud_s"] / agg["dyno"]["cloud_s"]
-                                      if agg["dyno"]["cloud_s"] > 0 else float("inf")),
-                "throughput_vs_cloud_only": _stats(achieved),
-            }
+            entry["onloading"] = _onloading(onloading, tier)
         out["tiers"][tier] = entry
     return out
 
+
+def _speedup(per_trace: dict[str, dict[str, SimResult]], other: str) -> dict[str, Any]:
+    ratios = {name: r["dyno"].throughput / r[other].throughput
+              for name, r in per_trace.items() if r[other].throughput > 0}
+    n = sum(r[other].inferences for r in per_trace.values())
+    return {**_stats(list(ratios.values())), "worst_trace": min(ratios, key=lambda name: ratios[name]),
+            "below_1": int(sum(v < 1.0 for v in ratios.values())),
+            # the baseline's own SLO violations (e.g. cloud-only's JPEG breaking the accuracy drop):
+            # a ratio below 1 against a baseline that breaks the SLO is not a loss
+            "baseline_violation_share": sum(r[other].violations for r in per_trace.values()) / max(n, 1)}
+
+
+def _bytes_against_neurosurgeon(per_trace: dict[str, dict[str, SimResult]], agg: dict[str, dict[str, Any]]
+                                ) -> dict[str, Any]:
+    ratios = []
+    for r in per_trace.values():
+        d, n = r["dyno"].metrics(), r["neurosurgeon"].metrics()
+        if d["bytes_per_offloaded"] > 0 and n["bytes_per_offloaded"] > 0:
+            ratios.append(n["bytes_per_offloaded"] / d["bytes_per_offloaded"])
+    return {"bytes_ratio_neurosurgeon": _stats(ratios),
+            "bytes_per_offloaded": {"dyno": agg["dyno"]["bytes_per_offloaded"],
+                                    "neurosurgeon": agg["neurosurgeon"]["bytes_per_offloaded"]}}
+
+
+def _onloading(onloading: Report, tier: str) -> dict[str, Any]:
+    agg = onloading.aggregate()[tier]
+    achieved = [r["dyno"].throughput / r["cloud-only"].throughput for r in onloading.results[tier].values()
+                if r["cloud-only"].throughput > 0]
+    return {"slo": str(onloading.slo),
+            "cloud_s": {"dyno": agg["dyno"]["cloud_s"], "cloud-only": agg["cloud-only"]["cloud_s"]},
+            "cloud_s_reduction": (agg["cloud-only"]["cloud_s"] / agg["dyno"]["cloud_s"]
+                                  if agg["dyno"]["cloud_s"] > 0 else float("inf")),
+            "throughput_vs_cloud_only": _stats(achieved)}
+
+
+def _status(tick: Tick, label: str, what: str) -> None:
+    tick(status=f"{label}: {what}")
+
+
+def experiment(plan: Plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Sequence[str],
+               slo: SLO, config: dict[str, Any], closing: bool = False, plot: str | None = None,
+               plot_trace: str | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """``dyno simulate``: every policy on every trace at every tier; returns the JSON document.
+
+    ``closing`` adds DynO and the oracle if missing, the closing-note ``summary`` and an onloading run
+    (``ONLOADING_SLO``: DynO against cloud-only); ``plot`` draws ``plot_trace`` (default the first) at
+    the first tier to that PNG path.
+    """
+    if not traces:
+        raise ConfigError("no traces to simulate")
+    policies = tuple(policies) + tuple(p for p in ("dyno", "oracle") if closing and p not in policies)
+    plot_trace = plot_trace or traces[0].name
+    if plot and plot_trace not in {t.name for t in traces}:
+        raise ConfigError(f"--plot-trace {plot_trace!r} is not among the traces")
+    runs = [("main", slo, policies)]
+    if closing:
+        runs.append(("onloading", SLO.parse(ONLOADING_SLO), ("dyno", "cloud-only")))
+    tick = progress.task("simulate", len(traces) * len(tiers) * len(runs))
+    reports = {}
+    for label, run_slo, run_policies in runs:
+        reports[label] = run(plan, traces, tiers=tiers, policies=run_policies, slo=run_slo, config=config,
+                             timeline_for=(next(iter(tiers)), plot_trace) if plot and label == "main" else None,
+                             progress=functools.partial(_status, tick, label))
+    document: dict[str, Any] = reports["main"].to_json()
+    if closing:
+        document["summary"] = summary(reports["main"], reports["onloading"])
+        document["onloading"] = reports["onloading"].to_json()["by_tier"]
+    if plot:
+        from dyno.bench.simulate_plot import plot_timeline
+
+        trace = next(t for t in traces if t.name == plot_trace)
+        document["plot"] = str(plot_timeline(reports["main"], trace, next(iter(tiers)), plot))
+    return document

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dyno.codec.bench import BITS, MODES
+    from dyno.bench.codec import BITS, MODES
 
     parser = subparsers.add_parser(
         "codec-bench",
@@ -46,13 +46,10 @@ def _str_list(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from dyno.bench import codec as bench
+    from dyno.bench.console import RichProgress
 
-    from dyno.cli._console import stderr_console
-    from dyno.codec import bench
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr_console(), transient=True) as progress:
+    with RichProgress(transient=True) as progress:
         result = bench.run(args.model, samples=args.samples, repeats=args.repeats, cuts=args.cuts,
                            bits=args.bits, modes=args.modes, data=args.data, progress=progress)
     if args.json:
@@ -64,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
 def _print(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from dyno.cli._console import stdout_console
+    from dyno.bench.console import stdout_console
 
     console = stdout_console()
     src = result["source"]

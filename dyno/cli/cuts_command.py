@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
 def _print_table(model: str, cuts: list[partition.Cut]) -> None:
     from rich.table import Table
 
-    from dyno.cli._console import stdout_console
+    from dyno.bench.console import stdout_console
 
     total = cuts[-1].device_macs or 1
     table = Table(title=f"{model}: {len(cuts)} cuts", header_style="bold")

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from dyno.errors import ConfigError
+from dyno.policy import DEFAULT_SLO
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,8 +119,7 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=500, help="number of inputs (default 500)")
     p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
     p.add_argument("--policy", default="dyno", help="dyno, device-only, cloud-only, cloud-only-raw, ...")
-    p.add_argument("--slo", default="throughput;drop<=1",
-                   help="SLO for the dyno policy (default 'throughput;drop<=1')")
+    p.add_argument("--slo", default=DEFAULT_SLO, help=f"SLO for the dyno policy (default {DEFAULT_SLO!r})")
     p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (default 2)")
     _add_device_and_link(p)
@@ -133,7 +133,8 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from dyno.demo import run_client
+    from dyno.bench.console import RichProgress
+    from dyno.bench.session import run_client
     from dyno.runtime import ClientTLS
 
     tls = None
@@ -142,14 +143,15 @@ def _run(args: argparse.Namespace) -> None:
                         key=Path(args.tls_key) if args.tls_key else None,
                         server_name=args.tls_server_name)
     plan, model = _load_plan_and_model(args.plan, args.weights)
-    summary = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
-                         slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,
-                         device_emulation=args.device_emulation, trace=args.trace, token=_token(args),
-                         tls=tls, progress=not args.json)
+    with RichProgress(not args.json, transient=True) as progress:
+        summary = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
+                             slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,
+                             device_emulation=args.device_emulation, trace=args.trace, token=_token(args),
+                             tls=tls, progress=progress)
     if args.json:
         print(json.dumps(summary))
     else:
-        from dyno.demo import print_summary
+        from dyno.bench.demo import print_summary
 
         print_summary({args.policy: summary}, title=f"dyno run: {plan.model} via {args.server}")
 
@@ -169,9 +171,9 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    help="distinct labelled inputs, cycled while a system runs (default 400)")
     p.add_argument("--systems", default="dyno,device-only,cloud-only",
                    help="comma-separated policies to compare (default dyno,device-only,cloud-only)")
-    p.add_argument("--slo", default="throughput;drop<=1",
-                   help="SLO for the dyno policy (default: the most throughput losing at most 1 point of "
-                   "top-1: 'throughput;drop<=1'; onloading: 'throughput,cloud_cost;drop<=1')")
+    p.add_argument("--slo", default=DEFAULT_SLO,
+                   help=f"SLO for the dyno policy (default: the most throughput losing at most 1 point of "
+                   f"top-1: {DEFAULT_SLO!r}; onloading: 'throughput,cloud_cost;drop<=1')")
     p.add_argument("--tier", default="mid", help="device tier: low (33), mid (8), high (2), native, a number")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad")
     p.add_argument("--trace", help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
@@ -186,7 +188,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from dyno.demo import demo
+    from dyno.bench.demo import demo
 
     summary = demo(model=args.model, data=args.data, n=args.n,
                    systems=[s.strip() for s in args.systems.split(",") if s.strip()], slo=args.slo,
@@ -220,7 +222,7 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from dyno.runtime.bench import run_bench
+    from dyno.bench.runtime import run_bench
 
     report = run_bench(what=args.what, requests=args.requests, streams=args.streams,
                        seconds=args.seconds, rounds=args.rounds,

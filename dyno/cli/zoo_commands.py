@@ -76,9 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from dyno import zoo
+    from dyno.bench.console import RichProgress
 
-    result = zoo.train(args.model, epochs=args.epochs, seed=args.seed, limit=args.limit,
-                       data_root=args.data, threads=args.threads, progress=not args.no_progress and not args.json)
+    with RichProgress(not args.no_progress and not args.json) as progress:
+        result = zoo.train(args.model, epochs=args.epochs, seed=args.seed, limit=args.limit,
+                           data_root=args.data, threads=args.threads, progress=progress)
     if args.json:
         print(json.dumps(result.to_dict()))
         return
@@ -91,6 +93,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from dyno import zoo
+    from dyno.bench.console import RichProgress
 
     entry = zoo.get_model(args.model)
     data = args.data or entry.default_data
@@ -100,8 +103,8 @@ def run_eval(args: argparse.Namespace) -> None:
         raise ConfigError(f"model {entry.name!r} has no default dataset; pass --data NAME_OR_DIR")
     dataset = zoo.load_dataset(data, split=args.split, model=entry)
     model = zoo.load_model(entry, weights=args.weights)
-    progress = not args.no_progress and not args.json
-    top1 = zoo.evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, progress=progress)
+    with RichProgress(not args.no_progress and not args.json) as progress:
+        top1 = zoo.evaluate(model, dataset, batch_size=args.batch_size, limit=args.limit, progress=progress)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if args.json:
         print(json.dumps({"model": entry.name, "data": str(data), "n": n, "top1": top1}))

@@ -94,6 +94,29 @@ def _f32(value: float) -> float:
     return _F32.unpack(_F32.pack(value))[0]
 
 
+def _finite32(value: Any, what: str) -> float:
+    """``value`` as the float32 the wire carries; FrameError unless it is a finite number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise FrameError(f"{what} must be a float, got {value!r}")
+    result = _f32(float(value)) if math.isfinite(value) else math.nan
+    if not math.isfinite(result):
+        raise FrameError(f"{what} = {value!r} is not a finite float32")
+    return result
+
+
+def _channel_table(ranges: Any, channels: int) -> tuple[tuple[float, float], ...]:
+    try:
+        table = tuple((_finite32(a, "channel lo"), _finite32(b, "channel hi")) for a, b in ranges)
+    except (TypeError, ValueError):
+        raise FrameError("channel_ranges must be a sequence of (lo, hi) pairs") from None
+    if len(table) != channels:
+        raise FrameError(f"{len(table)} channel ranges for {channels} channels")
+    for c, (a, b) in enumerate(table):
+        if a > b:
+            raise FrameError(f"channel {c}: range lo {a} is above hi {b}")
+    return table
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FrameMeta:
     """Everything the receiver needs to decode a payload, and nothing else.
@@ -173,15 +196,7 @@ class FrameMeta:
                                  f"empty axis, got {self.shape}")
 
     def _check_ranges(self, set_: Any) -> None:
-        def finite32(value: Any, what: str) -> float:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise FrameError(f"{what} must be a float, got {value!r}")
-            result = _f32(float(value)) if math.isfinite(value) else math.nan
-            if not math.isfinite(result):
-                raise FrameError(f"{what} = {value!r} is not a finite float32")
-            return result
-
-        lo, hi = finite32(self.lo, "range lo"), finite32(self.hi, "range hi")
+        lo, hi = _finite32(self.lo, "range lo"), _finite32(self.hi, "range hi")
         set_("lo", lo)
         set_("hi", hi)
         if self.channel_ranges is None:
@@ -198,17 +213,7 @@ class FrameMeta:
             raise FrameError("per-channel ranges need a tensor with at least one axis")
         if (lo, hi) != (0.0, 0.0):
             raise FrameError("a per-channel frame keeps its ranges in channel_ranges; lo and hi must be 0")
-        try:
-            table = tuple((finite32(a, "channel lo"), finite32(b, "channel hi"))
-                          for a, b in self.channel_ranges)
-        except (TypeError, ValueError):
-            raise FrameError("channel_ranges must be a sequence of (lo, hi) pairs") from None
-        if len(table) != self.shape[0]:
-            raise FrameError(f"{len(table)} channel ranges for {self.shape[0]} channels")
-        for c, (a, b) in enumerate(table):
-            if a > b:
-                raise FrameError(f"channel {c}: range lo {a} is above hi {b}")
-        set_("channel_ranges", table)
+        set_("channel_ranges", _channel_table(self.channel_ranges, self.shape[0]))
 
     def _check_payload_size(self) -> None:
         n = self.numel

@@ -181,6 +181,7 @@ class SLO:
             raise PolicyError("empty SLO; e.g. 'throughput,cloud_cost;drop<=1;latency<=200'")
         kwargs: dict = {}
         first = parts[0]
+        objectives: tuple[str, ...]
         if _CONSTRAINT.match(first) or first.startswith("tol"):
             objectives = ("throughput", "cloud_cost")
         else:
@@ -281,7 +282,7 @@ class Policy(abc.ABC):
     def decide(self, state: State) -> Decision:
         """Choose a cut and packing for the next inference."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (a hook: stateless policies have nothing to forget)
         """Forget any state kept between decisions."""
 
     def __repr__(self) -> str:

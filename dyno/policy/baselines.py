@@ -1,13 +1,19 @@
 """The compared systems, each a reading of its paper's rule in the one ``Policy`` interface.
 
-| name | rule | sees |
-| --- | --- | --- |
-| ``device-only`` | the whole CNN on the device | nothing |
-| ``cloud-only`` | the input as JPEG quality 90 (nearest quality the plan measured), all in the cloud | nothing |
-| ``cloud-only-raw`` | the raw fp32 input tensor, all in the cloud | nothing |
-| ``neurosurgeon`` | Kang et al. ASPLOS'17: the split of minimum predicted latency (or energy), activations sent as fp32, no compression, no accuracy trade-off | the estimates it is given; the simulator gives it a bandwidth *probe* (measured at start and periodically), the tier's slowdown from offline profiling, profiled server times |
-| ``spinn`` | SPINN-style transfer (Laskaridis et al. MobiCom'20, without its early exits): split chosen for pipelined throughput, activations (and the input) at a fixed 8-bit quantisation plus lossless compression; SLO constraints respected | the device's own estimates |
-| ``jalad`` | JALAD-style (Li et al. ICPADS'18): split and bit width chosen once, offline, for minimum latency under the SLO's accuracy-drop constraint at a nominal bandwidth; then fixed | only the nominal bandwidth and the slowdown at the first decision |
+- ``device-only``: the whole CNN on the device. Sees nothing.
+- ``cloud-only``: the input as JPEG quality 90 (the nearest quality the plan measured), all in the
+  cloud. Sees nothing.
+- ``cloud-only-raw``: the raw fp32 input tensor, all in the cloud. Sees nothing.
+- ``neurosurgeon`` (Kang et al., ASPLOS'17): the split of minimum predicted latency (or energy),
+  activations sent as fp32, no compression, no accuracy trade-off. Sees the estimates it is given:
+  a bandwidth *probe* at start and periodically (``feed = "probe"``), the tier's slowdown from
+  offline profiling, profiled server times.
+- ``spinn`` (SPINN-style transfer, Laskaridis et al., MobiCom'20, without its early exits): the split
+  of most pipelined throughput, activations (and the input) at a fixed 8-bit quantisation plus
+  lossless compression; SLO constraints respected. Sees the device's own estimates.
+- ``jalad`` (JALAD-style, Li et al., ICPADS'18): split and bit width chosen once, offline, for minimum
+  latency under the SLO's accuracy-drop constraint at a nominal bandwidth; then fixed. Sees only the
+  nominal bandwidth and the slowdown at the first decision.
 
 All report their predicted figures under the current estimates in ``Decision.predicted`` (so a fixed
 policy's ``meets_slo`` can turn False as the link changes).
@@ -114,7 +120,8 @@ class CloudOnly(RowPolicy):
         if not rows:
             raise PolicyError(f"cloud-only: the plan measured no {self.codec} option at the input cut; "
                               f"use cloud-only-raw or re-run the analysis with image codecs")
-        return [min(rows, key=lambda i: (abs(model.rows[i].bits - self.quality), -model.rows[i].bits))]
+        quality = {i: int(model.rows[i].bits or 0) for i in rows}   # image rows carry their quality
+        return [min(rows, key=lambda i: (abs(quality[i] - self.quality), -quality[i]))]
 
 
 @register("cloud-only-raw")

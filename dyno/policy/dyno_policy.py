@@ -24,7 +24,7 @@ import numpy as np
 from dyno.errors import PolicyError
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
 from dyno.policy.floor import FloorResolver
-from dyno.policy.model import DevicePower, ModelCache, PerfModel
+from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
 
 __all__ = ["DynoPolicy"]
@@ -51,7 +51,7 @@ class DynoPolicy(Policy):
         self._last_model: PerfModel | None = None
         self._device_only_run = 0
 
-    def choose(self, state: State) -> tuple[int, bool, PerfModel, object, float | None]:
+    def choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
         """(row, meets_slo, model, evaluation, floor) without hysteresis or exploration: the pure rule."""
         model = self._models.get(state.plan)
         slo = state.slo

@@ -178,27 +178,30 @@ class Evaluation:
         self.cloud = cloud
         self.throughput = throughput
         self.est = est
-        self._latency = None
-        self._cloud_s = None
-        self._energy = None
+        self._latency: np.ndarray | None = None
+        self._cloud_s: np.ndarray | None = None
+        self._energy: np.ndarray | None = None
 
     @property
     def latency(self) -> np.ndarray:
-        if self._latency is None:
-            self._latency = self.device + self.link + self.cloud + self.est.rtt_ms * self.model.offloaded
-        return self._latency
+        latency = self._latency
+        if latency is None:
+            latency = self._latency = self.device + self.link + self.cloud + self.est.rtt_ms * self.model.offloaded
+        return latency
 
     def cloud_s(self, batch: int) -> np.ndarray:
-        if self._cloud_s is None:
+        cloud_s = self._cloud_s
+        if cloud_s is None:
             m = self.model
-            self._cloud_s = (m.decode_ms + m.cloud_ps(batch) * self.est.server_ms_factor) / 1000.0
-        return self._cloud_s
+            cloud_s = self._cloud_s = (m.decode_ms + m.cloud_ps(batch) * self.est.server_ms_factor) / 1000.0
+        return cloud_s
 
     def energy(self) -> np.ndarray:
-        if self._energy is None:
+        energy = self._energy
+        if energy is None:
             p = self.model.power
-            self._energy = (p.compute_w * self.device + p.radio_w * self.link) / 1000.0
-        return self._energy
+            energy = self._energy = (p.compute_w * self.device + p.radio_w * self.link) / 1000.0
+        return energy
 
     def values(self, objective: str, batch: int) -> np.ndarray:
         if objective == "throughput":

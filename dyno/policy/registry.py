@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "make", "names"]
 
 _REGISTRY: dict[str, type] = {}
-T = TypeVar("T", bound=type)
+T = TypeVar("T", bound="type[Policy]")
 
 
 def register(name: str) -> Callable[[T], T]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+from dyno.packing import IMAGE_CODECS
 from dyno.plan import CutPlan, Option, Plan
 
 __all__ = ["synthetic_plan", "INPUT_SHAPE"]
@@ -42,10 +43,11 @@ def synthetic_plan(n_cuts: int = 6, *, bits: tuple[int, ...] = (2, 4, 6, 8, 12, 
         if i == 0:
             options.append(Option(codec="fp32", bits=None, bytes=4.0 * numel0, accuracy=accuracy_fp32))
             for q in image_qualities:
-                for codec in ("jpeg", "webp"):
-                    options.append(Option(codec=codec, bits=q, bytes=numel0 * (0.05 + q / 400) * (0.9 if codec == "webp" else 1.0),
-                                          accuracy=max(0.0, accuracy_fp32 - (100 - q) / 2000 - rng.uniform(0, 0.005)),
-                                          encode_ms=0.3, decode_ms=0.2))
+                for codec in IMAGE_CODECS:
+                    size = numel0 * (0.05 + q / 400) * (0.9 if codec == "webp" else 1.0)
+                    accuracy = max(0.0, accuracy_fp32 - (100 - q) / 2000 - rng.uniform(0, 0.005))
+                    options.append(Option(codec=codec, bits=q, bytes=size, accuracy=accuracy, encode_ms=0.3,
+                                          decode_ms=0.2))
         elif not last:
             options.append(Option(codec="fp32", bits=None, bytes=4.0 * numel, accuracy=accuracy_fp32))
             options.append(Option(codec="fp16", bits=None, bytes=2.0 * numel, accuracy=accuracy_fp32))

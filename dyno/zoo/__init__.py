@@ -15,16 +15,29 @@ Add your own with :func:`register_model`; torchvision classification models reso
 torchvision is installed (random weights, or a state_dict path: nothing is downloaded).
 """
 
-from dyno.zoo._data import (DATASETS, FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderDataset, load_dataset,
-                            read_idx)
-from dyno.zoo._paths import cache_dir, weights_dir
-from dyno.zoo._preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImagePreprocess
-from dyno.zoo._registry import (ModelEntry, TrainRecipe, check_input, get_model, list_models, register_model,
-                                unregister_model)
-from dyno.zoo._train import TrainResult, evaluate, train
-from dyno.zoo._weights import (WEIGHTS, load_model, read_state_dict, save_weights, trained_weights_info,
-                               trained_weights_path, weights_hash)
 from dyno.zoo import _builtin  # noqa: F401  (registers the built-in models)
+from dyno.zoo._data import DATASETS, FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderDataset, load_dataset, read_idx
+from dyno.zoo._paths import cache_dir, fashion_mnist_root, imagenet_samples_root, weights_dir
+from dyno.zoo._preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImagePreprocess
+from dyno.zoo._registry import (
+                            ModelEntry,
+                            TrainRecipe,
+                            check_input,
+                            get_model,
+                            list_models,
+                            register_model,
+                            unregister_model,
+)
+from dyno.zoo._train import TrainResult, evaluate, train
+from dyno.zoo._weights import (
+                            WEIGHTS,
+                            load_model,
+                            read_state_dict,
+                            save_weights,
+                            trained_weights_info,
+                            trained_weights_path,
+                            weights_hash,
+)
 
 __all__ = [
     "DATASETS",
@@ -41,6 +54,8 @@ __all__ = [
     "cache_dir",
     "check_input",
     "evaluate",
+    "fashion_mnist_root",
+    "imagenet_samples_root",
     "get_model",
     "list_models",
     "load_dataset",

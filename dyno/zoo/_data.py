@@ -312,16 +312,19 @@ def load_dataset(name: str | os.PathLike, split: str = "test", root: str | os.Pa
     if split != "test":
         raise ConfigError(f"image folders have a single split; use split='test', not {split!r} "
                           "(for another split, name its own folder)")
-    if transform is None:
-        if entry is None:
-            raise ConfigError(f"{directory}: an image folder needs a model (its preprocessing) "
-                              "or a transform: load_dataset(path, model=NAME)")
-        if entry.preprocess is None:
-            raise ConfigError(f"model {entry.name!r} has no image preprocessing; pass transform=")
-        transform = entry.preprocess
+    transform = transform or _preprocessing(directory, entry)
     if (directory / "labels.tsv").is_file():
         return ImageFolderDataset.from_labels_file(directory, transform)
     return ImageFolderDataset.from_class_folders(directory, transform)
+
+
+def _preprocessing(directory: Path, entry: ModelEntry | None) -> Callable[[Image.Image], torch.Tensor]:
+    if entry is None:
+        raise ConfigError(f"{directory}: an image folder needs a model (its preprocessing) "
+                          "or a transform: load_dataset(path, model=NAME)")
+    if entry.preprocess is None:
+        raise ConfigError(f"model {entry.name!r} has no image preprocessing; pass transform=")
+    return entry.preprocess
 
 
 def _holds_idx(directory: Path) -> bool:

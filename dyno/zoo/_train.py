@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyno.errors import ConfigError, DataError, ModelError
+from dyno.progress import NO_PROGRESS, Progress
 from dyno.zoo._data import FashionMNIST
-from dyno.zoo._registry import ModelEntry, get_model, list_models
+from dyno.zoo._registry import ModelEntry, TrainRecipe, get_model, list_models
 from dyno.zoo._weights import save_weights
 
 __all__ = ["TrainResult", "train", "evaluate", "TRAIN_THREADS"]
@@ -59,36 +60,6 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _progress(enabled: bool):
-    """A rich progress bar on stderr (stdout stays clean for --json), or a no-op stand-in."""
-    if not enabled:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # logs and pipes get no bar (rich would leave a blank line)
-        return _NoProgress()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    transient=False)
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
-
-    def update(self, *args, **kwargs) -> None:
-        return None
-
-
 def _augment(x: torch.Tensor, padding: int, hflip: bool, background: float, generator: torch.Generator
              ) -> torch.Tensor:
     """Random crop after ``padding`` pixels of ``background`` on every side, and random left-right
@@ -108,8 +79,8 @@ def _augment(x: torch.Tensor, padding: int, hflip: bool, background: float, gene
 
 
 def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, limit: int | None = None,
-          progress: bool = True, data_root: str | os.PathLike | None = None, save: bool | None = None,
-          path: str | os.PathLike | None = None, test_limit: int | None = None,
+          progress: Progress = NO_PROGRESS, data_root: str | os.PathLike | None = None,
+          save: bool | None = None, path: str | os.PathLike | None = None, test_limit: int | None = None,
           threads: int | None = None) -> TrainResult:
     """Train a model that has a recipe (fmnist-resnet, fmnist-vgg) on Fashion-MNIST's training split
     and measure top-1 on the test split.
@@ -121,13 +92,7 @@ def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, l
     ``TRAIN_THREADS``). Same seed and thread count on the same machine: same weights.
     """
     entry = get_model(name)
-    recipe = entry.recipe
-    if recipe is None:
-        trainable = [n for n in list_models() if get_model(n).recipe is not None]
-        raise ModelError(f"model {entry.name!r} has no training recipe; `dyno train` works for "
-                         f"{', '.join(trainable)}")
-    if entry.default_data != "fashion-mnist" or entry.input_shape != (1, 28, 28):
-        raise ModelError(f"model {entry.name!r}: training is implemented for Fashion-MNIST models only")
+    recipe = _recipe(entry)
     epochs = recipe.epochs if epochs is None else epochs
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
@@ -144,65 +109,83 @@ def train(name: str | ModelEntry, *, epochs: int | None = None, seed: int = 0, l
     test_set = FashionMNIST(data_root, "test")
     x_train, y_train = train_set.tensors(limit)
     background = (0.0 - train_set.mean) / train_set.std
-    n = len(y_train)
-    batch = min(recipe.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with _threads(threads):
-        # channels-last is ~1.5x faster for these small convolutions on CPU (oneDNN); the weights'
-        # values do not depend on it, and they are stored contiguous.
-        model = entry.build().to(memory_format=torch.channels_last)
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": recipe.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if recipe.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
-        total_steps = epochs * steps_per_epoch
-        if total_steps >= 8:
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
-                                                           total_steps=total_steps, pct_start=0.25)
-        else:  # too few steps for the one-cycle's two phases (a tiny --limit run): constant LR
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        model.train()
-        with _progress(progress) as bar:
-            task = bar.add_task(f"train {entry.name}", total=epochs * steps_per_epoch)
-            for epoch in range(epochs):
-                order = torch.randperm(n, generator=generator)
-                running = 0.0
-                for step in range(steps_per_epoch):
-                    index = order[step * batch:(step + 1) * batch]
-                    xb = _augment(x_train[index], recipe.crop_padding, recipe.hflip, background, generator)
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                    loss = loss_fn(model(xb), y_train[index])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
-                    bar.update(task, advance=1, description=f"train {entry.name} epoch {epoch + 1}/{epochs} "
-                                                            f"loss {running:.3f}")
-        model = model.to(memory_format=torch.contiguous_format).eval()
+        model = _fit(entry, recipe, x_train, y_train, epochs, background, generator, progress)
         accuracy = evaluate(model, test_set, batch_size=500, limit=test_limit, progress=progress)
     seconds = time.perf_counter() - started
     test_images = len(test_set) if test_limit is None else min(test_limit, len(test_set))
     saved = None
     if save:
         info = {"test_accuracy": accuracy, "seconds": round(seconds, 1), "seed": seed, "epochs": epochs,
-                "train_images": n, "test_images": test_images, "threads": threads,
+                "train_images": len(y_train), "test_images": test_images, "threads": threads,
                 "recipe": dataclasses.asdict(recipe), "torch": torch.__version__}
         saved = save_weights(model, entry, info, path)
     return TrainResult(model=entry.name, test_accuracy=accuracy, seconds=seconds, path=saved, epochs=epochs,
-                       seed=seed, train_images=n, test_images=test_images, threads=threads)
+                       seed=seed, train_images=len(y_train), test_images=test_images, threads=threads)
+
+
+def _recipe(entry: ModelEntry) -> TrainRecipe:
+    if entry.recipe is None:
+        trainable = [n for n in list_models() if get_model(n).recipe is not None]
+        raise ModelError(f"model {entry.name!r} has no training recipe; `dyno train` works for "
+                         f"{', '.join(trainable)}")
+    if entry.default_data != "fashion-mnist" or entry.input_shape != (1, 28, 28):
+        raise ModelError(f"model {entry.name!r}: training is implemented for Fashion-MNIST models only")
+    return entry.recipe
+
+
+def _optimizer(model: nn.Module, recipe: TrainRecipe, total_steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer: torch.optim.Optimizer
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    if total_steps >= 8:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total_steps,
+                                                       pct_start=0.25)
+    else:  # too few steps for the one-cycle's two phases (a tiny --limit run): constant LR
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return optimizer, schedule
+
+
+def _fit(entry: ModelEntry, recipe: TrainRecipe, x: torch.Tensor, y: torch.Tensor, epochs: int, background: float,
+         generator: torch.Generator, progress: Progress) -> nn.Module:
+    """The training loop; returns the model in eval mode, contiguous."""
+    n = len(y)
+    batch = min(recipe.batch_size, n)
+    steps = math.ceil(n / batch)
+    # channels-last is ~1.5x faster for these small convolutions on CPU (oneDNN); the weights'
+    # values do not depend on it, and they are stored contiguous.
+    model = entry.build().to(memory_format=torch.channels_last)
+    optimizer, schedule = _optimizer(model, recipe, epochs * steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    model.train()
+    tick = progress.task(f"train {entry.name}", epochs * steps)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        running = 0.0
+        for step in range(steps):
+            index = order[step * batch:(step + 1) * batch]
+            xb = _augment(x[index], recipe.crop_padding, recipe.hflip, background, generator)
+            loss = loss_fn(model(xb.contiguous(memory_format=torch.channels_last)), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+            tick(status=f"epoch {epoch + 1}/{epochs} loss {running:.3f}")
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit: int | None = None,
-             progress: bool = True) -> float:
+             progress: Progress = NO_PROGRESS) -> float:
     """Top-1 accuracy (0..1) of ``model`` on the first ``limit`` items (default all) of ``dataset``,
     a dataset of ``(tensor, int label)``. Runs in eval mode without gradients; restores the mode."""
     if batch_size < 1:
@@ -220,8 +203,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit:
     model.eval()
     correct = seen = 0
     try:
-        with torch.inference_mode(), _progress(progress) as bar:
-            task = bar.add_task("evaluate", total=total)
+        tick = progress.task("evaluate", total)
+        with torch.inference_mode():
             for x, y in batches:
                 logits = model(x)
                 if logits.dim() != 2 or logits.shape[0] != len(y):
@@ -229,7 +212,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit:
                                      f"{len(y)}; evaluate needs logits (N, classes)")
                 correct += int((logits.argmax(1) == torch.as_tensor(y)).sum())
                 seen += len(y)
-                bar.update(task, advance=len(y), description=f"evaluate top-1 {correct / seen:.1%}")
+                tick(len(y), status=f"top-1 {correct / seen:.1%}")
     finally:
         model.train(was_training)
     return correct / seen

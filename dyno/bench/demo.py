@@ -1,0 +1,204 @@
+"""``dyno demo``: the whole system on one machine, measured.
+
+The demo starts a cloud server on localhost (in a child process: its own interpreter, the "cloud"
+core), then runs each compared system in turn - by default DynO, device-only and cloud-only - as a
+device client in this process (``dyno.bench.session``) with:
+
+- an emulated slow device (``dyno.emulate.device``: each head, encoding and fallback tail padded to
+  k_d times its measured time, or a cgroup v1 CPU quota with ``device_emulation="cgroup"``), torch
+  pinned to one thread here;
+- an emulated uplink (``dyno.emulate.link``: a token bucket under the client's send path) replaying a
+  bandwidth pattern, the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s or a trace file.
+
+Every system replays the *same* pattern for the *same* wall time (one pass of the pattern), feeding
+labelled inputs as fast as it can take them (cycling through ``n`` distinct inputs), so the systems
+see identical conditions and throughput is a fair comparison. A live display shows the bandwidth
+(true and estimated), the chosen cut and bits, throughput and accuracy; at the end a summary table
+and a PNG timeline (bandwidth, cut, bits, throughput over time).
+
+    summary = demo(model="fmnist-resnet", tier="low")     # {"systems": {NAME: {...}}, ...}
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dyno.bench.console import RichProgress, stderr_console, stdout_console
+from dyno.bench.demo_plot import plot_timeline
+from dyno.bench.session import SystemRun, Workload, choice_label, labelled, run_system
+from dyno.errors import ConfigError
+from dyno.policy import DEFAULT_SLO
+
+__all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "demo", "print_summary"]
+
+#: The default uplink pattern, Mbit/s, one step per ``segment_s`` seconds.
+BUILTIN_PATTERN_MBPS = (8.0, 1.0, 0.3, 4.0)
+
+
+def builtin_trace(segment_s: float = 7.5) -> Any:
+    """8 -> 1 -> 0.3 -> 4 Mbit/s, ``segment_s`` seconds each, looped."""
+    from dyno.emulate.traces import Trace
+
+    if not segment_s > 0:
+        raise ConfigError("segment_s must be > 0")
+    times = [i * segment_s for i in range(len(BUILTIN_PATTERN_MBPS) + 1)]
+    return Trace(times, [r * 1e6 for r in BUILTIN_PATTERN_MBPS], name="builtin 8-1-0.3-4 Mbit/s")
+
+
+# ------------------------------------------------------------------------------------ display
+
+
+class _Live:
+    """What rich.live redraws: one row per system, the running one updating."""
+
+    COLUMNS = ("system", "time", "uplink Mb/s", "estimate", "choice", "done", "inf/s", "top-1", "fallback")
+
+    def __init__(self, runs: list[SystemRun], title: str):
+        self.runs, self.title = runs, title
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.title, header_style="bold", expand=False)
+        for column in self.COLUMNS:
+            table.add_column(column, justify="left" if column in ("system", "choice") else "right", no_wrap=True)
+        for run in self.runs:
+            table.add_row(*self._row(run))
+        return table
+
+    @staticmethod
+    def _row(run: SystemRun) -> list[str]:
+        last = run.points[-1] if run.points else None
+        done = len(run.points)
+        elapsed = run.elapsed if not run.done else (last.t if last else 0.0)
+        choice = ""
+        if last:
+            choice = "device" if last.where == "device" else \
+                f"{last.cut}:{choice_label(last.codec, last.bits)}" + (" (fb)" if last.where == "fallback" else "")
+        status = "done" if run.done else (f"{elapsed:4.1f}/{run.duration:.0f}s" if run.start else "waiting")
+        return [run.name, status,
+                f"{run.link.rate_bps() / 1e6:.2f}" if run.link is not None and not run.done else "",
+                f"{last.estimate_bps / 1e6:.2f}" if last else "", choice, str(done),
+                f"{done / elapsed:.1f}" if elapsed > 0 and done else "",
+                f"{sum(p.correct for p in run.points) / done:.1%}" if done else "",
+                str(sum(p.where == "fallback" for p in run.points[-2000:])) if done else ""]
+
+
+def print_summary(systems: dict[str, dict[str, Any]], *, title: str = "summary",
+                  baseline: str | None = None) -> None:
+    """The summary table; ``baseline`` adds a throughput ratio column against that system."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    columns = ["system", "n", "top-1", "inf/s", "bytes/inf", "p50 ms", "p95 ms", "fallback"]
+    ratio = baseline is not None and baseline in systems
+    if ratio:
+        columns.append(f"vs {baseline}")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "system" else "right", no_wrap=True)
+
+    def fmt(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for name, s in systems.items():
+        row = [name, str(s["n"]), fmt(s["accuracy"], ".1%"), fmt(s["throughput"], ".1f"),
+               fmt(s["bytes_mean"], ",.0f"), fmt(s["p50_ms"], ".1f"), fmt(s["p95_ms"], ".1f"), str(s["fallbacks"])]
+        if ratio:
+            base = systems[str(baseline)]["throughput"]
+            row.append(fmt(s["throughput"] / base if base and s["throughput"] else None, ".2f"))
+        table.add_row(*row)
+    stdout_console().print(table)
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+def _prepare(model_name: str, data: str | None) -> tuple[Any, Any, Path]:
+    """Trained weights (training them on a first run) and the cached plan (analysing on a first run).
+    Progress goes to stderr, so stdout stays clean for --json."""
+    from dyno import offline, zoo
+
+    entry = zoo.get_model(model_name)
+    console = stderr_console()
+    with RichProgress() as progress:
+        if entry.recipe is not None and entry.pretrained is None and zoo.trained_weights_info(entry) is None:
+            console.print(f"dyno demo: first run: training {entry.name} (cached afterwards)")
+            zoo.train(entry.name, progress=progress)
+        plan_path = offline.default_plan_path(entry.name)
+        if not plan_path.exists():
+            console.print(f"dyno demo: first run: analysing {entry.name} (cached at {plan_path})")
+        plan = offline.ensure_plan(entry.name, data=data, progress=progress, path=plan_path)
+    return plan, zoo.load_model(entry.name, weights="trained"), plan_path
+
+
+def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
+         systems: Sequence[str] = ("dyno", "device-only", "cloud-only"), slo: str | None = DEFAULT_SLO,
+         tier: str | float = "mid", device_emulation: str = "pad", trace: str | None = None,
+         segment_s: float = 7.5, duration: float | None = None, in_flight: int = 8,
+         plot: str | Path | None = "dyno-demo.png", live: bool = True) -> dict[str, Any]:
+    """Run the demo (see the module docstring); returns ``{"systems": {NAME: summary}, ...}``."""
+    from dyno import policy as policies
+    from dyno.emulate.device import Device
+    from dyno.emulate.traces import load_trace
+    from dyno.runtime.splits import Splits
+
+    unknown = [s for s in systems if s not in policies.names()]
+    if unknown or not systems:
+        raise ConfigError(f"unknown system(s) {unknown}; known: {', '.join(policies.names())}")
+    device = Device.tier(tier, mode=device_emulation)  # refuse a bad tier before minutes of preparation
+    pattern = load_trace(trace) if trace else builtin_trace(segment_s)
+    plan, net, plan_path = _prepare(model, data)
+    torch.set_num_threads(1)  # the device: one core; the server child takes the other
+    if duration is None:
+        duration = min(pattern.period, 60.0) if trace else pattern.period
+    xs, ys = labelled(model, data, n)
+    splits = Splits(net, plan)
+    splits.warm()
+    runs = [SystemRun(name, duration) for name in systems]
+    title = f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
+    with _server(plan_path) as server, _display(live, runs, title):
+        for run in runs:
+            run_system(run, plan, net, Workload(xs=xs, ys=ys, duration=duration), server=server.address,
+                       trace=pattern, device=device, splits=splits, slo=slo if run.name == "dyno" else None,
+                       in_flight=in_flight)
+    device.close()
+    out: dict[str, Any] = {
+        "systems": {run.name: run.summary for run in runs}, "model": model, "plan_hash": plan.hash,
+        "device": device.description, "device_emulation": device_emulation, "uplink": pattern.name,
+        "seconds_per_system": duration, "distinct_inputs": len(xs)}
+    if plot:
+        out["plot"] = str(plot_timeline(runs, pattern, duration, plot, title))
+    if live:
+        _report(out, runs, model, duration)
+    return out
+
+
+def _server(plan_path: Path) -> Any:
+    from dyno.bench.serve_process import ServerProcess
+
+    return ServerProcess(plan_path)
+
+
+def _display(live: bool, runs: list[SystemRun], title: str) -> Any:
+    if not live:
+        return contextlib.nullcontext()
+    from rich.live import Live
+
+    return Live(_Live(runs, title), refresh_per_second=4, console=stderr_console())
+
+
+def _report(out: dict[str, Any], runs: list[SystemRun], model: str, duration: float) -> None:
+    summaries = out["systems"]
+    print_summary(summaries, title=f"{model}: same bandwidth pattern, same {duration:.0f} s for each system",
+                  baseline="device-only" if "device-only" in summaries else None)
+    counts = collections.Counter(f"cut {p.cut} {choice_label(p.codec, p.bits)}"
+                                 for run in runs if run.name == "dyno" for p in run.points)
+    if counts:
+        print("DynO's choices: " + ", ".join(f"{label} x{count}" for label, count in counts.most_common(6)))
+    if "plot" in out:
+        print(f"timeline: {out['plot']}")

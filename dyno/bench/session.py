@@ -1,0 +1,185 @@
+"""One system's run through the real runtime: a device client over labelled inputs, timed, summarised.
+
+The demo runs one session per compared system, ``dyno run`` runs one; each feeds labelled inputs
+through a ``dyno.runtime.Client`` (its policy, an emulated device and uplink, a real server) as fast
+as the client takes them, and records every result for the live display, the summary and the plot.
+
+    xs, ys = labelled("fmnist-resnet", None, 400)
+    state = SystemRun("dyno", duration=30.0)
+    summary = run_system(state, plan, model, Workload(xs=xs, ys=ys, duration=30.0),
+                         server="127.0.0.1:50051", trace=trace, device=Device.tier("mid"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from dyno.errors import ConfigError
+from dyno.packing import label
+from dyno.progress import NO_PROGRESS, Progress
+from dyno.runtime.results import Result, summarize
+
+__all__ = ["Workload", "Point", "SystemRun", "labelled", "run_system", "run_client", "choice_label"]
+
+
+def labelled(model_name: str, data: str | None, n: int) -> tuple[torch.Tensor, list[int]]:
+    """``n`` labelled inputs spread evenly over the model's dataset (or ``data``), deterministic."""
+    from dyno import zoo
+
+    entry = zoo.get_model(model_name)
+    name = data or entry.default_data
+    if name is None:
+        raise ConfigError(f"model {model_name} has no default dataset; pass --data")
+    if n < 1:
+        raise ConfigError("--n must be >= 1")
+    dataset = zoo.load_dataset(name, model=entry)
+    indices = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int)
+    xs, ys = [], []
+    for i in indices:
+        x, y = dataset[int(i)]
+        xs.append(torch.as_tensor(x, dtype=torch.float32))
+        ys.append(int(y))
+    return torch.stack(xs), ys
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Workload:
+    """Labelled inputs, cycled, fed for ``duration`` seconds or ``n`` inputs (whichever ends first)."""
+
+    xs: torch.Tensor
+    ys: list[int]
+    duration: float | None = None
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.xs) != len(self.ys) or not len(self.ys):
+            raise ConfigError(f"a workload needs as many labels as inputs, got {len(self.xs)} and {len(self.ys)}")
+        if self.duration is None and self.n is None:
+            raise ConfigError("a workload needs a duration or a number of inputs")
+
+
+@dataclasses.dataclass
+class Point:
+    """One finished inference as the display and the plot see it."""
+
+    t: float
+    cut: int
+    codec: str | None
+    bits: int | None
+    where: str
+    correct: bool
+    rate_bps: float
+    estimate_bps: float
+    nbytes: int
+
+
+def choice_label(codec: str | None, bits: int | None) -> str:
+    return "device" if codec is None else label(codec, bits)
+
+
+class SystemRun:
+    """State of one system's run, read by the live display while it runs."""
+
+    def __init__(self, name: str, duration: float):
+        self.name, self.duration = name, duration
+        self.points: list[Point] = []
+        self.start = 0.0
+        self.done = False
+        self.summary: dict[str, Any] | None = None
+        self.link: Any = None
+        self.client: Any = None
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if not self.start else time.perf_counter() - self.start
+
+
+def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, *, server: str | None,
+               trace: Any = None, device: Any = None, splits: Any = None, slo: Any = None, in_flight: int = 8,
+               timeout: float = 2.0, token: str | None = None, tls: Any = None) -> dict[str, Any]:
+    """Run the policy ``state.name`` over ``workload``; returns its summary (``SUMMARY_KEYS``)."""
+    from dyno.emulate.link import Link
+    from dyno.monitor import Monitors
+    from dyno.runtime.client import Client
+
+    link = Link(trace) if trace is not None else None
+    initial = trace.rate_bps(0.0) if trace is not None else 1e6
+    monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
+                        initial_slowdown=getattr(device, "slowdown", 1.0))
+    results: list[Result] = []
+    state.link = link
+    client = Client(plan, model, server=server, policy=state.name, slo=slo, in_flight=in_flight, timeout=timeout,
+                    link=link, device=device, monitors=monitors, splits=splits, token=token, tls=tls,
+                    on_result=lambda result: _record(state, workload, result, initial))
+    state.client = client
+    try:
+        if link is not None:
+            link.start()
+        state.start = time.perf_counter()
+        results = list(client.map(_feed(workload, state.start)))
+        elapsed = max(r.finished for r in results) - state.start if results else 0.0
+    finally:
+        client.close()
+        state.client = None
+    labels = [workload.ys[r.index % len(workload.ys)] for r in results]
+    state.summary, state.done = summarize(results, labels, elapsed_s=elapsed), True
+    return state.summary
+
+
+def _feed(workload: Workload, start: float) -> Iterator[torch.Tensor]:
+    deadline = start + workload.duration if workload.duration else None
+    i = 0
+    while (deadline is None or time.perf_counter() < deadline) and (workload.n is None or i < workload.n):
+        yield workload.xs[i % len(workload.xs)]
+        i += 1
+
+
+def _record(state: SystemRun, workload: Workload, result: Result, initial_bps: float) -> None:
+    client, link = state.client, state.link
+    state.points.append(Point(
+        t=time.perf_counter() - state.start, cut=result.cut, codec=result.codec, bits=result.bits,
+        where=result.where, correct=result.top1 == workload.ys[result.index % len(workload.ys)],
+        rate_bps=link.rate_bps() if link is not None else float("nan"),
+        estimate_bps=client.estimates().bandwidth_bps if client is not None else initial_bps, nbytes=result.bytes))
+
+
+def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n: int = 500,
+               policy: str = "dyno", slo: str | None = None, in_flight: int = 8, timeout: float = 2.0,
+               tier: str | float | None = None, device_emulation: str = "pad", trace: str | None = None,
+               token: str | None = None, tls: Any = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """``dyno run``: ``n`` labelled inputs through a client against ``server``; returns the summary."""
+    from dyno.emulate.device import Device
+    from dyno.emulate.traces import load_trace
+    from dyno.runtime.splits import Splits
+
+    device = Device.tier(tier, mode=device_emulation) if tier is not None else None
+    if device is not None:
+        torch.set_num_threads(1)
+    xs, ys = labelled(plan.model, data, n)
+    state = SystemRun(policy, 0.0)
+    tick = progress.task(f"{policy} via {server}", len(xs))
+    stop = threading.Event()
+
+    def show() -> None:
+        shown = 0
+        while not stop.wait(0.25):
+            tick(len(state.points) - shown)
+            shown = len(state.points)
+
+    shower = threading.Thread(target=show, daemon=True)
+    shower.start()
+    try:
+        return run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), server=server,
+                          trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan),
+                          slo=slo, in_flight=in_flight, timeout=timeout, token=token, tls=tls)
+    finally:
+        stop.set()
+        shower.join(2)
+        if device is not None:
+            device.close()

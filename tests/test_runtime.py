@@ -19,10 +19,10 @@ from dyno import codec
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
+from dyno.runtime.config import channel_options
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-from dyno.runtime.server import channel_options
 
 
 class Fixed(Policy):
@@ -33,7 +33,7 @@ class Fixed(Policy):
     def __init__(self, cut: int, codec: str | None = "fp32", bits: int | None = None):
         self.cut, self.codec, self.bits = cut, codec, bits
 
-    def decide(self, state):
+    def decide(self, _state):
         return Decision(self.cut, self.codec, self.bits)
 
 
@@ -209,7 +209,7 @@ def test_server_killed_mid_run_every_request_completes_and_the_client_returns(mo
     seen = threading.Event()
     count = [0]
 
-    def on_result(result):
+    def on_result(_result):
         count[0] += 1
         if count[0] == 20:
             seen.set()
@@ -261,7 +261,7 @@ def test_unreachable_server_falls_back_to_the_device(model, plan, splits, inputs
     assert all(r.bytes == 0 for r in results)
 
 
-def test_client_with_another_plan_is_refused_and_loses_nothing(server, model, splits, inputs):
+def test_client_with_another_plan_is_refused_and_loses_nothing(server, model, inputs):
     other = tiny_plan(model, name="tiny", options=(("fp32", None), ("shuffle-lz4", 6)))
     assert other.hash != server.server.plan.hash
     with Client(other, model, server=server.address, policy=Fixed(2), connect_timeout=0.5,
@@ -457,7 +457,6 @@ def test_tls_with_a_self_signed_certificate(model, plan, splits, inputs, tmp_pat
 
 
 def test_pipelining_overlaps_device_link_and_cloud(server, model, plan, splits, inputs):
-    from dyno.emulate.device import Device
     from dyno.emulate.link import Link
     from dyno.emulate.traces import Trace
 
@@ -516,4 +515,4 @@ def test_the_dyno_policy_drives_the_client(server, model, plan, splits, inputs):
     with torch.inference_mode():
         expected = model(inputs[:8]).argmax(1).tolist()
     assert len(results) == 8 and all(r.where in ("cloud", "device") for r in results)
-    assert sum(r.top1 == e for r, e in zip(results, expected)) >= 7
+    assert sum(r.top1 == e for r, e in zip(results, expected, strict=True)) >= 7

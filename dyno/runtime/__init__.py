@@ -1,19 +1,29 @@
 """The runtime: device client and cloud server over gRPC (``dyno.v1``), batching, metrics.
 
-    from dyno.runtime import Client, ServerThread, create_server
+    from dyno.runtime import Client, ClientConfig, ServerProcess, ServerThread, create_server
 
-- :func:`create_server` / :class:`Server` (grpc.aio) and :class:`ServerThread` (the same on a loop in a
-  background thread) serve the tails of one model for every cut of its plan, with dynamic batching.
-- :class:`Client` runs the policy, the heads and the codec on the device, pipelines inferences over one
-  gRPC stream, and finishes anything the cloud does not answer on the device.
+- :func:`create_server` / :class:`Server` (grpc.aio) serve the tails of one model for every cut of its
+  plan, with dynamic batching; :class:`ServerThread` (a loop in a background thread),
+  :class:`ServerProcess` (a child process) and :func:`serve` (until SIGTERM) run one
+  (``dyno.runtime.harness``), configured by :class:`ServerConfig`.
+- :class:`Client`, configured by :class:`ClientConfig`, runs the policy, the heads and the codec on the
+  device, pipelines inferences over one gRPC stream, and finishes anything the cloud does not answer
+  on the device.
 - :func:`summarize` turns results into the ``{"n", "accuracy", "throughput", ...}`` summary.
+
+Modules, top down: ``client`` (the facade) over ``device_worker`` (the device thread) and
+``connection`` (the loop thread), sharing ``inflight``; ``harness`` over ``server`` over ``tails``
+and ``batching``; ``config``, ``metrics``, ``splits``, ``results`` and ``proto`` below them all.
 """
 
 from dyno.runtime.batching import BatchConfig
-from dyno.runtime.client import Client, ClientTLS
+from dyno.runtime.client import Client
+from dyno.runtime.config import ClientConfig, ClientTLS, ServerConfig, TLSConfig
+from dyno.runtime.harness import ServerProcess, ServerThread, from_plan_file, serve
 from dyno.runtime.results import SUMMARY_KEYS, Result, summarize, top_k
-from dyno.runtime.server import Server, ServerConfig, ServerThread, TLSConfig, create_server, serve
+from dyno.runtime.server import Server, create_server
 from dyno.runtime.splits import Splits
 
-__all__ = ["BatchConfig", "Client", "ClientTLS", "Result", "SUMMARY_KEYS", "Server", "ServerConfig",
-           "ServerThread", "Splits", "TLSConfig", "create_server", "serve", "summarize", "top_k"]
+__all__ = ["BatchConfig", "Client", "ClientConfig", "ClientTLS", "Result", "SUMMARY_KEYS", "Server",
+           "ServerConfig", "ServerProcess", "ServerThread", "Splits", "TLSConfig", "create_server",
+           "from_plan_file", "serve", "summarize", "top_k"]

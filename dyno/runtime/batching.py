@@ -30,7 +30,10 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["BatchConfig", "Batcher", "Outcome", "LoadMeter"]
+__all__ = ["BatchConfig", "Batcher", "Outcome", "LoadMeter", "LOAD_WINDOW_S"]
+
+#: The window over which the server's load (the share of time its workers were busy) is measured.
+LOAD_WINDOW_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,7 +74,7 @@ class _Item:
 class LoadMeter:
     """Share of the last ``window_s`` seconds the compute workers were busy, in [0, 1]."""
 
-    def __init__(self, workers: int = 1, window_s: float = 1.0):
+    def __init__(self, workers: int = 1, window_s: float = LOAD_WINDOW_S):
         self.workers, self.window_s = workers, window_s
         self._spans: collections.deque[tuple[float, float]] = collections.deque()
         self._active: dict[int, float] = {}
@@ -104,9 +107,9 @@ class Batcher:
 
     def __init__(self, run_batch: Callable[[int, list[Any]], list[Any]], executor: concurrent.futures.Executor,
                  config: BatchConfig = BatchConfig(),
-                 on_batch: Callable[[int, int, float, float], None] | None = None):
+                 on_batch: Callable[[int, int, float], None] | None = None):
         self.run_batch, self.executor, self.config = run_batch, executor, config
-        self.on_batch = on_batch  # (cut_id, size, queue_s of the oldest, compute_s)
+        self.on_batch = on_batch  # (cut_id, size, compute_s)
         self.meter = LoadMeter(config.workers)
         self._queues: dict[int, collections.deque[_Item]] = {}
         self._wake = asyncio.Event()
@@ -192,7 +195,7 @@ class Batcher:
         finally:
             self.meter.end(index)
         compute = time.perf_counter() - start
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=False):
             if item.future.done():
                 continue
             if isinstance(result, BaseException):
@@ -200,4 +203,4 @@ class Batcher:
             else:
                 item.future.set_result(Outcome(result, start - item.arrived, compute, len(items)))
         if self.on_batch is not None:
-            self.on_batch(cut_id, len(items), start - items[0].arrived, compute)
+            self.on_batch(cut_id, len(items), compute)

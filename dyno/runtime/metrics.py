@@ -18,7 +18,7 @@ import math
 import threading
 from typing import Iterable
 
-__all__ = ["Registry", "Counter", "Gauge", "Histogram", "MetricsEndpoint", "parse_text",
+__all__ = ["Registry", "Counter", "Gauge", "Histogram", "MetricsEndpoint", "ServerMetrics", "parse_text",
            "LATENCY_BUCKETS", "BATCH_BUCKETS"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -30,7 +30,7 @@ def _escape(value: str) -> str:
 
 
 def _format_labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -58,6 +58,9 @@ class _Metric:
 
     def _header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def render(self) -> list[str]:
+        raise NotImplementedError
 
 
 class Counter(_Metric):
@@ -140,7 +143,7 @@ class Histogram(_Metric):
             items = sorted((k, list(v)) for k, v in self._values.items())
         for key, row in items:
             cumulative = 0.0
-            for bound, count in zip(self.buckets, row):
+            for bound, count in zip(self.buckets, row[:len(self.buckets)], strict=True):
                 cumulative += count
                 le = f'le="{_format_value(bound)}"'
                 lines.append(f"{self.name}_bucket{_format_labels(self.labels, key, le)} "
@@ -179,6 +182,26 @@ class Registry:
         for metric in self._metrics.values():
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
+
+
+class ServerMetrics:
+    """The metrics one dyno server exports (``registry.render()`` is the /metrics text)."""
+
+    def __init__(self) -> None:
+        self.registry = r = Registry()
+        self.requests = r.counter("dyno_requests_total", "Requests answered or refused, by cut and status",
+                                  ("cut", "code"))
+        self.bytes = r.counter("dyno_request_bytes_total", "Frame bytes received (meta + payload), by cut",
+                               ("cut",))
+        self.batch = r.histogram("dyno_batch_size", "Requests per tail run, by cut", ("cut",), BATCH_BUCKETS)
+        self.latency = r.histogram("dyno_request_latency_seconds",
+                                   "Server time of a request, arrival to reply, by cut", ("cut",))
+        self.queue = r.histogram("dyno_queue_seconds", "Arrival to start of the batch's compute, by cut",
+                                 ("cut",))
+        self.compute = r.histogram("dyno_compute_seconds", "Tail compute time per batch, by cut", ("cut",))
+        self.streams = r.gauge("dyno_streams", "Open Infer streams")
+        self.in_flight = r.gauge("dyno_in_flight", "Requests accepted and not yet answered")
+        self.load = r.gauge("dyno_load", "Share of the last second the compute workers were busy")
 
 
 def parse_text(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -76,7 +76,7 @@ def summarize(results: Sequence[Result], labels: Iterable[int] | None = None,
         labels = list(labels)
         if len(labels) != n:
             raise ValueError(f"{n} results but {len(labels)} labels")
-        accuracy = sum(r.top1 == int(y) for r, y in zip(results, labels)) / n if n else None
+        accuracy = sum(r.top1 == int(y) for r, y in zip(results, labels, strict=True)) / n if n else None
     if elapsed_s is None and n > 1:
         elapsed_s = max(r.finished for r in results) - min(r.finished for r in results)
     throughput = n / elapsed_s if elapsed_s and elapsed_s > 0 else None

@@ -1,0 +1,316 @@
+"""Running a server: one mechanism (create, start, report ready, wait for the word to stop, drain) in
+three placements.
+
+- :class:`ServerThread`: on an event loop in a background thread of this process (tests);
+- :class:`ServerProcess`: in a child process with its own interpreter, as the cloud is (the demo, the
+  runtime benchmark), built there by a picklable ``build(*args) -> (plan, model)``;
+- :func:`serve`: in this process until SIGINT/SIGTERM (the ``dyno serve`` body).
+
+    with ServerThread(plan, model, ServerConfig()) as running:
+        Client(plan, model, server=running.address)
+
+    with ServerProcess(from_plan_file, "plan.json", "trained", config=ServerConfig()) as cloud:
+        Client(plan, model, server=cloud.address)
+        cloud.kill()            # SIGKILL: no goodbye (or stop(grace=5): in-flight requests answered)
+
+Every placement stops gracefully by default: new requests are refused, accepted ones answered, then
+every stream ends with UNAVAILABLE (``Server.stop``); ``grace=None`` (or ``kill()``) stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import torch
+from torch import nn
+
+from dyno.datafile import atomic_write
+from dyno.errors import RuntimeServiceError
+from dyno.plan import Plan
+from dyno.runtime.config import ServerConfig
+from dyno.runtime.server import Server, create_server
+from dyno.runtime.splits import Splits
+
+__all__ = ["ServerThread", "ServerProcess", "serve", "run_server", "ready_info", "from_plan_file"]
+
+DEFAULT_GRACE = 5.0
+
+
+async def run_server(plan: Plan, model: nn.Module, config: ServerConfig | None, *, address: str,
+                     until: Awaitable[float | None], ready: Callable[[Server], None],
+                     splits: Splits | None = None, warm: bool = True) -> None:
+    """The one mechanism: create and start a server, call ``ready(server)``, wait for ``until`` to give
+    the grace (seconds; None: at once), then stop (draining for that long). Runs on the caller's loop."""
+    server, _ = create_server(plan, model, config, address=address, splits=splits)
+    grace: float | None = None
+    try:
+        await server.start(warm=warm)
+        ready(server)
+        grace = await until
+    finally:
+        await server.stop(grace)
+
+
+def ready_info(server: Server, address: str) -> dict[str, Any]:
+    """What a started server reports (``dyno serve --ready-file`` writes it as JSON)."""
+    host = address.rsplit(":", 1)[0]
+    return {"address": f"{host}:{server.port}", "port": server.port, "metrics_port": server.metrics_port,
+            "pid": os.getpid(), "model": server.plan.model, "plan_hash": server.plan_hash,
+            "served_cuts": sorted(server.served)}
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _stop_on_signals(until: asyncio.Future, grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _settle, until, grace)
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+
+def serve(plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
+          address: str = "127.0.0.1:50051", ready_file: str | Path | None = None,
+          grace: float = DEFAULT_GRACE) -> None:
+    """Run a server until SIGINT/SIGTERM, then stop gracefully (the ``dyno serve`` body)."""
+
+    def announce(server: Server) -> None:
+        info = ready_info(server, address)
+        url = server.config.metrics_url(server.metrics_port) if server.metrics_port else None
+        print(f"dyno serve: {plan.model} (plan {server.plan_hash[:12]}) on {info['address']}"
+              + (f", metrics on {url}" if url else ""), flush=True)
+        if ready_file is not None:
+            atomic_write(ready_file, json.dumps(info))
+
+    async def main() -> None:
+        until = asyncio.get_running_loop().create_future()
+        _stop_on_signals(until, grace)
+        await run_server(plan, model, config, address=address, until=until, ready=announce)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------- thread
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread, for synchronous callers.
+
+        with ServerThread(plan, model, config) as running:
+            client = Client(plan, model, server=running.address)
+        running.stop(grace=0)      # or kill(): stop at once, dropping in-flight work
+    """
+
+    def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
+                 address: str = "127.0.0.1:0", splits: Splits | None = None, warm: bool = True):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dyno-server-loop", daemon=True)
+        self._thread.start()
+        self._until: asyncio.Future = self.call(self._future())
+        started: concurrent.futures.Future[Server] = concurrent.futures.Future()
+        self._running = asyncio.run_coroutine_threadsafe(
+            run_server(plan, model, config, address=address, until=self._until, ready=started.set_result,
+                       splits=splits, warm=warm), self._loop)
+        either: list[concurrent.futures.Future[Any]] = [started, self._running]
+        concurrent.futures.wait(either, return_when=concurrent.futures.FIRST_COMPLETED)
+        if not started.done():
+            self._close_loop()
+            self._running.result()  # raises why the server did not start
+            raise RuntimeServiceError("the server stopped before it started")
+        self.server = started.result()
+        self.port = self.server.port
+        self.address = ready_info(self.server, address)["address"]
+        self._stopped = False
+
+    @staticmethod
+    async def _future() -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    def call(self, coroutine: Any, timeout: float | None = 60) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.server.config.metrics_url(self.server.metrics_port)
+
+    def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Stop the server, draining for up to ``grace`` seconds (None: at once)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._loop.call_soon_threadsafe(_settle, self._until, grace)
+            self._running.result((grace or 0) + 30)
+        finally:
+            self._close_loop()
+
+    def kill(self) -> None:
+        """Stop at once: in-flight requests are dropped, as if the process had died."""
+        self.stop(grace=None)
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=1.0)
+
+
+# ---------------------------------------------------------------------------------------- process
+
+
+def from_plan_file(plan_path: str | Path, weights: str = "trained") -> tuple[Plan, nn.Module]:
+    """A builder for :class:`ServerProcess`: the plan file and its zoo model with ``weights``
+    (trained | random | trained-or-random | a path), refusing a plan made for other weights (as
+    ``dyno serve`` does)."""
+    from dyno import zoo  # the only place the runtime knows the zoo: a builder, run in the child
+
+    plan = Plan.load(plan_path)
+    model = zoo.load_model(plan.model, weights=weights)
+    Plan.load(plan_path, model=model)  # refuse a plan made for other weights
+    return plan, model
+
+
+def _child(build: Callable[..., tuple[Plan, nn.Module]], args: tuple, config: ServerConfig | None,
+           threads: int, address: str, log: str | None, conn: multiprocessing.connection.Connection) -> None:
+    """The child process of a ServerProcess: build, serve, report through ``conn``, stop when told."""
+    if log is not None:  # the child's stdout and stderr go to the log file
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    torch.set_num_threads(threads)
+    try:
+        plan, model = build(*args)
+        asyncio.run(_serve_child(plan, model, config, address, conn))
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc(limit=8)))
+        except OSError:
+            pass
+        raise
+
+
+async def _serve_child(plan: Plan, model: nn.Module, config: ServerConfig | None, address: str,
+                       conn: multiprocessing.connection.Connection) -> None:
+    loop = asyncio.get_running_loop()
+    until = loop.create_future()
+    _stop_on_signals(until, DEFAULT_GRACE)
+
+    def on_message() -> None:  # ("stop", grace); end of file: the parent is gone
+        loop.remove_reader(conn.fileno())
+        try:
+            _, grace = conn.recv()
+        except (EOFError, OSError, ValueError):
+            grace = DEFAULT_GRACE
+        _settle(until, grace)
+
+    loop.add_reader(conn.fileno(), on_message)
+    await run_server(plan, model, config, address=address, until=until,
+                     ready=lambda server: conn.send(("ready", ready_info(server, address))))
+
+
+class ServerProcess:
+    """A server in a child process ("spawn": its own interpreter, as the cloud is).
+
+    ``build(*args) -> (plan, model)`` runs in the child: a module-level function (it is pickled by
+    name), e.g. :func:`from_plan_file`. ``threads`` is the child's torch intra-op threads; ``log``
+    a file for the child's stdout and stderr (default: this process's). Attributes: ``address``,
+    ``port``, ``metrics_port``, ``metrics_url``, ``pid``, ``info`` (as ``dyno serve --ready-file``).
+
+        with ServerProcess(from_plan_file, "plan.json", "trained", config=ServerConfig()) as cloud:
+            ...
+    """
+
+    def __init__(self, build: Callable[..., tuple[Plan, nn.Module]], *args: Any,
+                 config: ServerConfig | None = None, threads: int = 1, address: str = "127.0.0.1:0",
+                 timeout: float = 120.0, log: str | Path | None = None):
+        self.config = config or ServerConfig()
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self.process = context.Process(
+            target=_child, name="dyno-server", daemon=True,
+            args=(build, args, self.config, threads, address, None if log is None else str(log), child_conn))
+        self.process.start()
+        child_conn.close()
+        self._stopped = False
+        try:
+            self.info = self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.address: str = self.info["address"]
+        self.port: int = self.info["port"]
+        self.metrics_port: int | None = self.info["metrics_port"]
+        self.pid: int = self.info["pid"]
+
+    def _wait_ready(self, timeout: float) -> dict[str, Any]:
+        ready = multiprocessing.connection.wait([self._conn, self.process.sentinel], timeout)
+        if self._conn in ready:
+            try:
+                kind, value = self._conn.recv()
+            except EOFError:
+                kind, value = "error", f"it exited with code {self.process.exitcode}"
+            if kind == "ready":
+                return value
+            raise RuntimeServiceError(f"the server process did not start: {value}")
+        if ready:
+            raise RuntimeServiceError(f"the server process exited with code {self.process.exitcode} "
+                                      "before it started")
+        raise RuntimeServiceError(f"the server process did not start within {timeout:g} s")
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.config.metrics_url(self.metrics_port)
+
+    def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Stop the server as SIGTERM does: refuse new requests, answer the accepted ones for up to
+        ``grace`` seconds (None: at once), then exit. Kills the child if it does not exit in time."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._conn.send(("stop", grace))
+        except OSError:
+            pass  # it is gone already
+        self.process.join((grace or 0) + 30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(10)
+        self._conn.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye; in-flight requests are lost to the server (clients fall back)."""
+        self._stopped = True
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self._conn.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=1.0)

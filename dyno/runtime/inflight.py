@@ -1,0 +1,111 @@
+"""What a client's two threads share: the record of one inference under way (``Inference``) and what the
+client has seen so far (``Telemetry``: the monitors behind one lock, counters, recent server batch sizes
+and recent connection errors).
+
+The device thread (``dyno.runtime.device_worker``) and the loop thread (``dyno.runtime.connection``)
+both write to these; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import torch
+
+    from dyno.monitor import Monitors
+    from dyno.policy import Decision, Estimates
+    from dyno.runtime.proto import inference_pb2 as pb
+
+__all__ = ["Inference", "Telemetry"]
+
+log = logging.getLogger("dyno.client")
+
+
+class Inference:
+    """One input on its way through the pipeline: filled by the device (decision, activation, frame),
+    then by the connection (time on the link, when it was written, its reply timer)."""
+
+    __slots__ = ("index", "x", "future", "submitted", "decision", "activation", "device_ms", "request",
+                 "nbytes", "transfer_ms", "written", "timer")
+
+    def __init__(self, index: int, x: torch.Tensor, future: concurrent.futures.Future):
+        self.index, self.x, self.future = index, x, future
+        self.submitted = time.perf_counter()
+        self.decision: Decision | None = None
+        self.activation: torch.Tensor | None = None
+        self.device_ms = 0.0
+        self.request: pb.Request | None = None
+        self.nbytes = 0                       # the request's wire size
+        self.transfer_ms = 0.0                # time on the uplink
+        self.written = 0.0                    # perf_counter() when it went on the stream (0: never)
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def cut(self) -> int:
+        assert self.decision is not None
+        return self.decision.cut
+
+
+class Telemetry:
+    """What one client has seen; safe to use from any thread.
+
+    ``stats`` counts results by where they finished (``cloud``, ``device``, ``fallback``) and events
+    (``unavailable``, ``connects``, ``reconnects``, ``timeouts``); ``errors`` keeps the last 16
+    distinct connection errors; ``batches`` the last 16 server batch sizes.
+    """
+
+    def __init__(self, monitors: Monitors):
+        self.monitors = monitors
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.errors: collections.deque[str] = collections.deque(maxlen=16)
+        self.batches: collections.deque[int] = collections.deque(maxlen=16)
+        self._monitor_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+
+    def estimates(self) -> Estimates:
+        with self._monitor_lock:
+            return self.monitors.estimates()
+
+    def batch_hint(self) -> int:
+        """The server's typical batch size lately (1 before any reply)."""
+        recent = list(self.batches)  # a copy: the loop thread appends to it
+        return max(1, int(np.median(recent))) if recent else 1
+
+    def record_device(self, cut_id: int, ms: float) -> None:
+        with self._monitor_lock:
+            self.monitors.record_device(cut_id, ms)
+
+    def record_transfer(self, nbytes: int, seconds: float) -> None:
+        with self._monitor_lock:
+            self.monitors.record_transfer(nbytes, seconds)
+
+    def record_reply(self, cut_id: int, compute_ms: float, others_load: float, batch: int, rtt_ms: float,
+                     wire: tuple[int, float] | None) -> None:
+        """One reply: the server's compute and load, the round trip, and (without an emulated link)
+        the wire transfer ``(nbytes, seconds)``."""
+        with self._monitor_lock:
+            self.monitors.record_server(cut_id, compute_ms, others_load, batch)
+            self.monitors.record_rtt(rtt_ms)
+            if wire is not None:
+                self.monitors.record_transfer(*wire)
+        self.batches.append(batch)
+
+    def count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+    def note_error(self, message: str) -> None:
+        if not self.errors or self.errors[-1] != message:
+            log.info("cloud unavailable: %s", message)
+            self.errors.append(message)
+

@@ -1,0 +1,205 @@
+"""The server harness's child process: a real server in its own interpreter (multiprocessing "spawn")
+on a free loopback port, built there from a picklable builder, answering like the in-process model;
+stopped gracefully (in-flight requests answered, exit code 0) or killed (clients lose nothing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from nets import tiny_model
+
+from dyno import codec
+from dyno.errors import ModelError, PlanError, RuntimeServiceError
+from dyno.offline import nominal_plan as tiny_plan
+from dyno.policy import Decision, Policy
+from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, Splits, from_plan_file
+from dyno.runtime.config import channel_options
+from dyno.runtime.metrics import parse_text
+from dyno.runtime.proto import inference_pb2 as pb
+from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
+
+
+def build_tiny(seed: int):
+    """The builder the child runs: TinyNet's nominal plan and model (the same as the tests' own)."""
+    model = tiny_model(seed=seed)
+    return tiny_plan(model), model
+
+
+def build_nothing():
+    raise ModelError("this builder always fails")
+
+
+class Fixed(Policy):
+    name = "fixed"
+
+    def __init__(self, cut: int):
+        self.cut = cut
+
+    def decide(self, _state):
+        return Decision(self.cut, "fp32", None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def plan(model):
+    return tiny_plan(model)
+
+
+@pytest.fixture(scope="module")
+def splits(model, plan):
+    return Splits(model, plan)
+
+
+def metrics(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return parse_text(response.read().decode())
+
+
+def test_a_server_process_answers_like_the_in_process_model(model, plan, splits):
+    torch.manual_seed(1)
+    inputs = torch.randn(16, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(inputs)
+    config = ServerConfig(batching=BatchConfig(max_batch=8, max_wait_ms=2))
+    with ServerProcess(build_tiny, 0, config=config) as cloud:
+        assert cloud.pid == cloud.process.pid != os.getpid()
+        assert cloud.address == f"127.0.0.1:{cloud.port}" and cloud.info["plan_hash"] == plan.hash
+        assert cloud.info["served_cuts"] == list(range(len(plan.cuts) - 1))
+        for cut in (0, 4, 8):
+            with Client(plan, model, server=cloud.address, policy=Fixed(cut), splits=splits,
+                        want_logits=True) as client:
+                results = list(client.map(inputs))
+            assert [r.where for r in results] == ["cloud"] * len(inputs), cut
+            assert [r.top1 for r in results] == expected.argmax(1).tolist(), cut
+            np.testing.assert_allclose(np.stack([r.logits for r in results]), expected.numpy(),
+                                       rtol=1e-4, atol=1e-4)
+        answered = metrics(cloud.metrics_url)
+        for cut in (0, 4, 8):
+            assert answered[("dyno_requests_total", (("code", "OK"), ("cut", str(cut))))] == len(inputs)
+    assert cloud.process.exitcode == 0  # the context manager stopped it gracefully
+
+
+def test_stop_answers_the_requests_in_flight_then_says_unavailable(plan):
+    # a long batching window holds the requests in the server until the stop
+    config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=2000, eager=False))
+    cloud = ServerProcess(build_tiny, 0, config=config)
+    x = np.zeros(plan.cuts[8].shape, np.float32)
+    encoded = codec.encode(x, mode="fp32")
+    requests = [pb.Request(request_id=i, model=plan.model, plan_hash=plan.hash, cut=8,
+                           meta=encoded.meta.to_bytes(), payload=encoded.payload, top_k=3) for i in range(6)]
+    outcome: dict = {}
+
+    def run():  # the stream stays open (the generator sleeps) so only the server's stop can end it
+        def source():
+            yield from requests
+            time.sleep(8)
+
+        with grpc.insecure_channel(cloud.address, options=channel_options(8 << 20)) as channel:
+            call = pb_grpc.InferenceStub(channel).Infer(source(), timeout=30)
+            replies = []
+            try:
+                replies.extend(call)
+                outcome["result"] = (replies, call.code())
+            except grpc.RpcError as error:
+                outcome["result"] = (replies, error.code())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while metrics(cloud.metrics_url).get(("dyno_in_flight", ()), 0) < 6:  # all six accepted
+            assert time.monotonic() < deadline, "the requests never reached the server"
+            time.sleep(0.02)
+        cloud.stop(grace=10)
+    finally:
+        cloud.kill()
+        thread.join(30)
+    replies, code = outcome["result"]
+    assert sorted(r.request_id for r in replies) == list(range(6))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert cloud.process.exitcode == 0
+
+
+def test_a_killed_server_process_loses_nothing(model, plan, splits):
+    from dyno.emulate.device import Device
+
+    torch.manual_seed(3)
+    data = torch.randn(80, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(data).argmax(1).tolist()
+    cloud = ServerProcess(build_tiny, 0)
+    seen = threading.Event()
+    count = [0]
+
+    def on_result(_result):
+        count[0] += 1
+        if count[0] == 20:
+            seen.set()
+
+    def slowly():
+        for x in data:
+            time.sleep(0.01)
+            yield x
+
+    out: list = []
+    with Client(plan, model, server=cloud.address, policy=Fixed(4), splits=splits, in_flight=4, timeout=1.0,
+                backoff=(0.05, 0.3), on_result=on_result, device=Device(slowdown=1.0)) as client:
+        runner = threading.Thread(target=lambda: out.extend(client.map(slowly())))
+        runner.start()
+        try:
+            assert seen.wait(60)
+        finally:
+            cloud.kill()
+        runner.join(90)
+        assert not runner.is_alive()
+        assert not client.connected.is_set() and client.errors
+    assert cloud.process.exitcode == -signal.SIGKILL
+    assert len(out) == len(data) and [r.index for r in out] == list(range(len(data)))
+    assert [r.top1 for r in out] == expected  # fallbacks compute the same model on the device
+    assert any(r.where == "cloud" for r in out)  # some before the kill
+    assert sum(r.where == "fallback" for r in out) >= 1
+    assert client.stats["cloud"] + client.stats["fallback"] == len(data)
+
+
+def test_a_builder_that_fails_is_reported_with_its_error():
+    with pytest.raises(RuntimeServiceError, match="this builder always fails"):
+        ServerProcess(build_nothing, timeout=120)
+
+
+def test_from_plan_file_serves_the_plan_and_refuses_other_weights(tmp_path):
+    from dyno import zoo
+
+    torch.manual_seed(0)
+    model = zoo.load_model("fmnist-resnet", weights="random")
+    weights = zoo.save_weights(model, "fmnist-resnet", {"note": "untrained, for tests"}, path=tmp_path / "w.pt")
+    plan = tiny_plan(model, name="fmnist-resnet", options=(("fp32", None),))
+    path = plan.save(tmp_path / "plan.json")
+    loaded, net = from_plan_file(path, str(weights))
+    assert loaded.hash == plan.hash
+    torch.manual_seed(5)
+    inputs = torch.randn(4, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(inputs).argmax(1).tolist()
+        assert net(inputs).argmax(1).tolist() == expected
+    with ServerProcess(from_plan_file, path, str(weights)) as cloud:
+        with Client(plan, model, server=cloud.address, policy="cloud-only-raw") as client:
+            results = list(client.map(inputs))
+    assert [r.where for r in results] == ["cloud"] * 4 and [r.top1 for r in results] == expected
+
+    torch.manual_seed(1)
+    other = zoo.save_weights(zoo.load_model("fmnist-resnet", weights="random"), "fmnist-resnet", {},
+                             path=tmp_path / "other.pt")
+    with pytest.raises(PlanError, match="weights"):
+        from_plan_file(path, str(other))

@@ -16,6 +16,7 @@ import torch
 from nets import tiny_model
 
 from dyno import codec
+from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
@@ -516,3 +517,29 @@ def test_the_dyno_policy_drives_the_client(server, model, plan, splits, inputs):
         expected = model(inputs[:8]).argmax(1).tolist()
     assert len(results) == 8 and all(r.where in ("cloud", "device") for r in results)
     assert sum(r.top1 == e for r, e in zip(results, expected, strict=True)) >= 7
+
+
+def test_streams_rotate_before_their_deadline_without_losing_a_request(server, model, plan, splits):
+    torch.manual_seed(6)
+    data = torch.randn(200, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(data).argmax(1).tolist()
+    # a stream lives 4.1 s; the run takes longer, so requests must move to a fresh stream in time
+    with Client(plan, model, server=server.address, policy=Fixed(6), splits=splits, in_flight=2, timeout=1.0,
+                stream_lifetime=4.1) as client:
+        start = time.monotonic()
+        results = list(client.map(_slowly(data, 0.025)))
+        elapsed = time.monotonic() - start
+        stats = dict(client.stats)
+    assert elapsed > 4.1
+    assert [r.where for r in results] == ["cloud"] * len(data)
+    assert [r.top1 for r in results] == expected
+    assert stats.get("connects") == 1 and not stats.get("reconnects") and not stats.get("timeouts")
+
+
+def test_a_client_that_cannot_start_leaves_no_thread_behind(model, plan, splits, tmp_path):
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="TLS file"):
+        Client(plan, model, server="localhost:1", splits=splits, tls=ClientTLS(ca=tmp_path / "missing.pem"))
+    time.sleep(0.1)
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("dyno-")]

@@ -99,7 +99,12 @@ class Client:
         self._cloud = CloudConnection(plan, self.config, telemetry=self._telemetry,
                                       fall_back=self._device.fall_back, deliver=self._deliver, link=link)
         self._device.start(self._cloud)
-        self._cloud.start()
+        try:
+            self._cloud.start()
+        except BaseException:  # e.g. an unreadable TLS file: leave no thread behind
+            self._cloud.close()
+            self._device.stop()
+            raise
         if self.config.server is not None:  # a head start for the first inputs; fine if it fails
             self.connected.wait(self.config.connect_timeout)
 

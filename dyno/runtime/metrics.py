@@ -79,10 +79,6 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: object) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
@@ -130,12 +126,6 @@ class Histogram(_Metric):
                     break
             row[-2] += value
             row[-1] += 1
-
-    def snapshot(self, **labels: object) -> tuple[float, float]:
-        """(sum, count) for one label set."""
-        with self._lock:
-            row = self._values.get(self._key(labels))
-            return (row[-2], row[-1]) if row else (0.0, 0.0)
 
     def render(self) -> list[str]:
         lines = self._header()

@@ -173,9 +173,11 @@ def test_a_killed_server_process_loses_nothing(model, plan, splits):
     assert client.stats["cloud"] + client.stats["fallback"] == len(data)
 
 
-def test_a_builder_that_fails_is_reported_with_its_error():
+def test_a_builder_that_fails_is_reported_with_its_error(tmp_path):
+    log = tmp_path / "serve.log"
     with pytest.raises(RuntimeServiceError, match="this builder always fails"):
-        ServerProcess(build_nothing, timeout=120)
+        ServerProcess(build_nothing, timeout=120, log=log)
+    assert "ModelError: this builder always fails" in log.read_text()  # the child's stderr went there
 
 
 def test_from_plan_file_serves_the_plan_and_refuses_other_weights(tmp_path):

@@ -26,6 +26,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -61,10 +62,14 @@ async def run_server(plan: Plan, model: nn.Module, config: ServerConfig | None, 
         await server.stop(grace)
 
 
+def _bound(address: str, port: int) -> str:
+    """``address`` with the port the server was given (``127.0.0.1:0`` -> ``127.0.0.1:PORT``)."""
+    return f"{address.rsplit(':', 1)[0]}:{port}"
+
+
 def ready_info(server: Server, address: str) -> dict[str, Any]:
     """What a started server reports (``dyno serve --ready-file`` writes it as JSON)."""
-    host = address.rsplit(":", 1)[0]
-    return {"address": f"{host}:{server.port}", "port": server.port, "metrics_port": server.metrics_port,
+    return {"address": _bound(address, server.port), "port": server.port, "metrics_port": server.metrics_port,
             "pid": os.getpid(), "model": server.plan.model, "plan_hash": server.plan_hash,
             "served_cuts": sorted(server.served)}
 
@@ -133,7 +138,7 @@ class ServerThread:
             raise RuntimeServiceError("the server stopped before it started")
         self.server = started.result()
         self.port = self.server.port
-        self.address = ready_info(self.server, address)["address"]
+        self.address = _bound(address, self.port)
         self._stopped = False
 
     @staticmethod
@@ -206,11 +211,13 @@ def _child(build: Callable[..., tuple[Plan, nn.Module]], args: tuple, config: Se
         plan, model = build(*args)
         asyncio.run(_serve_child(plan, model, config, address, conn))
     except BaseException:
+        text = traceback.format_exc(limit=8)
+        print(text, file=sys.stderr, flush=True)
         try:
-            conn.send(("error", traceback.format_exc(limit=8)))
+            conn.send(("error", text))
         except OSError:
-            pass
-        raise
+            pass  # the parent is gone
+        sys.exit(1)
 
 
 async def _serve_child(plan: Plan, model: nn.Module, config: ServerConfig | None, address: str,
@@ -259,6 +266,7 @@ class ServerProcess:
         try:
             self.info = self._wait_ready(timeout)
         except BaseException:
+            self.process.join(5)  # a child that failed is on its way out
             self.kill()
             raise
         self.address: str = self.info["address"]

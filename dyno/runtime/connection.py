@@ -262,7 +262,7 @@ class CloudConnection:
         try:
             await stream.call.write(inference.request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-            # the stream died under us: its break falls back what it holds; this one too
+            # the stream died under us: the break falls back what it still holds, this one here
             held = stream.outstanding.pop(inference.index, None) is not None
             self._break(stream, f"write failed: {error}")
             if held:

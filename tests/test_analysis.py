@@ -6,18 +6,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dyno import analysis, partition, precision, profile, zoo
+from dyno import offline, packing, partition, zoo
 from dyno.codec import Expected, decode, encode
 from dyno.errors import PlanError
+from dyno.offline import pipeline
 from dyno.plan import Plan
 
-pytestmark = pytest.mark.skipif(not (zoo._paths.fashion_mnist_root() / "t10k-labels-idx1-ubyte.gz").exists()
-                                and not (zoo._paths.fashion_mnist_root() / "t10k-labels-idx1-ubyte").exists(),
-                                reason="Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
+pytestmark = needs_fmnist
 
 N = 300  # analysis samples: small, but enough for the knee search to stop and confirm
 
@@ -25,7 +25,7 @@ N = 300  # analysis samples: small, but enough for the knee search to stop and c
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: on a shared two-core machine two threads are often several times slower."""
-    with profile.torch_threads(1):
+    with offline.torch_threads(1):
         yield
 
 
@@ -52,13 +52,13 @@ class PadNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model(one_thread):
+def model():
     """PadNet trained for a few hundred steps (a few seconds): predictions that quantisation can move."""
     torch.manual_seed(0)
     net = PadNet()
     x, y = zoo.load_dataset("fashion-mnist", split="train").tensors(6000)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for step in range(250):
+    for _step in range(250):
         i = torch.randint(len(x), (128,))
         loss = nn.functional.cross_entropy(net(x[i]), y[i])
         opt.zero_grad()
@@ -74,16 +74,16 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def plan(model, dataset, tmp_path_factory):
-    config = precision.SearchConfig(batch_size=50, min_samples=100, fp16="all")
-    plan = analysis.analyze(model, data=dataset, limit=N, progress=False, channels_last=False, config=config,
+    config = offline.SearchConfig(batch_size=50, min_samples=100, fp16="all")
+    plan = offline.analyze(model, data=dataset, limit=N, channels_last=False, config=config,
                             bytes_samples=6, codec_samples=3, batch_sizes=(1, 4))
     plan.save(tmp_path_factory.mktemp("plan") / "padnet.json")
     return plan
 
 
 @pytest.fixture(scope="module")
-def sample(model, dataset):
-    x, y, _ = analysis.load_sample(dataset, N)
+def sample(dataset):
+    x, y, _ = offline.load_sample(dataset, N)
     return x, y
 
 
@@ -131,22 +131,22 @@ def test_fake_quant_is_the_codec_bit_for_bit(shape, scale, kind, bits, nonnegati
     if clip is not None:
         span = float(x.abs().max())
         clip = (0.0 if nonnegative else -clip * span, clip * span)
-    got = precision.fake_quant(x, bits, nonnegative=nonnegative, clip=clip)
+    got = offline.fake_quant(x, bits, nonnegative=nonnegative, clip=clip)
     for i in range(len(x)):
         want = _codec(bits, nonnegative, clip)(x[i].numpy())
         assert np.array_equal(got[i].numpy(), want), (i, bits)
-    assert torch.equal(got, precision.fake_quant_reference(x, bits, nonnegative=nonnegative, clip=clip))
+    assert torch.equal(got, offline.fake_quant_reference(x, bits, nonnegative=nonnegative, clip=clip))
 
 
 def test_fake_quant_keeps_channels_last_and_fp16_is_the_codec():
     x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
-    q = precision.fake_quant(x, 5)
+    q = offline.fake_quant(x, 5)
     assert q.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(q.contiguous(), precision.fake_quant(x.contiguous(), 5))
+    assert torch.equal(q.contiguous(), offline.fake_quant(x.contiguous(), 5))
     y = torch.randn(3, 40) * 1e3
     for i in range(3):
         want = decode(encode(y[i].numpy(), mode="fp16"), Expected(shape=(40,)))
-        assert np.array_equal(precision.fake_fp16(y)[i].numpy(), want)
+        assert np.array_equal(offline.fake_fp16(y)[i].numpy(), want)
 
 
 # ------------------------------------------------------------------------------------- the plan
@@ -171,7 +171,7 @@ def test_every_cut_has_the_options_the_scheduler_needs(plan, model):
             assert o.note or (o.measured and o.samples == N)
         assert cut.device_ms >= 0 and set(cut.cloud_ms) == {1, 4}
     images = {o.label for o in cuts[0].options if o.codec in ("jpeg", "webp")}
-    assert images == {f"{c}:{q}" for c in ("jpeg", "webp") for q in profile.IMAGE_QUALITIES}
+    assert images == {f"{c}:{q}" for c in ("jpeg", "webp") for q in packing.IMAGE_QUALITIES}
     assert plan.input_spec is not None and plan.input_spec.image_mode == "L"
     assert 0.5 < plan.accuracy_fp32 <= 1.0
 
@@ -232,7 +232,7 @@ def test_16_bits_is_fp32_within_noise(plan, model, sample):
         reference = model(x).argmax(1)
         for cut, cut_plan in zip(cuts[:-1], plan.cuts):
             head, tail = partition.split(model, cut)
-            pred = tail(precision.fake_quant(head(x), 16, nonnegative=cut.nonnegative)).argmax(1)
+            pred = tail(offline.fake_quant(head(x), 16, nonnegative=cut.nonnegative)).argmax(1)
             assert (pred == reference).float().mean().item() >= 1 - 2 / N, cut.name
             assert abs(plan.drop(cut_plan.option("shuffle-lz4", 16))) <= 2 / N
             assert abs(plan.drop(cut_plan.option("fp16"))) <= 2 / N
@@ -284,45 +284,45 @@ def registered(model, tmp_path, monkeypatch):
 
 def test_ensure_plan_caches_and_redoes_it_for_other_weights(registered, tmp_path, monkeypatch):
     calls = []
-    real = analysis.analyze
+    real = pipeline.analyze
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("weights"))
-        kwargs["config"] = precision.SearchConfig(batch_size=40, min_samples=40)
+        kwargs["config"] = offline.SearchConfig(batch_size=40, min_samples=40)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(analysis, "analyze", counting)
-    first = analysis.ensure_plan("test-padnet", weights=str(registered), limit=80, progress=False)
-    assert analysis.default_plan_path("test-padnet").is_file()
-    again = analysis.ensure_plan("test-padnet", weights=str(registered), limit=80, progress=False)
+    monkeypatch.setattr(pipeline, "analyze", counting)
+    first = offline.ensure_plan("test-padnet", weights=str(registered), limit=80)
+    assert offline.default_plan_path("test-padnet").is_file()
+    again = offline.ensure_plan("test-padnet", weights=str(registered), limit=80)
     assert len(calls) == 1 and again == first
     other = tmp_path / "other.pt"
     torch.manual_seed(1)
     torch.save(PadNet().state_dict(), other)
     with pytest.raises(PlanError, match="weights"):
-        Plan.load(analysis.default_plan_path("test-padnet"), model=zoo.load_model("test-padnet", weights=str(other)))
-    redone = analysis.ensure_plan("test-padnet", weights=str(other), limit=80, progress=False)
+        Plan.load(offline.default_plan_path("test-padnet"), model=zoo.load_model("test-padnet", weights=str(other)))
+    redone = offline.ensure_plan("test-padnet", weights=str(other), limit=80)
     assert len(calls) == 2 and redone.weights_sha256 != first.weights_sha256
 
 
 def test_profiles_round_trip_and_combine_into_a_plan(model, sample, tmp_path):
     x, y = sample
     cuts = partition.cuts(model, x[:1])
-    device = profile.measure_device(model, cuts, x[:4], model_name="padnet", name="phone", codec_samples=2,
+    device = offline.measure("device", model, cuts, x[:4], model_name="padnet", name="phone", codec_samples=2,
                                     min_seconds=0.05)
-    cloud = profile.measure_cloud(model, cuts, x[:4], model_name="padnet", name="server", batch_sizes=(1, 2),
+    cloud = offline.measure("cloud", model, cuts, x[:4], model_name="padnet", name="server", batch_sizes=(1, 2),
                                   codec_samples=2, min_seconds=0.05)
     for p in (device, cloud):
-        assert profile.Profile.load(p.save(tmp_path / f"{p.role}.json")) == p
+        assert offline.Profile.load(p.save(tmp_path / f"{p.role}.json")) == p
     assert device.cuts[0].head_ms == 0.0 and all(c.head_ms > 0 for c in device.cuts[1:])
     assert device.cuts[3].encode_ms["shuffle-lz4:4"] > 0 and device.cuts[3].bytes["fp32"] > 4 * cuts[3].numel
     assert cloud.cuts[-1].tail_ms == {1: 0.0, 2: 0.0} and cloud.cuts[0].tail_ms[2] > 0
     with pytest.raises(PlanError, match="cloud profile"):
-        profile.Profile.load(tmp_path / "cloud.json", role="device")
+        offline.Profile.load(tmp_path / "cloud.json", role="device")
     with pytest.raises(PlanError, match="do not match"):
         device.check_cuts(cuts[:-1])
-    plan = analysis.analyze(model, data=(x[:60], y[:60]), progress=False, device_profile=tmp_path / "device.json",
-                            cloud_profile=tmp_path / "cloud.json", config=precision.SearchConfig(batch_size=30),
+    plan = offline.analyze(model, data=(x[:60], y[:60]), device_profile=tmp_path / "device.json",
+                            cloud_profile=tmp_path / "cloud.json", config=offline.SearchConfig(batch_size=30),
                             bytes_samples=2)
     assert (plan.device_profile, plan.cloud_profile) == ("phone", "server")
     assert plan.cuts[2].device_ms == device.cuts[2].head_ms and plan.cuts[2].cloud_ms == cloud.cuts[2].tail_ms
@@ -366,9 +366,9 @@ def test_imagenet_inputs_invert_to_the_8bit_images():
         data = zoo.load_dataset("imagenet-samples", model="efficientnet-lite0")
     except Exception as error:  # the 500 images live outside the repository
         pytest.skip(f"imagenet-samples not available here ({error})")
-    x, _, _ = analysis.load_sample(data, 3)
-    spec = analysis._input_spec(zoo.get_model("efficientnet-lite0"), data)
-    images, normalize, note = analysis._images(x, spec)
+    x, _, _ = offline.load_sample(data, 3)
+    spec = offline.input_spec(zoo.get_model("efficientnet-lite0"), data)
+    images, normalize, note = offline.input_images(x, spec)
     assert not note and images[0].dtype == np.uint8 and images[0].shape == (224, 224, 3)
     assert torch.equal(normalize(np.stack(images).astype(np.float32)), x)
 
@@ -384,11 +384,11 @@ def test_the_knee_search_confirms_both_knees_on_the_whole_sample(start, knee):
     only part of the sample for widths far from the knees."""
     total, screen = 500, 100
     drops = {b: (0.3 if b < knee - 1 else 0.02 if b < knee else 0.008 if b == knee else 0.002) for b in range(1, 17)}
-    config = precision.SearchConfig(batch_size=50, min_samples=50)
+    config = offline.SearchConfig(batch_size=50, min_samples=50)
     measured = {}
 
     def evaluate(bits, until):
-        m = measured.setdefault(bits, precision.Measurement(("q", bits)))
+        m = measured.setdefault(bits, offline.Measurement(("q", bits)))
         until = total if until is None else until
         while m.n < until and not m.stopped:  # 50 samples per batch, drops exactly as in the table
             m.n += 50
@@ -399,7 +399,7 @@ def test_the_knee_search_confirms_both_knees_on_the_whole_sample(start, knee):
                 m.stopped = True
         return m
 
-    found = precision._Search(precision.BITS, evaluate, screen, total).run(start)
+    found = offline.Search(packing.BITS, evaluate, screen, total).run(start)
     assert found == knee
     assert measured[knee].n == total and measured[knee].passes(0.01)
     if knee > 1:

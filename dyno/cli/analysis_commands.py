@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from dyno.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dyno.plan import CutPlan, Plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyze",
         help="profile a model and measure accuracy per cut and bit width; write its plan",
         description="Measure (or load) a device and a cloud profile, then the top-1 accuracy of every cut "
-        "at every bit width (knee search with early stopping; see dyno.precision), and the bytes of every "
+        "at every bit width (knee search with early stopping; see dyno.offline.precision), and the bytes of every "
         "option from real encodes. Writes the plan (versioned JSON) and prints a summary table.",
     )
     analyze.add_argument("model", help="a zoo model name")
@@ -61,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--plot", metavar="PNG", help="also draw bytes, latency and the accuracy heat map")
     show.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     show.set_defaults(func=run_plan_show)
-    plan.set_defaults(func=lambda args: (plan.print_help(), 2)[1])
+    plan.set_defaults(func=lambda _args: (plan.print_help(), 2)[1])
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,16 +78,18 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> None:
-    from dyno import analysis
+    from dyno import offline
+    from dyno.bench.console import RichProgress
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    out = args.out or analysis.default_plan_path(args.model)
-    plan = analysis.analyze(args.model, data=args.data, limit=args.limit, out=out, progress=not args.quiet,
-                            weights=args.weights, device_profile=args.device_profile,
-                            cloud_profile=args.cloud_profile, threads=args.threads)
+    out = args.out or offline.default_plan_path(args.model)
+    with RichProgress(enabled=not args.quiet) as progress:
+        plan = offline.analyze(args.model, data=args.data, limit=args.limit, out=out, progress=progress,
+                               weights=args.weights, device_profile=args.device_profile,
+                               cloud_profile=args.cloud_profile, threads=args.threads)
     if args.json:
-        print(json.dumps({**analysis.summary(plan), "plan": str(out),
+        print(json.dumps({**offline.summary(plan), "plan": str(out),
                           "seconds": plan.notes["analysis_seconds"]["total"]}))
         return
     _print_table(plan)
@@ -93,7 +99,8 @@ def run_analyze(args: argparse.Namespace) -> None:
 def run_profile(args: argparse.Namespace) -> None:
     import torch
 
-    from dyno import analysis, partition, profile, zoo
+    from dyno import offline, partition, zoo
+    from dyno.bench.console import RichProgress
 
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -105,22 +112,12 @@ def run_profile(args: argparse.Namespace) -> None:
     if data is None:
         raise ConfigError(f"{entry.name} has no default dataset; pass --data")
     dataset = zoo.load_dataset(data, model=entry)
-    x, _, _ = analysis.load_sample(dataset, 8)
+    x, _, _ = offline.load_sample(dataset, 8)
     cuts = partition.cuts(model, x[:1])
-    spec = analysis._input_spec(entry, dataset)
-    images, _, _ = analysis._images(x, spec)
-    options = lambda cut, i: profile.codec_options(cut, first=i == 0, last=i == len(cuts) - 1,  # noqa: E731
-                                                   image=images is not None)
-    bar = analysis._Progress(not args.quiet)
-    with bar.active(), torch.no_grad():
-        if args.role == "device":
-            result = profile.measure_device(model, cuts, x, model_name=entry.name, name=args.name,
-                                            threads=args.threads, options=options, images=images,
-                                            progress=bar.task)
-        else:
-            result = profile.measure_cloud(model, cuts, x, model_name=entry.name, name=args.name,
-                                           threads=args.threads, batch_sizes=batch_sizes, options=options,
-                                           images=images, progress=bar.task)
+    images, _, _ = offline.input_images(x, offline.input_spec(entry, dataset))
+    with RichProgress(enabled=not args.quiet) as progress, torch.no_grad():
+        result = offline.measure(args.role, model, cuts, x, model_name=entry.name, name=args.name,
+                                 threads=args.threads, batch_sizes=batch_sizes, images=images, progress=progress)
     result.save(args.out)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -131,14 +128,14 @@ def run_profile(args: argparse.Namespace) -> None:
 
 
 def run_plan_show(args: argparse.Namespace) -> None:
-    from dyno import analysis
+    from dyno import offline
     from dyno.plan import Plan
 
     plan = Plan.load(args.plan)
     if args.plot:
-        analysis.plot(plan, args.plot)
+        offline.plot(plan, args.plot)
     if args.json:
-        info = analysis.summary(plan)
+        info = offline.summary(plan)
         keys = ("id", "name", "fp32_bytes", "min_bits_1pt", "bytes_at_min_bits_1pt", "device_ms", "cloud_ms")
         print(json.dumps({"model": info["model"], "cuts": [{k: c[k] for k in keys} for c in info["cuts"]]}))
         return
@@ -147,13 +144,13 @@ def run_plan_show(args: argparse.Namespace) -> None:
         print(f"figure written to {args.plot}")
 
 
-def _print_table(plan) -> None:
-    from rich.console import Console
+def _print_table(plan: Plan) -> None:
     from rich.table import Table
 
-    from dyno import analysis
+    from dyno import offline
+    from dyno.bench.console import stdout_console
 
-    info = analysis.summary(plan)
+    info = offline.summary(plan)
     big = max(plan.cuts[0].cloud_ms)
     table = Table(title=f"{plan.model}: top-1 fp32 {100 * plan.accuracy_fp32:.2f}% on {plan.samples} samples "
                   f"of {plan.data}; device {plan.device_profile}, cloud {plan.cloud_profile}",
@@ -163,28 +160,26 @@ def _print_table(plan) -> None:
     for column in columns:
         table.add_column(column, justify="left" if column in ("node", "shape") else "right")
     for c, cut in zip(info["cuts"], plan.cuts):
-        def bits(key: str, drop_key: str | None = None) -> str:
-            value = c[key]
-            if value is None:
-                return "-" if not cut.options else "none"
-            option = plan.min_bits(cut, 0.01 if key == "min_bits_1pt" else 0.005)
-            se = f" ±{100 * option.drop_se:.2f}" if option is not None and option.drop_se is not None else ""
-            return f"{value}{se}"
-
         table.add_row(
             str(c["id"]), c["name"], "×".join(map(str, c["shape"])), f"{c['fp32_bytes'] / 1024:,.1f}",
-            bits("min_bits_05pt"), bits("min_bits_1pt"),
+            _bits(plan, cut, c["min_bits_05pt"], 0.005), _bits(plan, cut, c["min_bits_1pt"], 0.01),
             "-" if c["bytes_at_min_bits_1pt"] is None else f"{c['bytes_at_min_bits_1pt'] / 1024:,.2f}",
             "-" if c["reduction_1pt"] is None else f"{c['reduction_1pt']:,.1f}×",
             f"{c['device_ms']:.2f}", f"{c['cloud_ms']:.2f}", f"{cut.cloud_ms_per_sample(big):.2f}",
             f"{c['measured']}/{c['options']}" if c["options"] else "-")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a file or a pipe: do not squeeze the table to 80 columns
-    console.print(table)
+    stdout_console().print(table)
     best = [c for c in info["cuts"] if c["reduction_1pt"]]
     if best:
         top = max(best, key=lambda c: c["reduction_1pt"])
         print(f"largest reduction within 1 point: {top['reduction_1pt']:.1f}× at cut {top['id']} ({top['name']}, "
               f"{top['min_bits_1pt']} bits, {top['bytes_at_min_bits_1pt']:.0f} B vs {top['fp32_bytes']:.0f} B fp32). "
               "± is the paired standard error of the drop, in points.")
+
+
+def _bits(plan: Plan, cut: CutPlan, value: int | None, max_drop: float) -> str:
+    """A table cell: the fewest bits within ``max_drop`` with the standard error of its drop."""
+    if value is None:
+        return "-" if not cut.options else "none"
+    option = plan.min_bits(cut, max_drop)
+    se = f" ±{100 * option.drop_se:.2f}" if option is not None and option.drop_se is not None else ""
+    return f"{value}{se}"

@@ -37,7 +37,7 @@ from __future__ import annotations
 import operator
 import time
 import traceback
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -298,7 +298,7 @@ class Walk:
         with torch.no_grad():
             return self.segments[k](*values)
 
-    def run(self, *inputs: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, *inputs: Any) -> Generator[tuple[int, dict[str, Any]], None, None]:
         """Yield ``(k, {name: value})`` at every stop in turn, the values live across stop ``k``."""
         values: tuple[Any, ...] = inputs
         for k in range(len(self.segments)):

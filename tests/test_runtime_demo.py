@@ -13,7 +13,7 @@ from dyno.bench.demo_plot import plot_timeline
 from dyno.emulate.device import Device
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import DEFAULT_SLO
-from dyno.runtime import ServerThread, Splits
+from dyno.runtime import ClientConfig, ServerThread, Splits
 from dyno.runtime.results import SUMMARY_KEYS
 
 
@@ -34,9 +34,9 @@ def test_systems_run_the_same_pattern_and_are_summarised(setup, tmp_path):
     with ServerThread(plan, model, splits=splits) as server:
         for name in ("dyno", "device-only", "cloud-only-raw"):
             run = S.SystemRun(name, 2.0)
-            summary = S.run_system(run, plan, model, S.Workload(xs=xs, ys=ys, duration=2.0),
-                                   server=server.address, splits=splits, slo=DEFAULT_SLO, trace=pattern,
-                                   device=Device(slowdown=4), in_flight=4)
+            config = ClientConfig(server=server.address, policy=name, slo=DEFAULT_SLO, in_flight=4)
+            summary = S.run_system(run, plan, model, S.Workload(xs=xs, ys=ys, duration=2.0), config,
+                                   splits=splits, trace=pattern, device=Device(slowdown=4))
             runs.append(run)
             assert tuple(summary) == SUMMARY_KEYS
             assert summary["n"] == len(run.points) > 0 and summary["fallbacks"] == 0

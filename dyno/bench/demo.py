@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ from dyno.bench.demo_plot import plot_timeline
 from dyno.bench.session import SystemRun, Workload, choice_label, labelled, run_system
 from dyno.errors import ConfigError
 from dyno.policy import DEFAULT_SLO
+from dyno.runtime import ClientConfig
 
 __all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "demo", "print_summary"]
 
@@ -163,9 +165,10 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     title = f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
     with _server(plan_path) as server, _display(live, runs, title):
         for run in runs:
-            run_system(run, plan, net, Workload(xs=xs, ys=ys, duration=duration), server=server.address,
-                       trace=pattern, device=device, splits=splits, slo=slo if run.name == "dyno" else None,
-                       in_flight=in_flight)
+            config = ClientConfig(server=server.address, policy=run.name, slo=slo if run.name == "dyno" else None,
+                                  in_flight=in_flight)
+            run_system(run, plan, net, Workload(xs=xs, ys=ys, duration=duration), config, trace=pattern,
+                       device=device, splits=splits)
     device.close()
     out: dict[str, Any] = {
         "systems": {run.name: run.summary for run in runs}, "model": model, "plan_hash": plan.hash,
@@ -179,9 +182,10 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
 
 
 def _server(plan_path: Path) -> Any:
-    from dyno.bench.serve_process import ServerProcess
+    from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
 
-    return ServerProcess(plan_path)
+    return ServerProcess(from_plan_file, plan_path, "trained", config=ServerConfig(torch_threads=1), threads=1,
+                         log=os.devnull)
 
 
 def _display(live: bool, runs: list[SystemRun], title: str) -> Any:

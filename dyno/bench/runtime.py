@@ -18,14 +18,18 @@ share their interpreter; this process is the client.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import statistics
 import time
+import urllib.request
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from dyno.runtime import BatchConfig, ServerConfig, ServerProcess
+from dyno.runtime.config import channel_options
+from dyno.runtime.metrics import parse_text
 
 __all__ = ["PayloadNet", "run_bench", "PAYLOADS"]
 
@@ -60,55 +64,22 @@ def _build(spec: tuple) -> tuple[nn.Module, Any]:
                             options=(("fp32", None),))
 
 
-def _child(spec: tuple, config_kwargs: dict, conn: Any) -> None:
-    """Child process: serve ``spec`` until told to stop; report the port through ``conn``."""
-    torch.set_num_threads(1)
-    from dyno.runtime.batching import BatchConfig
-    from dyno.runtime.server import ServerConfig, create_server
-
-    async def main() -> None:
-        model, plan = _build(spec)
-        config = ServerConfig(batching=BatchConfig(**config_kwargs), metrics_port=0,
-                              max_in_flight_per_client=1024, max_streams_per_client=256,
-                              max_message_bytes=8 * 1024 * 1024)
-        server, port = create_server(plan, model, config)
-        await server.start()
-        conn.send((port, server.metrics_port))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, conn.recv)
-        await server.stop(1.0)
-
-    asyncio.run(main())
+def _plan_and_model(spec: tuple) -> tuple[Any, nn.Module]:
+    """The server child's builder (``ServerProcess``): the plan and model of ``spec``."""
+    model, plan = _build(spec)
+    return plan, model
 
 
-class _Child:
-    def __init__(self, spec: tuple, **config_kwargs: Any):
-        ctx = mp.get_context("spawn")
-        self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_child, args=(spec, config_kwargs, child_conn), daemon=True)
-        self.process.start()
-        if not self.conn.poll(120):
-            self.process.kill()
-            raise RuntimeError("the benchmark server did not start")
-        self.port, self.metrics_port = self.conn.recv()
-        self.address = f"127.0.0.1:{self.port}"
+def _server(spec: tuple, **batching: Any) -> ServerProcess:
+    """A server child process for ``spec`` with the given batching (1 torch thread)."""
+    config = ServerConfig(batching=BatchConfig(**batching), metrics_port=0, max_in_flight_per_client=1024,
+                          max_streams_per_client=256)
+    return ServerProcess(_plan_and_model, spec, config=config, threads=1)
 
-    def metrics(self) -> dict:
-        import urllib.request
 
-        from dyno.runtime.metrics import parse_text
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return parse_text(r.read().decode())
-
-    def close(self) -> None:
-        try:
-            self.conn.send("stop")
-        except OSError:
-            pass
-        self.process.join(15)
-        if self.process.is_alive():
-            self.process.kill()
+def _metrics(server: ServerProcess) -> dict:
+    with urllib.request.urlopen(str(server.metrics_url), timeout=5) as response:
+        return parse_text(response.read().decode())
 
 
 def _request(plan: Any, cut: int, x: np.ndarray, rid: int = 0) -> Any:
@@ -124,7 +95,6 @@ async def _round_trips(address: str, request: Any, count: int) -> list[float]:
     import grpc
 
     from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-    from dyno.runtime.server import channel_options
 
     async with grpc.aio.insecure_channel(address, options=channel_options(8 * 1024 * 1024)) as channel:
         stub = pb_grpc.InferenceStub(channel)
@@ -170,11 +140,8 @@ def _overhead(requests: int, verbose: bool) -> dict:
                 if i >= 20:
                     direct.append(middle - start)
                     decode.append(end - middle)
-        child = _Child(spec, max_batch=32, max_wait_ms=2.0)
-        try:
+        with _server(spec, max_batch=32, max_wait_ms=2.0) as child:
             trips = asyncio.run(_round_trips(child.address, _request(plan, cut, x), requests))
-        finally:
-            child.close()
         row = {
             "payload_bytes": len(meta) + len(payload),
             "direct_tail_ms": statistics.median(direct) * 1000,
@@ -195,7 +162,6 @@ async def _load(address: str, requests: list[Any], streams: int, seconds: float)
     import grpc
 
     from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-    from dyno.runtime.server import channel_options
 
     done = 0
     latencies: list[float] = []
@@ -246,7 +212,7 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
     rng = np.random.default_rng(0)
     inputs = torch.from_numpy(rng.standard_normal((16, *plan.input_shape)).astype(np.float32))
     settings = {"batched": dict(max_batch=max_batch, max_wait_ms=max_wait_ms), "batch1": dict(max_batch=1)}
-    children = {name: _Child(spec, **kw) for name, kw in settings.items()}
+    children = {name: _server(spec, **kw) for name, kw in settings.items()}
     out: dict[str, Any] = {"model": "fmnist-resnet", "streams": streams, "seconds": seconds,
                            "rounds": rounds, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                            "cuts": {}}
@@ -262,9 +228,9 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
             cpu: dict[str, list[float]] = {name: [] for name in settings}
             for r in range(rounds):
                 for name, child in children.items():
-                    before = _cpu_seconds(child.process.pid)
+                    before = _cpu_seconds(child.pid)
                     done, latencies = asyncio.run(_load(child.address, requests, streams, seconds))
-                    cpu[name].append((_cpu_seconds(child.process.pid) - before) / max(done, 1) * 1e6)
+                    cpu[name].append((_cpu_seconds(child.pid) - before) / max(done, 1) * 1e6)
                     rates[name].append(done / seconds)
                     p50[name].append(statistics.median(latencies) * 1000)
                     if verbose:
@@ -273,7 +239,7 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
                               flush=True)
             row: dict[str, Any] = {"shape": list(plan.cuts[cut].shape), "name": plan.cuts[cut].name}
             for name, child in children.items():
-                metrics = child.metrics()
+                metrics = _metrics(child)
                 total = metrics.get(("dyno_batch_size_sum", (("cut", str(cut)),)), 0.0)
                 count = metrics.get(("dyno_batch_size_count", (("cut", str(cut)),)), 0.0)
                 row[name] = {"throughput": statistics.mean(rates[name]), "per_round": rates[name],
@@ -290,7 +256,7 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
                       "per inference", flush=True)
     finally:
         for child in children.values():
-            child.close()
+            child.stop(grace=1.0)
     return out
 
 

@@ -6,8 +6,9 @@ as the client takes them, and records every result for the live display, the sum
 
     xs, ys = labelled("fmnist-resnet", None, 400)
     state = SystemRun("dyno", duration=30.0)
-    summary = run_system(state, plan, model, Workload(xs=xs, ys=ys, duration=30.0),
-                         server="127.0.0.1:50051", trace=trace, device=Device.tier("mid"))
+    config = ClientConfig(server="127.0.0.1:50051", policy="dyno", slo=DEFAULT_SLO)
+    summary = run_system(state, plan, model, Workload(xs=xs, ys=ys, duration=30.0), config,
+                         trace=trace, device=Device.tier("mid"))
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from dyno.errors import ConfigError
 from dyno.packing import label
 from dyno.progress import NO_PROGRESS, Progress
+from dyno.runtime import Client, ClientConfig
 from dyno.runtime.results import Result, summarize
 
 __all__ = ["Workload", "Point", "SystemRun", "labelled", "run_system", "run_client", "choice_label"]
@@ -100,13 +102,12 @@ class SystemRun:
         return 0.0 if not self.start else time.perf_counter() - self.start
 
 
-def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, *, server: str | None,
-               trace: Any = None, device: Any = None, splits: Any = None, slo: Any = None, in_flight: int = 8,
-               timeout: float = 2.0, token: str | None = None, tls: Any = None) -> dict[str, Any]:
-    """Run the policy ``state.name`` over ``workload``; returns its summary (``SUMMARY_KEYS``)."""
+def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, config: ClientConfig, *,
+               trace: Any = None, device: Any = None, splits: Any = None) -> dict[str, Any]:
+    """Run a client configured by ``config`` (its policy is the run's system) over ``workload``, through
+    the emulated ``trace`` and ``device`` if given; returns its summary (``SUMMARY_KEYS``)."""
     from dyno.emulate.link import Link
     from dyno.monitor import Monitors
-    from dyno.runtime.client import Client
 
     link = Link(trace) if trace is not None else None
     initial = trace.rate_bps(0.0) if trace is not None else 1e6
@@ -114,8 +115,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, *, s
                         initial_slowdown=getattr(device, "slowdown", 1.0))
     results: list[Result] = []
     state.link = link
-    client = Client(plan, model, server=server, policy=state.name, slo=slo, in_flight=in_flight, timeout=timeout,
-                    link=link, device=device, monitors=monitors, splits=splits, token=token, tls=tls,
+    client = Client(plan, model, config, link=link, device=device, monitors=monitors, splits=splits,
                     on_result=lambda result: _record(state, workload, result, initial))
     state.client = client
     try:
@@ -175,9 +175,10 @@ def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n
     shower = threading.Thread(target=show, daemon=True)
     shower.start()
     try:
-        return run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), server=server,
-                          trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan),
-                          slo=slo, in_flight=in_flight, timeout=timeout, token=token, tls=tls)
+        config = ClientConfig(server=server, policy=policy, slo=slo, in_flight=in_flight, timeout=timeout,
+                              token=token, tls=tls)
+        return run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), config,
+                          trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan))
     finally:
         stop.set()
         shower.join(2)

@@ -35,16 +35,6 @@ def _add_token(parser: argparse.ArgumentParser) -> None:
                         help="file holding the bearer token (default: $DYNO_TOKEN if set; none)")
 
 
-def _load_plan_and_model(path: str, weights: str):
-    from dyno import zoo
-    from dyno.plan import Plan
-
-    plan = Plan.load(path)
-    model = zoo.load_model(plan.model, weights=weights)
-    Plan.load(path, model=model)  # refuse a plan made for other weights
-    return plan, model
-
-
 # ---------------------------------------------------------------------------------------- serve
 
 def _register_serve(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +68,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from dyno.runtime import BatchConfig, ServerConfig, TLSConfig, serve
+    from dyno.runtime import BatchConfig, ServerConfig, TLSConfig, from_plan_file, serve
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -91,7 +81,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_streams_per_client=args.max_streams_per_client,
         max_in_flight_per_client=args.max_in_flight_per_client, token=_token(args), tls=tls,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port, torch_threads=args.threads)
-    plan, model = _load_plan_and_model(args.plan, args.weights)
+    plan, model = from_plan_file(args.plan, args.weights)
     serve(plan, model, config, address=f"{args.host}:{args.port}", ready_file=args.ready_file,
           grace=args.grace)
 
@@ -135,14 +125,14 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> None:
     from dyno.bench.console import RichProgress
     from dyno.bench.session import run_client
-    from dyno.runtime import ClientTLS
+    from dyno.runtime import ClientTLS, from_plan_file
 
     tls = None
     if args.tls_ca:
         tls = ClientTLS(ca=Path(args.tls_ca), cert=Path(args.tls_cert) if args.tls_cert else None,
                         key=Path(args.tls_key) if args.tls_key else None,
                         server_name=args.tls_server_name)
-    plan, model = _load_plan_and_model(args.plan, args.weights)
+    plan, model = from_plan_file(args.plan, args.weights)
     with RichProgress(not args.json, transient=True) as progress:
         summary = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
                              slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,

@@ -10,7 +10,10 @@ setup: .venv/.installed
 demo: setup
 	.venv/bin/dyno demo
 
+# Lint and types first (seconds), then the suite.
 test: setup
+	.venv/bin/ruff check dyno
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q
 
 clean:

@@ -440,11 +440,11 @@ def test_evaluate_counts_exactly():
     items = [(torch.full((1, 2, 2), float(p)), y) for p, y in [(0, 0), (1, 1), (2, 3), (3, 3), (1, 2)]]
     ds = ListDataset(items)
     model = Oracle().train()
-    assert zoo.evaluate(model, ds, batch_size=2, progress=False) == pytest.approx(3 / 5)
-    assert zoo.evaluate(model, ds, limit=2, progress=False) == 1.0
+    assert zoo.evaluate(model, ds, batch_size=2) == pytest.approx(3 / 5)
+    assert zoo.evaluate(model, ds, limit=2) == 1.0
     assert model.training  # mode restored
     with pytest.raises(DataError, match="nothing to evaluate"):
-        zoo.evaluate(model, ListDataset([]), progress=False)
+        zoo.evaluate(model, ListDataset([]))
 
 
 def test_efficientnet_lite0_loads_quietly(capsys):
@@ -459,7 +459,7 @@ def test_efficientnet_lite0_top1_on_first_50_imagenet_samples():
     model = zoo.load_model("efficientnet-lite0")
     data = zoo.load_dataset("imagenet-samples", root=IMAGENET_SAMPLES, model="efficientnet-lite0")
     assert len(data) == 500 and data.class_names[0] == "tench"
-    top1 = zoo.evaluate(model, data, batch_size=25, limit=50, progress=False)
+    top1 = zoo.evaluate(model, data, batch_size=25, limit=50)
     assert round(top1 * 50) == EFFICIENTNET_LITE0_FIRST50_CORRECT
 
 
@@ -470,7 +470,7 @@ def test_efficientnet_lite0_top1_on_first_50_imagenet_samples():
 def test_short_training_run_learns(empty_cache):
     # The real recipe on 10000 images for one epoch: measured 81-82% (seeds 0-2); chance is 10%.
     # The full recipes (`dyno train`) reach >= 91% / 90%.
-    result = zoo.train("fmnist-resnet", epochs=1, limit=10000, test_limit=2000, progress=False, seed=0)
+    result = zoo.train("fmnist-resnet", epochs=1, limit=10000, test_limit=2000, seed=0)
     assert result.test_accuracy >= 0.75
     assert (result.train_images, result.test_images, result.epochs, result.path) == (10000, 2000, 1, None)
     assert not any(empty_cache.rglob("*.pt"))  # a limited run never replaces cached weights
@@ -478,7 +478,7 @@ def test_short_training_run_learns(empty_cache):
 
 @needs_fmnist
 def test_training_is_seeded_and_saves_weights_that_reload(tmp_path):
-    runs = [zoo.train("fmnist-vgg", epochs=2, limit=3000, test_limit=1000, progress=False, seed=3,
+    runs = [zoo.train("fmnist-vgg", epochs=2, limit=3000, test_limit=1000, seed=3,
                       save=True, path=tmp_path / f"vgg{i}.pt") for i in range(2)]
     assert runs[0].test_accuracy >= 0.65  # measured 75%
     assert runs[0].path == tmp_path / "vgg0.pt"
@@ -487,7 +487,7 @@ def test_training_is_seeded_and_saves_weights_that_reload(tmp_path):
     assert infos[0]["seed"] == 3 and infos[0]["epochs"] == 2 and infos[0]["test_accuracy"] == runs[0].test_accuracy
     model = zoo.load_model("fmnist-vgg", weights=runs[0].path)
     test = zoo.load_dataset("fashion-mnist", split="test")
-    assert zoo.evaluate(model, test, limit=1000, progress=False) == runs[0].test_accuracy
+    assert zoo.evaluate(model, test, limit=1000) == runs[0].test_accuracy
 
 
 def test_train_refuses_models_without_recipe():

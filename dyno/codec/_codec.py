@@ -167,7 +167,7 @@ class Expected:
         if self.modes is not None and m.mode not in self.modes:
             raise FrameError(f"frame mode {m.mode!r} is not accepted here (accepted: "
                              f"{', '.join(sorted(self.modes))})")
-        if m.mode in QUANT_MODES and not self.min_bits <= m.bits <= self.max_bits:
+        if m.mode in QUANT_MODES and not self.min_bits <= m.quant_bits <= self.max_bits:
             raise FrameError(f"frame has {m.bits} bits; accepted {self.min_bits}..{self.max_bits}")
         if self.per_channel is not None and m.per_channel != self.per_channel:
             raise FrameError(f"frame {'has' if m.per_channel else 'lacks'} per-channel ranges; "
@@ -232,32 +232,42 @@ def encode(x: torch.Tensor | np.ndarray, bits: int | None = 8, mode: str = "shuf
         if mode not in IMAGE_MODES:
             raise ConfigError(f"quality= is for jpeg/webp, not mode {mode!r}; use bits=")
         bits = quality
-    bits = _check_mode_bits(mode, bits)
+    checked = _check_mode_bits(mode, bits)
     if per_channel and mode not in QUANT_MODES:
         raise ConfigError(f"per-channel ranges need a quantised mode, not {mode!r}")
+    if mode in FLOAT_MODES:
+        return _encode_float(_source_dtype(x), _quant.as_float32_tensor(x), mode)
+    assert checked is not None  # _check_mode_bits returns an int for every mode but fp16/fp32
     if mode in IMAGE_MODES:
-        payload, dtype, shape, lo, hi = _image.encode_image(x, bits, mode, nonnegative, clip)
-        meta = FrameMeta(mode=mode, bits=bits, shape=shape, dtype=dtype, lo=lo, hi=hi,
+        payload, dtype, shape, lo, hi = _image.encode_image(x, checked, mode, nonnegative, clip)
+        meta = FrameMeta(mode=mode, bits=checked, shape=shape, dtype=dtype, lo=lo, hi=hi,
                          compressor=mode, payload_nbytes=len(payload))
         return Encoded(meta.with_crc(payload), payload)
+    return _encode_quantized(_source_dtype(x), _quant.as_float32_tensor(x), checked, mode, nonnegative, clip,
+                             per_channel, nthreads)
 
-    dtype = _source_dtype(x)
-    t = _quant.as_float32_tensor(x)
+
+def _encode_float(dtype: str, t: torch.Tensor, mode: str) -> Encoded:
+    """An fp16/fp32 frame of ``t`` (float32, contiguous; ``dtype`` what encode was given): the values."""
     shape = tuple(t.shape)
-    if mode in FLOAT_MODES:
-        if t.numel():
-            mn, mx = (float(v) for v in torch.aminmax(t))  # one pass; NaN and inf propagate
-            if not (math.isfinite(mn) and math.isfinite(mx)):
-                raise ConfigError("cannot encode a tensor holding NaN or infinite values")
-            if mode == "fp16" and max(-mn, mx) > _FP16_MAX:
-                raise ConfigError("tensor values overflow float16 (|x| > 65504); use fp32 or a quantised mode")
-        values = t.to(torch.float16) if mode == "fp16" else t
-        array = values.numpy()
-        payload = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        meta = FrameMeta(mode=mode, bits=None, shape=shape, dtype=dtype, compressor="raw",
-                         payload_nbytes=len(payload))
-        return Encoded(meta.with_crc(payload), payload)
+    if t.numel():
+        mn, mx = (float(v) for v in torch.aminmax(t))  # one pass; NaN and inf propagate
+        if not (math.isfinite(mn) and math.isfinite(mx)):
+            raise ConfigError("cannot encode a tensor holding NaN or infinite values")
+        if mode == "fp16" and max(-mn, mx) > _FP16_MAX:
+            raise ConfigError("tensor values overflow float16 (|x| > 65504); use fp32 or a quantised mode")
+    values = t.to(torch.float16) if mode == "fp16" else t
+    array = values.numpy()
+    payload = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    meta = FrameMeta(mode=mode, bits=None, shape=shape, dtype=dtype, compressor="raw",
+                     payload_nbytes=len(payload))
+    return Encoded(meta.with_crc(payload), payload)
 
+
+def _encode_quantized(dtype: str, t: torch.Tensor, bits: int, mode: str, nonnegative: bool,
+                      clip: tuple[float, float] | None, per_channel: bool, nthreads: int | None) -> Encoded:
+    """A quantised frame of ``t``: ISQuant codes, bit-shuffled and compressed or densely packed."""
+    shape = tuple(t.shape)
     lo = hi = 0.0
     table = None
     if per_channel:
@@ -325,7 +335,7 @@ def decode(enc: Encoded, expected: Expected, *, nthreads: int | None = None) -> 
     if meta.mode in IMAGE_MODES:
         return _image.decode_image(payload, meta.mode, meta.dtype, shape, meta.lo, meta.hi)
 
-    bits = meta.bits
+    bits = meta.quant_bits
     if n == 0:
         return np.zeros(shape, np.float32)
     if meta.compressor == "bitpack":

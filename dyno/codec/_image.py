@@ -84,9 +84,7 @@ def decode_image(payload: bytes, mode: str, dtype: str, shape: tuple[int, ...], 
             if image.mode not in ("L", "RGB", "RGBA"):
                 raise FrameError(f"{mode} image has mode {image.mode!r}, want {want_mode!r}")
             image.load()
-            if image.mode != want_mode:
-                image = image.convert(want_mode)
-            pixels = np.asarray(image)
+            pixels = np.asarray(image if image.mode == want_mode else image.convert(want_mode))
     except FrameError:
         raise
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files

@@ -223,15 +223,16 @@ class FrameMeta:
             if size != want:
                 raise FrameError(f"{self.mode} payload of {size} bytes for {n} values (want {want})")
         elif self.compressor == "bitpack":
-            want = dense_nbytes(n, self.bits)
+            want = dense_nbytes(n, self.quant_bits)
             if size != want:
                 raise FrameError(f"dense payload of {size} bytes for {n} values at {self.bits} bits "
                                  f"(want {want})")
         elif self.compressor.startswith("blosc2"):
             # The encoder sends blosc2 only when it beats dense packing; 32 bytes is its header.
-            if not 32 <= size < dense_nbytes(n, self.bits):
+            dense = dense_nbytes(n, self.quant_bits)
+            if not 32 <= size < dense:
                 raise FrameError(f"blosc2 payload of {size} bytes is impossible for {n} values at "
-                                 f"{self.bits} bits (dense packing takes {dense_nbytes(n, self.bits)})")
+                                 f"{self.bits} bits (dense packing takes {dense})")
         elif size == 0:
             raise FrameError(f"empty {self.mode} payload")
 
@@ -245,6 +246,13 @@ class FrameMeta:
         return self.channel_ranges is not None
 
     @property
+    def quant_bits(self) -> int:
+        """``bits`` of a quantised frame (or the quality of an image frame): an int there, as
+        construction checked; only fp16/fp32 frames have None."""
+        assert self.bits is not None, f"mode {self.mode!r} carries no bit width"
+        return self.bits
+
+    @property
     def scale(self) -> float:
         """Quantisation step of a per-tensor quantised (or float image) frame."""
         from dyno.codec._quant import grid
@@ -252,12 +260,12 @@ class FrameMeta:
         if self.per_channel or self.mode in FLOAT_MODES:
             raise FrameError(f"a {'per-channel' if self.per_channel else self.mode} frame has no "
                              "single quantisation step")
-        return grid(self.lo, self.hi, 8 if self.mode in IMAGE_MODES else self.bits).scale
+        return grid(self.lo, self.hi, 8 if self.mode in IMAGE_MODES else self.quant_bits).scale
 
     @property
     def nbytes(self) -> int:
         """Length of ``to_bytes()``."""
-        ranges = 2 * (len(self.channel_ranges) if self.per_channel else 1)
+        ranges = 2 * (len(self.channel_ranges) if self.channel_ranges is not None else 1)
         return _HEAD.size + 4 * len(self.shape) + 4 * ranges + _TAIL.size
 
     # ---------------------------------------------------------------------------------- wire format
@@ -274,7 +282,7 @@ class FrameMeta:
                           FLAG_PER_CHANNEL if self.per_channel else 0, DTYPES.index(self.dtype),
                           COMPRESSORS.index(self.compressor), len(self.shape))
         shape = struct.pack(f"<{len(self.shape)}I", *self.shape)
-        if self.per_channel:
+        if self.channel_ranges is not None:
             flat = [v for pair in self.channel_ranges for v in pair]
             ranges = struct.pack(f"<{len(flat)}f", *flat)
         else:

@@ -13,6 +13,7 @@ metadata and the expected shape imply: sizes, typesize, codec, filters, flags (s
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import blosc2
 import numpy as np
@@ -32,7 +33,7 @@ _CODECS = {"blosc2-lz4": blosc2.Codec.LZ4, "blosc2-zstd": blosc2.Codec.ZSTD}
 #: Zstandard 1, within 1-2% of level 5's size at 3-8x its speed.
 CLEVELS = {"blosc2-lz4": 5, "blosc2-zstd": 1}
 _HEADER = 32
-_CODE_DTYPES = {1: np.dtype(np.uint8), 2: np.dtype("<u2")}
+_CODE_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype(np.uint8), 2: np.dtype("<u2")}
 
 
 def threads_for(nbytes: int, nthreads: int | None = None) -> int:

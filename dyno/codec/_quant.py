@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,11 +120,11 @@ def as_float32_tensor(x: object) -> torch.Tensor:
     return t.contiguous()
 
 
-def _check_clip(clip: object) -> tuple[float, float] | None:
+def _check_clip(clip: Any) -> tuple[float, float] | None:
     if clip is None:
         return None
     try:
-        lo, hi = (float(v) for v in clip)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in clip)
     except (TypeError, ValueError):
         raise ConfigError(f"clip must be a (lo, hi) pair of floats, got {clip!r}") from None
     lo32, hi32 = float(np.float32(lo)), float(np.float32(hi))
@@ -243,10 +244,10 @@ def quantize_per_channel(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bi
         codes = codes.clamp_max_(levels) if bits <= 8 else codes.clamp_(0, levels).to(torch.uint16)
     else:
         codes = _plain_codes(x2, scale[:, None], zero_point[:, None], levels, bits)
-    codes = codes.numpy()
+    array = codes.numpy()
     if constant.any():  # a constant channel: all its codes are 0
-        codes[constant.numpy()] = 0
-    return codes.reshape(-1)
+        array[constant.numpy()] = 0
+    return array.reshape(-1)
 
 
 def dequantize_per_channel(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:

@@ -16,7 +16,15 @@ torchvision is installed (random weights, or a state_dict path: nothing is downl
 """
 
 from dyno.zoo import _builtin  # noqa: F401  (registers the built-in models)
-from dyno.zoo._data import DATASETS, FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderDataset, load_dataset, read_idx
+from dyno.zoo._data import (
+                            DATASETS,
+                            FASHION_MNIST_CLASSES,
+                            FashionMNIST,
+                            ImageFolderDataset,
+                            LabelledDataset,
+                            load_dataset,
+                            read_idx,
+)
 from dyno.zoo._paths import cache_dir, fashion_mnist_root, imagenet_samples_root, weights_dir
 from dyno.zoo._preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImagePreprocess
 from dyno.zoo._registry import (
@@ -47,6 +55,7 @@ __all__ = [
     "FashionMNIST",
     "ImageFolderDataset",
     "ImagePreprocess",
+    "LabelledDataset",
     "ModelEntry",
     "TrainRecipe",
     "TrainResult",

@@ -11,7 +11,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
+    "LabelledDataset",
     "load_dataset",
     "read_idx",
 ]
@@ -110,6 +111,15 @@ def _find_idx(root: Path, stem: str) -> Path:
         f"Fashion-MNIST file {stem}[.gz] not found in {root}; install the Debian package "
         "dataset-fashion-mnist, or point DYNO_FASHION_MNIST (or --data) at a directory with the IDX files"
     )
+
+
+class LabelledDataset(Protocol):
+    """A map-style dataset of ``(float tensor, int label)`` with ``len()``: the datasets here, or any
+    ``torch.utils.data.Dataset`` that defines ``__len__`` (torch's base class does not declare it)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 # ----------------------------------------------------------------------------------- Fashion-MNIST
@@ -272,7 +282,8 @@ def _first_content_line(text: str) -> int:
 
 def load_dataset(name: str | os.PathLike, split: str = "test", root: str | os.PathLike | None = None,
                  *, model: str | ModelEntry | None = None,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> Dataset:
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None
+                 ) -> FashionMNIST | ImageFolderDataset:
     """A labelled dataset by name or directory.
 
     - ``"fashion-mnist"``: the IDX files under ``root`` (default ``$DYNO_FASHION_MNIST``, else

@@ -65,7 +65,8 @@ class ImagePreprocess:
         top = int(round((height - self.crop) / 2.0))
         left = int(round((width - self.crop) / 2.0))
         image = image.crop((left, top, left + self.crop, top + self.crop))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        # float32 throughout; numpy's stubs widen the arithmetic's dtype (even to complex128)
+        array: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = array[:, :, None]
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)

@@ -127,7 +127,7 @@ def register_model(name: str | ModelEntry | None = None, build: Callable[[], nn.
     def make(target: Callable[[], nn.Module], key: str | None) -> ModelEntry:
         if input_shape is None or num_classes is None:
             raise ConfigError(f"register_model({key!r}): input_shape and num_classes are required")
-        return ModelEntry(name=key or getattr(target, "__name__", ""), input_shape=input_shape,
+        return ModelEntry(name=key if key else getattr(target, "__name__", ""), input_shape=input_shape,
                           num_classes=num_classes, build=target, default_data=default_data,
                           preprocess=preprocess, description=description, pretrained=pretrained,
                           recipe=recipe)

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyno.errors import ConfigError, DataError, ModelError
 from dyno.progress import NO_PROGRESS, Progress
-from dyno.zoo._data import FashionMNIST
+from dyno.zoo._data import FashionMNIST, LabelledDataset
 from dyno.zoo._registry import ModelEntry, TrainRecipe, get_model, list_models
 from dyno.zoo._weights import save_weights
 
@@ -163,7 +163,7 @@ def _fit(entry: ModelEntry, recipe: TrainRecipe, x: torch.Tensor, y: torch.Tenso
     steps = math.ceil(n / batch)
     # channels-last is ~1.5x faster for these small convolutions on CPU (oneDNN); the weights'
     # values do not depend on it, and they are stored contiguous.
-    model = entry.build().to(memory_format=torch.channels_last)
+    model = _with_memory_format(entry.build(), torch.channels_last)
     optimizer, schedule = _optimizer(model, recipe, epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     model.train()
@@ -181,10 +181,16 @@ def _fit(entry: ModelEntry, recipe: TrainRecipe, x: torch.Tensor, y: torch.Tenso
             schedule.step()
             running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
             tick(status=f"epoch {epoch + 1}/{epochs} loss {running:.3f}")
-    return model.to(memory_format=torch.contiguous_format).eval()
+    return _with_memory_format(model, torch.contiguous_format).eval()
 
 
-def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit: int | None = None,
+def _with_memory_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """``model.to(memory_format=...)``: parameters and buffers of 4 dims converted in place."""
+    # Module.to documents the keyword-only memory_format=, but torch's typed overloads omit it
+    return model.to(memory_format=memory_format)  # type: ignore[call-overload]
+
+
+def evaluate(model: nn.Module, dataset: LabelledDataset, *, batch_size: int = 64, limit: int | None = None,
              progress: Progress = NO_PROGRESS) -> float:
     """Top-1 accuracy (0..1) of ``model`` on the first ``limit`` items (default all) of ``dataset``,
     a dataset of ``(tensor, int label)``. Runs in eval mode without gradients; restores the mode."""
@@ -193,11 +199,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, limit:
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total <= 0:
         raise DataError(f"nothing to evaluate: the dataset has {len(dataset)} items (limit {limit})")
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     if hasattr(dataset, "tensors"):
         x_all, y_all = dataset.tensors(total)
         batches = ((x_all[i:i + batch_size], y_all[i:i + batch_size]) for i in range(0, total, batch_size))
     else:
-        subset = dataset if total == len(dataset) else Subset(dataset, range(total))
+        source = cast(Dataset, dataset)  # torch's loaders take any map-style dataset, subclass or not
+        subset = source if total == len(dataset) else Subset(source, range(total))
         batches = iter(DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0))
     was_training = model.training
     model.eval()

@@ -9,6 +9,7 @@ library functions that take a ``dyno.progress.Progress``.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -32,32 +33,47 @@ def stderr_console() -> Console:
 class RichProgress:
     """``dyno.progress.Progress`` drawn as rich progress bars on stderr, one per task.
 
-    A no-op with ``enabled=False`` (``--json``, ``--no-progress``). Where stderr is not a terminal
-    (a log, a pipe) rich draws the final state once, at the end. Use as a context manager.
+    A no-op with ``enabled=False`` (``--json``, ``--no-progress``). Where stderr is not a terminal (a
+    log, a pipe) nothing is drawn while the work runs; when it ends normally, one line per task
+    records what was done (``simulate: 18/18 in 3.2 s``). Use as a context manager.
     """
 
     def __init__(self, enabled: bool = True, *, transient: bool = False) -> None:
-        console = stderr_console()
+        self._console = stderr_console()
         self.enabled = enabled
         self._bar: Progress | None = None
-        if self.enabled:
+        self._tasks: list[list[Any]] = []   # [description, done, total, started] where not a terminal
+        if self.enabled and self._console.is_terminal:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                 console=console, transient=transient)
+                                 console=self._console, transient=transient)
 
     def __enter__(self) -> RichProgress:
         if self._bar is not None:
             self._bar.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
+        elif kind is None:
+            for description, done, total, started in self._tasks:
+                counted = f"{done}/{total}" if total is not None else f"{done}"
+                self._console.print(f"{description}: {counted} in {time.perf_counter() - started:.1f} s",
+                                    highlight=False)
 
     def task(self, description: str, total: int | None = None) -> Tick:
+        if not self.enabled:
+            return NO_PROGRESS.task(description, total)
         bar = self._bar
         if bar is None:
-            return NO_PROGRESS.task(description, total)
+            record = [description, 0, total, time.perf_counter()]
+            self._tasks.append(record)
+
+            def count(advance: int = 1, *, status: str | None = None) -> None:  # noqa: ARG001 (status: shown live only)
+                record[1] += advance
+
+            return count
         task = bar.add_task(description, total=total, status="")
 
         def tick(advance: int = 1, *, status: str | None = None) -> None:

@@ -8,6 +8,7 @@ library functions that take a ``dyno.progress.Progress``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -30,6 +31,17 @@ def stderr_console() -> Console:
     return Console(stderr=True)
 
 
+@dataclasses.dataclass
+class _Count:
+    description: str
+    total: int | None
+    done: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def tick(self, advance: int = 1, *, status: str | None = None) -> None:  # noqa: ARG002 (shown live only)
+        self.done += advance
+
+
 class RichProgress:
     """``dyno.progress.Progress`` drawn as rich progress bars on stderr, one per task.
 
@@ -42,7 +54,7 @@ class RichProgress:
         self._console = stderr_console()
         self.enabled = enabled
         self._bar: Progress | None = None
-        self._tasks: list[list[Any]] = []   # [description, done, total, started] where not a terminal
+        self._tasks: list[_Count] = []   # where stderr is not a terminal
         if self.enabled and self._console.is_terminal:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
@@ -57,9 +69,9 @@ class RichProgress:
         if self._bar is not None:
             self._bar.stop()
         elif kind is None:
-            for description, done, total, started in self._tasks:
-                counted = f"{done}/{total}" if total is not None else f"{done}"
-                self._console.print(f"{description}: {counted} in {time.perf_counter() - started:.1f} s",
+            for task in self._tasks:
+                counted = f"{task.done}/{task.total}" if task.total is not None else f"{task.done}"
+                self._console.print(f"{task.description}: {counted} in {time.perf_counter() - task.started:.1f} s",
                                     highlight=False)
 
     def task(self, description: str, total: int | None = None) -> Tick:
@@ -67,13 +79,9 @@ class RichProgress:
             return NO_PROGRESS.task(description, total)
         bar = self._bar
         if bar is None:
-            record = [description, 0, total, time.perf_counter()]
+            record = _Count(description, total)
             self._tasks.append(record)
-
-            def count(advance: int = 1, *, status: str | None = None) -> None:  # noqa: ARG001 (status: shown live only)
-                record[1] += advance
-
-            return count
+            return record.tick
         task = bar.add_task(description, total=total, status="")
 
         def tick(advance: int = 1, *, status: str | None = None) -> None:

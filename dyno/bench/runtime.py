@@ -53,9 +53,9 @@ def _build(spec: tuple) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     if spec[0] == "payload":
         shape = PAYLOADS[spec[1]]
-        model = PayloadNet(shape[0]).eval()
-        return model, tiny_plan(model, name=f"payload-{spec[1]}", input_shape=shape,
-                                options=(("fp32", None),))
+        payload = PayloadNet(shape[0]).eval()
+        return payload, tiny_plan(payload, name=f"payload-{spec[1]}", input_shape=shape,
+                                  options=(("fp32", None),))
     from dyno import zoo
 
     model = zoo.load_model(spec[1], weights="random")
@@ -211,7 +211,8 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
     splits = Splits(model, plan)
     rng = np.random.default_rng(0)
     inputs = torch.from_numpy(rng.standard_normal((16, *plan.input_shape)).astype(np.float32))
-    settings = {"batched": dict(max_batch=max_batch, max_wait_ms=max_wait_ms), "batch1": dict(max_batch=1)}
+    settings: dict[str, dict[str, Any]] = {"batched": {"max_batch": max_batch, "max_wait_ms": max_wait_ms},
+                                           "batch1": {"max_batch": 1}}
     children = {name: _server(spec, **kw) for name, kw in settings.items()}
     out: dict[str, Any] = {"model": "fmnist-resnet", "streams": streams, "seconds": seconds,
                            "rounds": rounds, "max_batch": max_batch, "max_wait_ms": max_wait_ms,

@@ -228,5 +228,7 @@ def experiment(plan: Plan, traces: Sequence[Trace], *, tiers: dict[str, float], 
         from dyno.bench.simulate_plot import plot_timeline
 
         trace = next(t for t in traces if t.name == plot_trace)
-        document["plot"] = str(plot_timeline(reports["main"], trace, next(iter(tiers)), plot))
+        tier = next(iter(tiers))
+        title = f"{plan.model}: trace {trace.name}, tier {tier} (slowdown {tiers[tier]:g}), SLO {slo}"
+        document["plot"] = str(plot_timeline(reports["main"].results[tier][trace.name], trace, plot, title))
     return document

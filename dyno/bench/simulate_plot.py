@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dyno.bench.simulate import Report
-    from dyno.emulate.traces import Trace
+from dyno.emulate.traces import Trace
+from dyno.packing import Packing
+from dyno.simulate import SimResult
 
 __all__ = ["plot_timeline"]
 
@@ -15,22 +14,16 @@ __all__ = ["plot_timeline"]
 def _bits_axis(codec: str | None, bits: int) -> float:
     if codec is None:
         return float("nan")       # device-only: nothing sent
-    if codec == "fp32":
-        return 32.0
-    if codec == "fp16":
-        return 16.0
-    if codec in ("jpeg", "webp"):
-        return 8.0                # an 8-bit image; the quality is in the legend's notes
-    return float(bits)
+    return Packing(codec, None if bits < 0 else bits).bits_per_value   # an image: its 8-bit pixels
 
 
-def plot_timeline(report: "Report", trace: "Trace", tier: str, path: str | Path) -> Path:
+def plot_timeline(per_policy: dict[str, SimResult], trace: Trace, path: str | Path, title: str) -> Path:
+    """Bandwidth, cut and bits over time of every policy that kept a timeline on ``trace``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_policy = report.results[tier][trace.name]
     duration = max((r.timeline["t"][-1] for r in per_policy.values() if r.timeline and r.timeline["t"]),
                    default=trace.period)
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True, constrained_layout=True)
@@ -51,8 +44,7 @@ def plot_timeline(report: "Report", trace: "Trace", tier: str, path: str | Path)
     ax.set_ylabel("Mbit/s")
     ax.set_xlim(0, duration)
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{report.plan_model}: trace {trace.name}, tier {tier} (slowdown {report.tiers[tier]:g}), "
-                 f"SLO {report.slo}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     styles = ["-", "--", "-.", ":"]
     for j, (name, r) in enumerate(per_policy.items()):
         if not r.timeline:

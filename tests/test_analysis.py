@@ -107,6 +107,15 @@ def _codec(bits, nonnegative, clip):
     return transform
 
 
+def _image(spec, codec, quality):
+    """The input as the cloud decodes it from an image sent with ``codec`` at ``quality``."""
+    def transform(a):
+        pixels = np.rint((a[0] * spec.std[0] + spec.mean[0]) * 255).astype(np.uint8)
+        decoded = decode(encode(pixels, bits=quality, mode=codec), Expected(shape=pixels.shape))
+        return ((np.float32(decoded) / np.float32(255) - np.float32(spec.mean[0])) / np.float32(spec.std[0]))[None]
+    return transform
+
+
 # --------------------------------------------------------------------------------- quantisation
 
 
@@ -190,16 +199,20 @@ def test_spot_checked_entries_equal_a_direct_evaluation(plan, model, sample):
     with torch.no_grad():
         reference = model(x).argmax(1)
     assert (reference == y).float().mean().item() == pytest.approx(plan.accuracy_fp32)
-    # Every cut's 1-point knee, its measured neighbour below (often stopped early), and any clipped entry.
+    # Every cut's 1-point knee, its measured neighbour below (often stopped early), any clipped entry and
+    # every entry measured on part of the sample (screened or stopped early); the input cut's images too.
     spots = []
     for cut, cut_plan in zip(cuts[:-1], plan.cuts):
         knee = plan.min_bits(cut_plan, 0.01)
-        spots += [(cut, o) for o in cut_plan.options if o.codec == "shuffle-lz4" and o.measured
-                  and (o.bits in (knee.bits, knee.bits - 1) or o.clip is not None)]
-    assert any(o.samples < N for _, o in spots) and any(o.samples == N for _, o in spots)
-    for cut, option in spots:
+        spots += [(cut, o, _codec(o.bits, cut.nonnegative, o.clip)) for o in cut_plan.options
+                  if o.codec == "shuffle-lz4" and o.measured
+                  and (o.bits in (knee.bits, knee.bits - 1) or o.clip is not None or o.samples < N)]
+    spots += [(cuts[0], o, _image(plan.input_spec, o.codec, o.bits)) for o in plan.cuts[0].options
+              if o.codec in packing.IMAGE_CODECS and o.measured and o.samples < N]
+    assert any(o.samples < N for _, o, _ in spots) and any(o.samples == N for _, o, _ in spots)
+    for cut, option, transform in spots:
         n = option.samples
-        pred = _direct(model, cut, x[:n], _codec(option.bits, cut.nonnegative, option.clip))
+        pred = _direct(model, cut, x[:n], transform)
         correct = (pred == y[:n]).sum().item()
         fp32_correct = (reference[:n] == y[:n]).sum().item()
         # The plan reports fp32 accuracy minus the paired drop seen on the samples measured.
@@ -239,6 +252,17 @@ def test_16_bits_is_fp32_within_noise(plan, model, sample):
 
 
 def test_accuracy_rises_with_bits_and_knees_are_confirmed(plan):
+    """What the analysis guarantees at every cut, by the construction of the search and of the inferred
+    entries rather than by the luck of one sample (the trained weights differ from CPU to CPU):
+
+    - the 1-point and 0.5-point knees are measured on every sample, and the width below the 1-point
+      knee was measured too and fails;
+    - above the 0.5-point knee the drop is within 0.5 point up to the sampling error the analysis
+      reports: a measured width exceeds it by at most ``z`` of its standard errors (``drop_se``), an
+      inferred one (interpolated between measured widths, or halving above them) by at most ``z``
+      standard errors of the measured widths above the knee.
+    """
+    z = offline.SearchConfig().z
     for cut in plan.cuts[:-1]:
         one = plan.min_bits(cut, 0.01)
         assert one is not None and one.measured and one.samples == N, cut.name
@@ -247,8 +271,15 @@ def test_accuracy_rises_with_bits_and_knees_are_confirmed(plan):
             assert below.measured and plan.drop(below) > 0.01, cut.name  # the knee's neighbour was measured too
         half = plan.min_bits(cut, 0.005)
         assert half is not None and half.bits >= one.bits and half.measured and half.samples == N
-        inferred = [o for o in cut.options if o.codec == "shuffle-lz4" and not o.measured and o.bits > half.bits]
-        assert all(plan.drop(o) <= 0.005 + 1e-9 for o in inferred)
+        above = [o for o in cut.options if o.codec == "shuffle-lz4" and o.bits >= half.bits]
+        measured = [o for o in above if o.measured]
+        assert all(o.drop_se is not None and o.samples > 0 for o in measured)
+        bounds = [0.005 + z * o.drop_se for o in measured]
+        for o, bound in zip(measured, bounds):
+            assert plan.drop(o) <= bound + 1e-9, (cut.name, o.label, plan.drop(o), o.drop_se)
+        for o in above:
+            if not o.measured:
+                assert o.note.startswith("inferred") and plan.drop(o) <= max(bounds) + 1e-9, (cut.name, o.label)
 
 
 def test_a_padding_cut_shares_the_measurements_of_its_input(plan):

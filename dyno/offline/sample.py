@@ -124,7 +124,10 @@ def input_images(x: torch.Tensor, spec: InputSpec | None
 
     def normalize(pixels: np.ndarray) -> torch.Tensor:  # (B, H, W, C) values 0..255 -> (B, C, H, W)
         array = (np.asarray(pixels, np.float32) / np.float32(255.0) - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+        # Plain (B, C, H, W) strides: with one channel, a permuted (B, H, W, 1) array also passes as
+        # contiguous, but its strides read as channels-last and make convolutions return channels-last
+        # outputs, on which a model's later `.view` fails.
+        return torch.from_numpy(array).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
     hwc = x.permute(0, 2, 3, 1).numpy()
     pixels = np.rint((hwc * std + mean) * np.float32(255.0))

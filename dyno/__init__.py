@@ -6,9 +6,15 @@ The curated public API; everything else is internal and may change::
     cuts = dyno.partition.cuts(model, example)          # where a CNN can be split
     head, tail = dyno.partition.split(model, cuts[10])
     frame = dyno.codec.encode(head(x)[0], bits=4)        # CNN-ISPM packing
-    plan = dyno.Plan.load("plan.json", model=model)      # what offline analysis learned
+    plan = dyno.analyze(model, data=(x, y))              # what offline analysis learns
+    plan = dyno.Plan.load("plan.json", model=model)
     with dyno.Client(plan, model, server="127.0.0.1:50051") as client:
         result = client.infer(x)
+
+The parts, bottom up (each imports only those below it): ``errors``, ``packing``, ``progress``,
+``datafile``; ``codec``, ``graph``, ``partition``, ``plan``, ``zoo``, ``emulate``; ``policy``, ``monitor``;
+``offline`` (profiles, precision, the plan), ``simulate`` (the discrete-event simulator), ``runtime``
+(gRPC client and server); ``bench`` (experiments, the demo, presentation); ``cli``.
 
 Submodules load on first use, so ``import dyno`` stays cheap for the CLI.
 """
@@ -23,14 +29,19 @@ from dyno.errors import DynoError
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("codec", "partition", "plan", "policy", "monitor", "zoo", "analysis", "profile",
-               "precision", "runtime", "emulate", "simulate")
+_SUBMODULES = ("codec", "graph", "partition", "packing", "plan", "policy", "monitor", "zoo", "offline",
+               "runtime", "emulate", "simulate", "bench")
 _NAMES = {
     "Plan": ("dyno.plan", "Plan"),
+    "Packing": ("dyno.packing", "Packing"),
     "Cut": ("dyno.partition", "Cut"),
     "Decision": ("dyno.policy", "Decision"),
     "SLO": ("dyno.policy", "SLO"),
+    "analyze": ("dyno.offline", "analyze"),
+    "ensure_plan": ("dyno.offline", "ensure_plan"),
     "Client": ("dyno.runtime", "Client"),
+    "ClientConfig": ("dyno.runtime", "ClientConfig"),
+    "ServerConfig": ("dyno.runtime", "ServerConfig"),
     "create_server": ("dyno.runtime", "create_server"),
 }
 

@@ -62,7 +62,8 @@ def fake_quant(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
     zero point, else an offset ``lo``. Codes replicate torch's fused quantisation kernels that the
     codec calls: ``rint(fma(x, 1/scale, zp))`` for 1..8 bits (quint8, single rounding) and
     ``rint(x * (1/scale) + zp)`` with two roundings for 9..16 bits (qint32), clamped to the levels;
-    values decode to ``(code - zp) * scale`` (plus ``lo`` in the offset form).
+    values decode to ``(code - zp) * scale``, or in the offset form to ``lo + code * scale`` as the
+    codec computes it (:func:`_decode_offset`).
     """
     if not 1 <= bits <= 16:
         raise ConfigError(f"bits must be 1..16, got {bits}")
@@ -102,13 +103,22 @@ def fake_quant(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
         codes.clamp_(0, levels)
         if bool(constant[sl].any()):
             codes = torch.where(constant[sl].view((-1,) + shape[1:]), torch.zeros_like(codes), codes)
-        if offset:  # the codec decodes the offset form as one fused multiply-add: lo + code * scale
-            shifted = (codes.double() * s_[sl].double() + lo32[sl].double()).float()
+        rows = {i: _decode_offset(codes[i], lo32[start + i], float(scale[start + i]), bits)
+                for i in range(len(v)) if not zero_form[start + i]}
         values = codes.sub_(zp32[sl]).mul_(s_[sl])
-        if offset:
-            values = torch.where(zero, values, shifted)
+        for i, row in rows.items():
+            values[i] = row
         out[sl] = values
     return out
+
+
+def _decode_offset(codes: torch.Tensor, lo: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
+    """``lo + code * scale`` for one sample's codes (float32, exact integers) in the offset form, by
+    the very op the codec decodes it with: ``torch.add`` with ``alpha`` on the flat integer codes. It
+    rounds once (a fused multiply-add) or twice depending on the kernels this CPU runs
+    (``ATEN_CPU_CAPABILITY``); calling it keeps the codec's rounding whichever it is."""
+    flat = codes.contiguous().view(-1).to(torch.uint8 if bits <= 8 else torch.int32)
+    return torch.add(lo.reshape(()), flat, alpha=scale).view(codes.shape)
 
 
 def fake_quant_reference(x: torch.Tensor, bits: int, *, nonnegative: bool = False,

@@ -121,7 +121,7 @@ class CutPlan:
     """What the plan knows about one cut. ``cloud_ms`` maps batch size to the tail's time per batch.
 
     ``clip`` is the range calibrated for this cut (None if none was); ``calibration`` records how it
-    was chosen and the accuracies measured with and without it (``dyno.precision``).
+    was chosen and the accuracies measured with and without it (``dyno.offline.precision``).
     """
 
     id: int

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dyno.errors import ConfigError
-from dyno.packing import IMAGE_QUALITIES
+from dyno.packing import IMAGE_CODECS, IMAGE_QUALITIES
 
 __all__ = ["THRESHOLDS", "Key", "Measurement", "CutPrecision", "PrecisionResult", "SearchConfig", "Evaluator",
            "Search", "Transform"]
@@ -189,7 +189,7 @@ class Evaluator:
 def _describe(key: Key) -> str:
     if key[0] in ("q", "clip"):
         return f"{key[1]} bits" + (" clipped" if key[0] == "clip" else "")
-    if key[0] in ("jpeg", "webp"):
+    if key[0] in IMAGE_CODECS:
         return f"{key[0]} q{key[1]}"
     return key[0]
 

@@ -37,9 +37,11 @@ class _Count:
     total: int | None
     done: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    last: float = 0.0
 
     def tick(self, advance: int = 1, *, status: str | None = None) -> None:  # noqa: ARG002 (shown live only)
         self.done += advance
+        self.last = time.perf_counter()
 
 
 class RichProgress:
@@ -71,8 +73,9 @@ class RichProgress:
         elif kind is None:
             for task in self._tasks:
                 counted = f"{task.done}/{task.total}" if task.total is not None else f"{task.done}"
-                self._console.print(f"{task.description}: {counted} in {time.perf_counter() - task.started:.1f} s",
-                                    highlight=False)
+                seconds = max(task.last - task.started, 0.0)
+                self._console.print(f"{task.description}: {counted} in {seconds:.1f} s", highlight=False,
+                                    soft_wrap=True)
 
     def task(self, description: str, total: int | None = None) -> Tick:
         if not self.enabled:

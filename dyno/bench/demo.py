@@ -129,11 +129,11 @@ def _prepare(model_name: str, data: str | None) -> tuple[Any, Any, Path]:
     console = stderr_console()
     with RichProgress() as progress:
         if entry.recipe is not None and entry.pretrained is None and zoo.trained_weights_info(entry) is None:
-            console.print(f"dyno demo: first run: training {entry.name} (cached afterwards)")
+            console.print(f"dyno demo: first run: training {entry.name} (cached afterwards)", soft_wrap=True)
             zoo.train(entry.name, progress=progress)
         plan_path = offline.default_plan_path(entry.name)
         if not plan_path.exists():
-            console.print(f"dyno demo: first run: analysing {entry.name} (cached at {plan_path})")
+            console.print(f"dyno demo: first run: analysing {entry.name} (cached at {plan_path})", soft_wrap=True)
         plan = offline.ensure_plan(entry.name, data=data, progress=progress, path=plan_path)
     return plan, zoo.load_model(entry.name, weights="trained"), plan_path
 

@@ -22,12 +22,16 @@ Submodules load on first use, so ``import dyno`` stays cheap for the CLI.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 from dyno import errors
 from dyno.errors import DynoError
 
-__version__ = "0.1.0"
+try:  # one source of truth: pyproject.toml
+    __version__ = importlib.metadata.version("dyno")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = ("codec", "graph", "partition", "packing", "plan", "policy", "monitor", "zoo", "offline",
                "runtime", "emulate", "simulate", "bench")

@@ -1,5 +1,7 @@
 """Run-time estimates from what the device itself observes (never from a one-off probe).
 
+``Estimates`` is what a policy decides on; the monitor knows nothing about the policies that read it.
+
 - ``BandwidthEstimator``: uplink bits/s as the **harmonic mean of the per-transfer rates of the last
   ``window`` transfers**. A harmonic mean is dominated by the slow samples, so one lucky burst cannot
   inflate it, and it is the right mean for rates when the quantity of interest is time per byte.
@@ -16,23 +18,50 @@
 
     monitors = Monitors(plan, initial_bandwidth_bps=2e6)
     monitors.record_transfer(nbytes=12_000, seconds=0.05)
-    monitors.estimates()   # -> dyno.policy.Estimates
+    monitors.estimates()   # -> Estimates, what a policy decides on
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import statistics
 from typing import TYPE_CHECKING
 
-from dyno.errors import ConfigError
-from dyno.policy.base import Estimates
+from dyno.errors import ConfigError, PolicyError
 
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["BandwidthEstimator", "Monitors"]
+__all__ = ["Estimates", "BandwidthEstimator", "Monitors"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """Run-time estimates a policy decides on (from ``dyno.monitor.Monitors`` or a probe).
+
+    - ``bandwidth_bps``: uplink bits per second.
+    - ``rtt_ms``: round-trip time added once per offloaded inference.
+    - ``device_slowdown``: k_d, device time / profiled (plan) device time.
+    - ``server_ms_factor``: observed / profiled server time per sample.
+    - ``server_load``: server utilisation in [0, 1] by other clients; the model scales the server's
+      per-sample time for this client by 1 / (1 - load) (clamped at load 0.95), an M/M/1 reading.
+    """
+
+    bandwidth_bps: float
+    rtt_ms: float = 1.0
+    device_slowdown: float = 1.0
+    server_ms_factor: float = 1.0
+    server_load: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "server_load"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
+        if self.device_slowdown <= 0 or self.server_ms_factor <= 0:
+            raise PolicyError("Estimates.device_slowdown and server_ms_factor must be > 0")
 
 
 class BandwidthEstimator:

@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING
 
 from dyno.errors import PolicyError
+from dyno.monitor import Estimates
 from dyno.packing import label
 
 if TYPE_CHECKING:  # the plan module is light, but the policy interface needs only its name
@@ -84,33 +85,6 @@ class Decision:
         if self.codec is None:
             return f"cut {self.cut} (device-only)"
         return f"cut {self.cut} {label(self.codec, self.bits)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimates:
-    """Run-time estimates a policy decides on (from ``dyno.monitor.Monitors`` or a probe).
-
-    - ``bandwidth_bps``: uplink bits per second.
-    - ``rtt_ms``: round-trip time added once per offloaded inference.
-    - ``device_slowdown``: k_d, device time / profiled (plan) device time.
-    - ``server_ms_factor``: observed / profiled server time per sample.
-    - ``server_load``: server utilisation in [0, 1] by other clients; the model scales the server's
-      per-sample time for this client by 1 / (1 - load) (clamped at load 0.95), an M/M/1 reading.
-    """
-
-    bandwidth_bps: float
-    rtt_ms: float = 1.0
-    device_slowdown: float = 1.0
-    server_ms_factor: float = 1.0
-    server_load: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "server_load"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
-        if self.device_slowdown <= 0 or self.server_ms_factor <= 0:
-            raise PolicyError("Estimates.device_slowdown and server_ms_factor must be > 0")
 
 
 _CONSTRAINT = re.compile(r"^\s*(latency|drop|bytes|throughput)\s*(<=|>=)\s*(.+?)\s*$")

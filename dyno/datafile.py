@@ -20,6 +20,7 @@ dataclasses recursively) and refuses NaN, infinity and nesting too deep to parse
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,41 +29,55 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Iterator, TypeVar
 
 from dyno.errors import DynoError
 
-__all__ = ["DataFile", "atomic_write", "build", "dumps", "finite"]
+__all__ = ["DataFile", "atomic_write", "atomic_path", "build", "dumps", "finite"]
 
 T = TypeVar("T", bound="DataFile")
 
 
-def atomic_write(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mixture:
-    a unique temporary file in the same directory, flushed to disk, then renamed over ``path``."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that want a path (``savefig``, ``torch.save``): yields a unique temporary path in
+    ``path``'s directory, with the same suffix; when the block ends without an error, the file is
+    flushed to disk and renamed over ``path``, so readers see the old file or the new one, never a mixture."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
+    _sync_directory(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows)."""
     try:
-        os.fsync(directory)
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(directory)
-    return path
+        os.close(fd)
 
 
 def dumps(document: Any) -> str:

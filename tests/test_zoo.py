@@ -534,7 +534,7 @@ def test_cli_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as caught:
         dyno.cli.main(["train", "fmnist-vgg", "--epochs", "0"])
     assert caught.value.code == 2
-    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_cli_eval_json_on_a_folder(capsys, tmp_path):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from dyno.bench.session import SystemRun
+from dyno.datafile import atomic_path
 from dyno.packing import IMAGE_CODECS, Packing
 
 __all__ = ["plot_timeline"]
@@ -54,6 +55,7 @@ def plot_timeline(runs: list[SystemRun], trace: Any, duration: float, path: str 
     axes[0].set_title(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

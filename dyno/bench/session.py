@@ -96,10 +96,15 @@ class SystemRun:
         self.summary: dict[str, Any] | None = None
         self.link: Any = None
         self.client: Any = None
+        self.errors: list[str] = []   # why the cloud was unreachable, as the client saw it
 
     @property
     def elapsed(self) -> float:
         return 0.0 if not self.start else time.perf_counter() - self.start
+
+    @property
+    def cloud_replies(self) -> int:
+        return sum(p.where == "cloud" for p in self.points)
 
 
 def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, config: ClientConfig, *,
@@ -125,6 +130,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
         results = list(client.map(_feed(workload, state.start)))
         elapsed = max(r.finished for r in results) - state.start if results else 0.0
     finally:
+        state.errors = list(client.errors)
         client.close()
         state.client = None
     labels = [workload.ys[r.index % len(workload.ys)] for r in results]
@@ -152,8 +158,9 @@ def _record(state: SystemRun, workload: Workload, result: Result, initial_bps: f
 def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n: int = 500,
                policy: str = "dyno", slo: str | None = None, in_flight: int = 8, timeout: float = 2.0,
                tier: str | float | None = None, device_emulation: str = "pad", trace: str | None = None,
-               token: str | None = None, tls: Any = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
-    """``dyno run``: ``n`` labelled inputs through a client against ``server``; returns the summary."""
+               token: str | None = None, tls: Any = None, progress: Progress = NO_PROGRESS) -> SystemRun:
+    """``dyno run``: ``n`` labelled inputs through a client against ``server``; returns the run (its
+    ``summary``, ``errors`` and ``cloud_replies``)."""
     from dyno.emulate.device import Device
     from dyno.emulate.traces import load_trace
     from dyno.runtime.splits import Splits
@@ -177,8 +184,9 @@ def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n
     try:
         config = ClientConfig(server=server, policy=policy, slo=slo, in_flight=in_flight, timeout=timeout,
                               token=token, tls=tls)
-        return run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), config,
-                          trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan))
+        run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), config,
+                   trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan))
+        return state
     finally:
         stop.set()
         shower.join(2)

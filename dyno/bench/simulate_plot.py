@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dyno.datafile import atomic_path
 from dyno.emulate.traces import Trace
 from dyno.packing import Packing
 from dyno.simulate import SimResult
@@ -60,7 +61,7 @@ def plot_timeline(per_policy: dict[str, SimResult], trace: Trace, path: str | Pa
     axes[2].set_yscale("log", base=2)
     axes[2].set_yticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8 (jpeg/webp)", "16 (fp16)", "32 (fp32)"])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from dyno.errors import DynoError
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         "A device runs the head of a CNN, packs the activation at the split point into few bits, "
         "and a cloud server finishes the inference.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error (also: DYNO_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -43,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and a non-zero exit code.
+
+    A ``DynoError`` says what was wrong and what to do; anything else is a bug or an environment
+    problem (a full disk, a permission): one line naming it and a hint to rerun with ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = args.debug or os.environ.get("DYNO_DEBUG", "") not in ("", "0")
     try:
         code = args.func(args)
     except DynoError as error:
@@ -56,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dyno {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # the environment: a missing directory, a full disk, a permission
+        if debug:
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(f"dyno {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if debug:
+            raise
+        what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        print(f"dyno {args.command}: unexpected error: {' '.join(what.split())} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from dyno.cli._args import input_file, int_list, output_file, positive_int
 from dyno.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,13 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     analyze.add_argument("model", help="a zoo model name")
     _data_arguments(analyze)
-    analyze.add_argument("--out", help="plan file to write (default: CACHE/plans/MODEL.json, CACHE being "
+    analyze.add_argument("--out", type=output_file,
+                         help="plan file to write (default: CACHE/plans/MODEL.json, CACHE being "
                          "$DYNO_CACHE or ~/.cache/dyno)")
-    analyze.add_argument("--device-profile", metavar="FILE", help="a device profile from `dyno profile "
+    analyze.add_argument("--device-profile", metavar="FILE", type=input_file,
+                         help="a device profile from `dyno profile "
                          "--role device` (default: measure one here)")
-    analyze.add_argument("--cloud-profile", metavar="FILE", help="a cloud profile from `dyno profile "
+    analyze.add_argument("--cloud-profile", metavar="FILE", type=input_file, help="a cloud profile from `dyno profile "
                          "--role cloud` (default: measure one here)")
-    analyze.add_argument("--threads", type=int, default=1, help="torch threads for the profiles (default 1)")
+    analyze.add_argument("--threads", type=positive_int, default=1, help="torch threads for the profiles (default 1)")
     analyze.add_argument("--json", action="store_true", help="print the plan summary as one JSON document")
     analyze.add_argument("--quiet", action="store_true", help="no progress bars")
     analyze.set_defaults(func=run_analyze)
@@ -44,13 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prof.add_argument("model", help="a zoo model name")
     prof.add_argument("--role", choices=("device", "cloud"), required=True)
-    prof.add_argument("--out", required=True, help="profile file to write (JSON)")
+    prof.add_argument("--out", required=True, type=output_file, help="profile file to write (JSON)")
     prof.add_argument("--data", help="real inputs for the codec timings (default: the model's dataset)")
     prof.add_argument("--weights", default="trained-or-random",
                       help="trained, random, trained-or-random (default) or a state_dict file")
-    prof.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    prof.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     prof.add_argument("--name", help="profile name recorded in plans (default ROLE@HOST (N threads))")
-    prof.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="cloud role: batch sizes (default 1..32)")
+    prof.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32),
+                      help="cloud role: batch sizes (default 1..32)")
     prof.add_argument("--json", action="store_true", help="print the profile as one JSON document")
     prof.add_argument("--quiet", action="store_true", help="no progress bars")
     prof.set_defaults(func=run_profile)
@@ -62,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Per cut: fp32 bytes, the fewest bits within 0.5 and 1 point of top-1 (with the "
         "paired standard error of the drop), bytes there and the reduction, device and cloud latency.")
     show.add_argument("plan", help="a plan file")
-    show.add_argument("--plot", metavar="PNG", help="also draw bytes, latency and the accuracy heat map")
+    show.add_argument("--plot", metavar="PNG", type=output_file,
+                      help="also draw bytes, latency and the accuracy heat map")
     show.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     show.set_defaults(func=run_plan_show)
     plan.set_defaults(func=lambda _args: (plan.print_help(), 2)[1])
@@ -71,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset name (fashion-mnist, imagenet-samples) or directory "
                         "(default: the model's own)")
-    parser.add_argument("--limit", type=int, help="samples, spread evenly over the dataset (default: "
+    parser.add_argument("--limit", type=positive_int, help="samples, spread evenly over the dataset (default: "
                         "2000 of fashion-mnist, all 500 imagenet-samples, else 1000)")
     parser.add_argument("--weights", default="trained", help="trained (default), random, trained-or-random "
                         "or a state_dict file")
@@ -81,8 +86,6 @@ def run_analyze(args: argparse.Namespace) -> None:
     from dyno import offline
     from dyno.bench.console import RichProgress
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     out = args.out or offline.default_plan_path(args.model)
     with RichProgress(enabled=not args.quiet) as progress:
         plan = offline.analyze(args.model, data=args.data, limit=args.limit, out=out, progress=progress,
@@ -102,10 +105,7 @@ def run_profile(args: argparse.Namespace) -> None:
     from dyno import offline, partition, zoo
     from dyno.bench.console import RichProgress
 
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise ConfigError(f"--batch-sizes must be integers separated by commas, not {args.batch_sizes!r}") from None
+    batch_sizes = args.batch_sizes
     entry = zoo.get_model(args.model)
     model = zoo.load_model(entry, weights=args.weights)
     data = args.data or entry.default_data

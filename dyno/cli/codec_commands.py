@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from dyno.cli._args import bounded_int, int_list, positive_int, str_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dyno.bench.codec import BITS, MODES
@@ -23,26 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help="zoo model name, or 'synthetic' (default: see above)")
     parser.add_argument("--data", help="dataset name or folder for the inputs (default: the model's)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median; default 5)")
-    parser.add_argument("--samples", type=int, default=8, help="input images (default 8; medians over them)")
-    parser.add_argument("--cuts", type=int, default=8, help="cuts to measure, input included (default 8)")
-    parser.add_argument("--bits", type=_int_list, default=BITS,
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed runs per measurement (median; default 5)")
+    parser.add_argument("--samples", type=positive_int, default=8, help="input images (default 8; medians over them)")
+    parser.add_argument("--cuts", type=bounded_int(2), default=8, help="cuts to measure, input included (default 8)")
+    parser.add_argument("--bits", type=int_list, default=BITS,
                         help=f"comma-separated bit widths (default {','.join(map(str, BITS))})")
-    parser.add_argument("--modes", type=_str_list, default=MODES,
+    parser.add_argument("--modes", type=str_list, default=MODES,
                         help=f"comma-separated modes (default {','.join(MODES)})")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def run(args: argparse.Namespace) -> None:

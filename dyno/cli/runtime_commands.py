@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
-from dyno.errors import ConfigError
+from dyno.cli._args import (
+    bounded_int,
+    input_file,
+    int_list,
+    nonnegative_float,
+    output_file,
+    port,
+    positive_float,
+    positive_int,
+)
+from dyno.errors import ConfigError, RuntimeServiceError
 from dyno.policy import DEFAULT_SLO
 
 
@@ -21,18 +32,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------- shared
 
 def _token(args: argparse.Namespace) -> str | None:
-    """--token-file, else $DYNO_TOKEN (a token on the command line would show in `ps`)."""
-    if getattr(args, "token_file", None):
+    """--token-file, else $DYNO_TOKEN (a token on the command line would show in `ps`). A token file
+    that holds no token is an error: it must never turn authentication off."""
+    if args.token_file is not None:
         try:
-            return Path(args.token_file).read_text().strip() or None
-        except OSError as error:
+            token = args.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"cannot read --token-file: {error}") from error
-    return os.environ.get("DYNO_TOKEN") or None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file} holds no token; put the bearer token in it "
+                              "(an empty file would turn authentication off)")
+        return token
+    token = os.environ.get("DYNO_TOKEN")
+    if token is not None and not token.strip():
+        raise ConfigError("$DYNO_TOKEN is set but empty; unset it for no authentication, or set the token")
+    return token.strip() if token else None
 
 
 def _add_token(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token-file", metavar="F",
+    parser.add_argument("--token-file", metavar="F", type=input_file,
                         help="file holding the bearer token (default: $DYNO_TOKEN if set; none)")
+
+
+def _optional_output(text: str) -> Path | None:
+    return output_file(text) if text else None
 
 
 # ---------------------------------------------------------------------------------------- serve
@@ -45,25 +68,27 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         "Stops gracefully on SIGINT/SIGTERM (in-flight requests are answered).")
     p.add_argument("--plan", required=True, help="plan file (from `dyno analyze`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=50051, help="port (0: any free port; default 50051)")
+    p.add_argument("--port", type=port, default=50051, help="port (0: any free port; default 50051)")
     p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch per tail run (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=2.0,
+    p.add_argument("--max-batch", type=bounded_int(1, 4096), default=32,
+                   help="largest batch per tail run (default 32)")
+    p.add_argument("--max-wait-ms", type=nonnegative_float, default=2.0,
                    help="longest a request waits for its batch to fill (default 2 ms)")
-    p.add_argument("--workers", type=int, default=1, help="concurrent tail runs (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the tails")
-    p.add_argument("--metrics-port", type=int, default=0,
+    p.add_argument("--workers", type=bounded_int(1, 64), default=1, help="concurrent tail runs (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads for the tails")
+    p.add_argument("--metrics-port", type=bounded_int(-1, 65535), default=0,
                    help="Prometheus metrics HTTP port (0: any free port; -1: off)")
-    p.add_argument("--max-message-mb", type=float, default=8.0, help="largest message (default 8 MiB)")
-    p.add_argument("--max-streams", type=int, default=256, help="concurrent streams, whole server")
-    p.add_argument("--max-streams-per-client", type=int, default=16)
-    p.add_argument("--max-in-flight-per-client", type=int, default=64)
+    p.add_argument("--max-message-mb", type=positive_float, default=8.0, help="largest message (default 8 MiB)")
+    p.add_argument("--max-streams", type=positive_int, default=256, help="concurrent streams, whole server")
+    p.add_argument("--max-streams-per-client", type=positive_int, default=16)
+    p.add_argument("--max-in-flight-per-client", type=positive_int, default=64)
     _add_token(p)
-    p.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
-    p.add_argument("--tls-key", help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", help="CA for client certificates (PEM): mutual TLS")
-    p.add_argument("--grace", type=float, default=5.0, help="seconds to finish in-flight work on stop")
-    p.add_argument("--ready-file", help="write {address, port, metrics_port, ...} as JSON here once serving")
+    p.add_argument("--tls-cert", type=input_file, help="server certificate chain (PEM); enables TLS")
+    p.add_argument("--tls-key", type=input_file, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=input_file, help="CA for client certificates (PEM): mutual TLS")
+    p.add_argument("--grace", type=nonnegative_float, default=5.0, help="seconds to finish in-flight work on stop")
+    p.add_argument("--ready-file", type=output_file,
+                   help="write {address, port, metrics_port, ...} as JSON here once serving")
     p.set_defaults(func=_serve)
 
 
@@ -72,9 +97,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    tls = (TLSConfig(cert=Path(args.tls_cert), key=Path(args.tls_key),
-                     client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None)
-           if args.tls_cert else None)
+    tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca) if args.tls_cert else None
     config = ServerConfig(
         batching=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers),
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_streams=args.max_streams,
@@ -93,7 +116,8 @@ def _add_device_and_link(p: argparse.ArgumentParser) -> None:
                    help="emulated device: low (k_d=33), mid (8), high (2), native, or a number")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
                    help="slow the device by padding each run (default) or by a cgroup v1 CPU quota")
-    p.add_argument("--trace", help="uplink bandwidth trace file to replay (a token bucket in the client)")
+    p.add_argument("--trace", type=input_file,
+                   help="uplink bandwidth trace file to replay (a token bucket in the client)")
 
 
 def _register_run(subparsers: argparse._SubParsersAction) -> None:
@@ -106,17 +130,18 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--server", required=True, help="server address host:port")
     p.add_argument("--data", default=None,
                    help="fashion-mnist, imagenet-samples, or a dataset folder (default: the model's data)")
-    p.add_argument("--n", type=int, default=500, help="number of inputs (default 500)")
+    p.add_argument("--n", type=positive_int, default=500, help="number of inputs (default 500)")
     p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
     p.add_argument("--policy", default="dyno", help="dyno, device-only, cloud-only, cloud-only-raw, ...")
     p.add_argument("--slo", default=DEFAULT_SLO, help=f"SLO for the dyno policy (default {DEFAULT_SLO!r})")
-    p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (default 2)")
+    p.add_argument("--in-flight", type=bounded_int(1, 1024), default=8,
+                   help="inferences under way at once (default 8)")
+    p.add_argument("--timeout", type=positive_float, default=2.0, help="seconds to wait for a reply (default 2)")
     _add_device_and_link(p)
     _add_token(p)
-    p.add_argument("--tls-ca", help="CA of the server's certificate (PEM); enables TLS")
-    p.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
-    p.add_argument("--tls-key", help="client key (PEM) for mutual TLS")
+    p.add_argument("--tls-ca", type=input_file, help="CA of the server's certificate (PEM); enables TLS")
+    p.add_argument("--tls-cert", type=input_file, help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", type=input_file, help="client key (PEM) for mutual TLS")
     p.add_argument("--tls-server-name", help="name to check in the server's certificate")
     p.add_argument("--json", action="store_true", help="print one JSON summary document")
     p.set_defaults(func=_run)
@@ -129,21 +154,26 @@ def _run(args: argparse.Namespace) -> None:
 
     tls = None
     if args.tls_ca:
-        tls = ClientTLS(ca=Path(args.tls_ca), cert=Path(args.tls_cert) if args.tls_cert else None,
-                        key=Path(args.tls_key) if args.tls_key else None,
-                        server_name=args.tls_server_name)
+        tls = ClientTLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
     plan, model = from_plan_file(args.plan, args.weights)
     with RichProgress(not args.json, transient=True) as progress:
-        summary = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
-                             slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,
-                             device_emulation=args.device_emulation, trace=args.trace, token=_token(args),
-                             tls=tls, progress=progress)
+        run = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
+                         slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,
+                         device_emulation=args.device_emulation, trace=args.trace, token=_token(args),
+                         tls=tls, progress=progress)
+    assert run.summary is not None
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({**run.summary, "cloud_replies": run.cloud_replies, "cloud_errors": run.errors}))
     else:
         from dyno.bench.demo import print_summary
 
-        print_summary({args.policy: summary}, title=f"dyno run: {plan.model} via {args.server}")
+        print_summary({args.policy: run.summary}, title=f"dyno run: {plan.model} via {args.server}")
+        for error in run.errors:
+            print(f"dyno run: cloud: {error}", file=sys.stderr)
+    if args.policy != "device-only" and run.cloud_replies == 0:
+        why = run.errors[-1] if run.errors else "no reply"
+        raise RuntimeServiceError(f"no inference was answered by the cloud at {args.server} ({why}); all "
+                                  f"{run.summary['n']} ran on the device. Check the address, TLS and token")
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -157,7 +187,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
         "summary table and a PNG timeline. The first run trains and analyses what it needs (cached).")
     p.add_argument("--model", default="fmnist-resnet", help="zoo model (default fmnist-resnet)")
     p.add_argument("--data", default=None, help="dataset (default: the model's; e.g. ../shared/imagenet-samples)")
-    p.add_argument("--n", type=int, default=400,
+    p.add_argument("--n", type=positive_int, default=400,
                    help="distinct labelled inputs, cycled while a system runs (default 400)")
     p.add_argument("--systems", default="dyno,device-only,cloud-only",
                    help="comma-separated policies to compare (default dyno,device-only,cloud-only)")
@@ -166,13 +196,16 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    f"top-1: {DEFAULT_SLO!r}; onloading: 'throughput,cloud_cost;drop<=1')")
     p.add_argument("--tier", default="mid", help="device tier: low (33), mid (8), high (2), native, a number")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad")
-    p.add_argument("--trace", help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
-    p.add_argument("--segment-s", type=float, default=7.5,
+    p.add_argument("--trace", type=input_file,
+                   help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
+    p.add_argument("--segment-s", type=positive_float, default=7.5,
                    help="seconds per step of the built-in bandwidth pattern (default 7.5: 30 s per system)")
-    p.add_argument("--duration", type=float, default=None,
+    p.add_argument("--duration", type=positive_float, default=None,
                    help="seconds per system (default: one pass of the pattern; a --trace file: at most 60)")
-    p.add_argument("--in-flight", type=int, default=8, help="inferences under way at once (default 8)")
-    p.add_argument("--plot", default="dyno-demo.png", help="timeline PNG path ('' for none)")
+    p.add_argument("--in-flight", type=bounded_int(1, 1024), default=8,
+                   help="inferences under way at once (default 8)")
+    p.add_argument("--plot", type=_optional_output, default="dyno-demo.png",
+                   help="timeline PNG path ('' for none)")
     p.add_argument("--json", action="store_true", help="print one JSON summary document at the end")
     p.set_defaults(func=_demo)
 
@@ -199,14 +232,14 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
         "(2) server throughput on fmnist-resnet tails with dynamic batching against batch size 1, "
         "64 concurrent streams, in the same run. The server runs in a child process.")
     p.add_argument("--what", choices=("all", "overhead", "throughput"), default="all")
-    p.add_argument("--requests", type=int, default=300, help="sequential requests per payload size")
-    p.add_argument("--streams", type=int, default=64, help="concurrent streams for throughput")
-    p.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput measurement")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per throughput setting")
-    p.add_argument("--cuts", default=None,
+    p.add_argument("--requests", type=positive_int, default=300, help="sequential requests per payload size")
+    p.add_argument("--streams", type=bounded_int(1, 4096), default=64, help="concurrent streams for throughput")
+    p.add_argument("--seconds", type=positive_float, default=5.0, help="seconds per throughput measurement")
+    p.add_argument("--rounds", type=positive_int, default=2, help="alternating rounds per throughput setting")
+    p.add_argument("--cuts", type=int_list, default=None,
                    help="fmnist-resnet cuts for throughput, comma-separated (default: input, middle, late)")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch", type=bounded_int(1, 4096), default=32)
+    p.add_argument("--max-wait-ms", type=nonnegative_float, default=2.0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_bench)
 
@@ -216,7 +249,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     report = run_bench(what=args.what, requests=args.requests, streams=args.streams,
                        seconds=args.seconds, rounds=args.rounds,
-                       cuts=[int(c) for c in args.cuts.split(",")] if args.cuts else None,
+                       cuts=list(args.cuts) if args.cuts else None,
                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, verbose=not args.json)
     if args.json:
         print(json.dumps(report))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
 from dyno.bench.simulate import DEFAULT_POLICIES
+from dyno.cli._args import nonnegative_float, output_file, positive_float, positive_int
 from dyno.emulate.device import TIERS
 from dyno.policy import DEFAULT_SLO, ONLOADING_SLO
 
@@ -26,28 +26,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trace",
                         help="a trace file or a directory of traces (seconds<TAB>Mbit/s, or Mahimahi)")
     parser.add_argument("--tier", default="mid", help="low, mid, high, or all (default: mid)")
-    parser.add_argument("--slowdown", type=float, help="a custom device slowdown K (replaces --tier)")
+    parser.add_argument("--slowdown", type=positive_float, help="a custom device slowdown K (replaces --tier)")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES + ("oracle",)),
                         help="comma-separated policy names (default: all, and the hindsight oracle)")
     parser.add_argument("--slo", default=DEFAULT_SLO,
                         help=f"objectives;constraints, e.g. {DEFAULT_SLO!r} or {ONLOADING_SLO!r} "
                         "(default: %(default)s)")
-    parser.add_argument("--duration", type=float,
+    parser.add_argument("--duration", type=positive_float,
                         help="seconds of inferences per trace (default: one trace period)")
-    parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
-    parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=1, help="expected cloud batch size (default: %(default)s)")
-    parser.add_argument("--inflight", type=int, default=8,
+    parser.add_argument("--limit", type=positive_int, help="use only the first N traces (sorted by name)")
+    parser.add_argument("--rtt-ms", type=nonnegative_float, default=40.0, help="round-trip time (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=1,
+                        help="expected cloud batch size (default: %(default)s)")
+    parser.add_argument("--inflight", type=positive_int, default=8,
                         help="the client's request window: inferences started and not answered "
                         "(default: %(default)s)")
-    parser.add_argument("--probe-every", type=float, default=30.0,
+    parser.add_argument("--probe-every", type=nonnegative_float, default=30.0,
                         help="Neurosurgeon's bandwidth probe period in seconds, 0 = only at start "
                         "(default: %(default)s)")
     parser.add_argument("--summary", action="store_true",
                         help="the closing-note figures: DynO/baseline throughput ratios, bytes vs Neurosurgeon, "
                         "regret against the oracle, and the onloading run (min cloud cost at cloud-only's throughput)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--plot", help="write a PNG: bandwidth and each policy's cut and bits over time")
+    parser.add_argument("--plot", type=output_file,
+                        help="write a PNG: bandwidth and each policy's cut and bits over time")
     parser.add_argument("--plot-trace", help="the trace to draw (default: the first)")
     parser.add_argument("--bench-decide", action="store_true",
                         help="time one DynO decision (80 cuts x 16 bits synthetic plan, and --plan if given)")
@@ -59,8 +61,6 @@ def _tiers(args: argparse.Namespace) -> dict[str, float]:
     from dyno.errors import ConfigError
 
     if args.slowdown is not None:
-        if not (args.slowdown > 0 and math.isfinite(args.slowdown)):
-            raise ConfigError("--slowdown must be a positive number")
         return {f"k{args.slowdown:g}": args.slowdown}
     if args.tier == "all":
         return dict(TIERS)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from dyno.cli._args import nonnegative_int, positive_int
+
 __all__ = ["register"]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _models_epilog() -> str:
@@ -40,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("model", help="model name, e.g. fmnist-resnet")
-    train.add_argument("--epochs", type=_positive, help="epochs (default: the model's recipe)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--limit", type=_positive,
+    train.add_argument("--epochs", type=positive_int, help="epochs (default: the model's recipe)")
+    train.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
+    train.add_argument("--limit", type=positive_int,
                        help="train on the first N images only, a quick check (weights are then not cached)")
     train.add_argument("--data", metavar="DIR",
                        help="directory with the Fashion-MNIST IDX files (default: DYNO_FASHION_MNIST, "
                        "else /usr/share/datasets/fashion-mnist)")
-    train.add_argument("--threads", type=_positive,
+    train.add_argument("--threads", type=positive_int,
                        help="torch threads (default 1: on a shared 2-core machine two threads contend badly)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print one JSON document")
@@ -66,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="Fashion-MNIST split (default test)")
     evaluate.add_argument("--weights", default="trained",
                           help="trained (default), random, trained-or-random, or a state_dict file")
-    evaluate.add_argument("--limit", type=_positive, help="only the first N items")
-    evaluate.add_argument("--batch-size", type=_positive, default=64, help="batch size (default 64)")
+    evaluate.add_argument("--limit", type=positive_int, help="only the first N items")
+    evaluate.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true",
                           help='print one JSON document {"model", "data", "n", "top1"} (top1 in 0..1)')

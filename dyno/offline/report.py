@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dyno.datafile import atomic_path
 from dyno.offline.codecs import QUANT_CODEC
 from dyno.packing import BITS
 from dyno.plan import Plan
@@ -69,8 +70,8 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
     bar.set_ticks([math.log10(0.1 + t) for t in ticks], labels=[str(t) for t in ticks])
     bar.set_label("top-1 drop (points)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

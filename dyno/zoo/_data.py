@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -45,6 +46,8 @@ FASHION_MNIST_CLASSES = (
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+#: Images larger than this are refused before decoding (a 64-megapixel photo is far beyond any CNN input).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian numpy dtype
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -230,7 +233,7 @@ class ImageFolderDataset(Dataset):
                 raise DataError(f"{path}:{number}: class index {fields[1]!r} is not an integer") from None
             if label < 0:
                 raise DataError(f"{path}:{number}: class index {label} is negative")
-            image = root / fields[0]
+            image = _inside(root, fields[0], f"{path}:{number}")
             if not image.is_file():
                 raise DataError(f"{path}:{number}: image {fields[0]!r} not found in {root}")
             samples.append((image, label))
@@ -249,7 +252,7 @@ class ImageFolderDataset(Dataset):
         for label, name in enumerate(classes):
             for file in sorted((root / name).rglob("*")):
                 if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file():
-                    samples.append((file, label))
+                    samples.append((_inside(root, str(file.relative_to(root)), str(root)), label))
         if not samples:
             raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in class "
                             "subfolders, and no labels.tsv")
@@ -261,13 +264,28 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():  # Pillow's own warning: our limit below is lower
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+            with image:
+                width, height = image.size   # from the header: nothing is decoded yet
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{path}: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                                    "(a decompression bomb, or an image to downscale first)")
                 return self.transform(image), label
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{path}: cannot decode image ({error}); remove or replace it") from error
 
     def __repr__(self) -> str:
         return f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, classes={len(self.class_names)})"
+
+
+def _inside(root: Path, relative: str, where: str) -> Path:
+    """``root / relative``, refusing a path that leaves ``root`` (absolute, ``..``, or a symlink out)."""
+    candidate = root / relative
+    if Path(relative).is_absolute() or not candidate.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{where}: image path {relative!r} leaves the folder {root}; list files inside it")
+    return candidate
 
 
 def _first_content_line(text: str) -> int:

@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from dyno.datafile import atomic_path, atomic_write
 from dyno.errors import ConfigError, ModelError
 from dyno.zoo._paths import weights_dir
 from dyno.zoo._registry import ModelEntry, get_model
@@ -51,15 +52,11 @@ def save_weights(model: nn.Module, name: str | ModelEntry, info: Mapping, path: 
     holding ``info`` plus the model name and :func:`weights_hash`. Written atomically."""
     entry = get_model(name)
     path = Path(path) if path is not None else trained_weights_path(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     sidecar = {"model": entry.name, "weights_sha256": weights_hash(state), **info}
-    tmp = path.with_name(path.name + ".json.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(tmp, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return path
 
 

@@ -11,7 +11,8 @@ requests queue while they compute, and batches fill; ``eager=False`` always wait
 ``run_batch(cut_id, items)`` in the given executor, off the event loop. Items are opaque to the
 batcher (the server passes undecoded frames, so decoding too happens in the executor, once per batch
 rather than one thread hop per request); ``run_batch`` returns one entry per item, either its result
-or the exception that item alone failed with.
+or the exception that item alone failed with. A batch whose ``run_batch`` raises, or returns another
+number of entries, fails every item with a ``BatchError`` naming why (never a request left waiting).
 
     batcher = Batcher(run_batch, executor, BatchConfig(max_batch=32, max_wait_ms=2))
     batcher.start()
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["BatchConfig", "Batcher", "Outcome", "LoadMeter", "LOAD_WINDOW_S"]
+__all__ = ["BatchConfig", "Batcher", "BatchError", "Outcome", "LoadMeter", "LOAD_WINDOW_S"]
 
 #: The window over which the server's load (the share of time its workers were busy) is measured.
 LOAD_WINDOW_S = 1.0
@@ -187,15 +188,19 @@ class Batcher:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.run_batch, cut_id, [i.payload for i in items])
+            if not isinstance(results, list) or len(results) != len(items):
+                raise BatchError(f"run_batch returned {len(results) if isinstance(results, list) else results!r}"
+                                 f" results for {len(items)} requests")
         except Exception as error:  # the tail failed: every request of the batch learns why
+            failure = _without_traceback(error)
             for item in items:
                 if not item.future.done():
-                    item.future.set_exception(error)
+                    item.future.set_exception(failure)
             return
         finally:
             self.meter.end(index)
         compute = time.perf_counter() - start
-        for item, result in zip(items, results, strict=False):
+        for item, result in zip(items, results, strict=True):
             if item.future.done():
                 continue
             if isinstance(result, BaseException):
@@ -204,3 +209,13 @@ class Batcher:
                 item.future.set_result(Outcome(result, start - item.arrived, compute, len(items)))
         if self.on_batch is not None:
             self.on_batch(cut_id, len(items), compute)
+
+
+class BatchError(RuntimeError):
+    """A batch failed as a whole (its tail raised, or ``run_batch`` broke its contract)."""
+
+
+def _without_traceback(error: Exception) -> BatchError:
+    """What the requests of a failed batch are told: the error's type and text, with no traceback, so
+    that nothing the failed run held (its inputs, its frames' buffers) outlives it."""
+    return BatchError(f"{type(error).__name__}: {error}"[:400])

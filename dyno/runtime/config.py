@@ -13,6 +13,7 @@ Every object validates itself on construction and names the field that is wrong:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,16 @@ from dyno.errors import ConfigError, PolicyError
 from dyno.policy import SLO, Policy
 from dyno.runtime.batching import BatchConfig
 
-__all__ = ["TLSConfig", "ServerConfig", "ClientTLS", "ClientConfig", "channel_options",
-           "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TOP_K", "MAX_TOP_K"]
+__all__ = ["TLSConfig", "ServerConfig", "ClientTLS", "ClientConfig", "channel_options", "is_loopback",
+           "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TOP_K", "MAX_TOP_K", "IDLE_CLOSE", "LIFETIME_CLOSE"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_TOP_K = 5        # classes per reply when a request asks for 0
 MAX_TOP_K = 100          # the server refuses more (INVALID_ARGUMENT)
+# How the details of an UNAVAILABLE status begin when the server ends a stream that did nothing wrong:
+# the client opens a new stream without counting an error.
+IDLE_CLOSE = "idle stream closed"
+LIFETIME_CLOSE = "stream lifetime reached"
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -58,8 +63,17 @@ def _token_problem(token: object) -> str | None:
     return None
 
 
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _message_bytes_ok(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 2**31 - 1
+    return _int_in(value, 1024, 2**31 - 1)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and value > 0
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -83,13 +97,35 @@ class TLSConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Limits, batching and security of one server. Every field has a safe default."""
+    """Limits, batching and security of one server. Every field has a safe default.
+
+    A *client* is one (bearer token, client IP) pair (``dyno.runtime.admission``). Streams are cheap
+    (tens of KB each); the limits that protect the server's time are on requests:
+
+    - ``max_streams`` / ``max_streams_per_client``: open Infer streams; a newcomer over either takes
+      the place of a stream idle for a second or more (closed as idle), and is refused only when none is;
+    - ``max_in_flight_per_client``: requests accepted and not yet answered, per client;
+    - ``max_queued_requests`` / ``max_queued_bytes``: the same across all clients (bytes: meta + payload);
+    - ``max_queue_ms``: a request is refused when the work already accepted would make it wait longer
+      than this before its compute starts (keep it well under the clients' timeout: ``ClientConfig``'s
+      default is 2 s);
+    - ``idle_timeout_s``: a stream with no request in flight for this long is closed (UNAVAILABLE,
+      details starting ``IDLE_CLOSE``); ``max_stream_lifetime_s``: a stream older than this takes no
+      new request, answers those it has, then closes (UNAVAILABLE, ``LIFETIME_CLOSE``). Clients rotate
+      their stream at half their ``stream_lifetime``; keep that <= this.
+    Every refusal for load is RESOURCE_EXHAUSTED (UNAVAILABLE while the server drains).
+    """
 
     batching: BatchConfig = BatchConfig()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_streams: int = 256                  # concurrent calls, whole server
-    max_streams_per_client: int = 16
-    max_in_flight_per_client: int = 64      # requests accepted and not yet answered, per client
+    max_streams: int = 1024                 # open Infer streams, whole server
+    max_streams_per_client: int = 64
+    max_in_flight_per_client: int = 256     # requests accepted and not yet answered, per client
+    max_queued_requests: int = 4096         # the same, whole server
+    max_queued_bytes: int = 128 * 1024 * 1024
+    max_queue_ms: float = 1000.0            # longest estimated wait for compute a request may be given
+    idle_timeout_s: float = 60.0
+    max_stream_lifetime_s: float = 600.0    # = ClientConfig.stream_lifetime's default
     token: str | None = None                # bearer token checked on every call
     tls: TLSConfig | None = None
     metrics_host: str = "127.0.0.1"
@@ -97,20 +133,64 @@ class ServerConfig:
     torch_threads: int | None = None        # torch intra-op threads for the tails (None: leave)
 
     def __post_init__(self) -> None:
-        for name in ("max_streams", "max_streams_per_client",
-                     "max_in_flight_per_client"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"ServerConfig.{name} must be an int >= 1, got {value!r}")
-        if not _message_bytes_ok(self.max_message_bytes):
-            raise ConfigError("ServerConfig.max_message_bytes must be in 1 KiB .. 2 GiB")
+        if not isinstance(self.batching, BatchConfig):
+            raise ConfigError(f"ServerConfig.batching must be a BatchConfig, got {self.batching!r}")
+        self._check_limits()
         problem = _token_problem(self.token)
         if problem:
-            raise ConfigError(problem)
+            raise ConfigError(f"ServerConfig.token: {problem}")
+        if self.tls is not None and not isinstance(self.tls, TLSConfig):
+            raise ConfigError(f"ServerConfig.tls must be a TLSConfig or None, got {self.tls!r}")
+        if not isinstance(self.metrics_host, str) or not self.metrics_host.strip() \
+                or any(c.isspace() for c in self.metrics_host):
+            raise ConfigError(f"ServerConfig.metrics_host must be a host name or address, got {self.metrics_host!r}")
+        if self.metrics_port is not None and not _int_in(self.metrics_port, 0, 65535):
+            raise ConfigError(f"ServerConfig.metrics_port must be an int in 0..65535 or None, "
+                              f"got {self.metrics_port!r}")
+        if self.torch_threads is not None and not _int_in(self.torch_threads, 1, 1024):
+            raise ConfigError(f"ServerConfig.torch_threads must be an int in 1..1024 or None, "
+                              f"got {self.torch_threads!r}")
+
+    def _check_limits(self) -> None:
+        for name in ("max_streams", "max_streams_per_client", "max_in_flight_per_client",
+                     "max_queued_requests"):
+            if not _int_in(getattr(self, name), 1, 1_000_000):
+                raise ConfigError(f"ServerConfig.{name} must be an int in 1..1000000, got {getattr(self, name)!r}")
+        if not _message_bytes_ok(self.max_message_bytes):
+            raise ConfigError(f"ServerConfig.max_message_bytes must be an int in 1 KiB .. 2 GiB, "
+                              f"got {self.max_message_bytes!r}")
+        if not _int_in(self.max_queued_bytes, self.max_message_bytes if _message_bytes_ok(self.max_message_bytes)
+                       else 1024, 2**40):
+            raise ConfigError(f"ServerConfig.max_queued_bytes must be an int >= max_message_bytes "
+                              f"({self.max_message_bytes}), got {self.max_queued_bytes!r}")
+        for name in ("max_queue_ms", "idle_timeout_s", "max_stream_lifetime_s"):
+            if not _positive(getattr(self, name)):
+                raise ConfigError(f"ServerConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
 
     def metrics_url(self, port: int | None) -> str | None:
         """The Prometheus endpoint's URL when it listens on ``port`` (None: no endpoint)."""
         return None if port is None else f"http://{self.metrics_host}:{port}/metrics"
+
+    def exposure_warning(self, address: str) -> str | None:
+        """A warning when ``address`` (host:port) is reachable from other machines and the server
+        has neither TLS nor a token (anyone there could use it, and read what is sent); else None."""
+        host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+        if is_loopback(host) or (self.tls is not None and self.token is not None):
+            return None
+        missing = " and ".join(n for n, v in (("TLS", self.tls), ("a token", self.token)) if v is None)
+        return (f"listening on {address}, reachable from other machines, without {missing}: anyone who "
+                f"can reach it can use it{' and read the frames' if self.tls is None else ''}; "
+                "set a token and TLS, or listen on 127.0.0.1")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -130,11 +210,6 @@ class ClientTLS:
     def credentials(self) -> grpc.ChannelCredentials:
         ca, cert, key = _read(self.ca, self.cert, self.key)
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-
-
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and value > 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)

@@ -13,29 +13,32 @@ process (``ServerProcess``), or until SIGTERM (``serve``, the ``dyno serve`` bod
 
 What every request goes through, in order, before any compute:
 
-1. the bearer token, once per call (``UNAUTHENTICATED``); the stream count of this client and of the
-   whole server (``RESOURCE_EXHAUSTED``);
+1. the bearer token, once per call (``UNAUTHENTICATED``); the stream limits of its client - one
+   (token, client IP) pair - and of the whole server (``dyno.runtime.admission``: an idle stream
+   makes room, else ``RESOURCE_EXHAUSTED``);
 2. model name and plan hash equal the server's, the cut exists and is served
-   (``FAILED_PRECONDITION``); the client's requests in flight stay under the limit
-   (``RESOURCE_EXHAUSTED``); gRPC itself refuses messages over ``max_message_bytes``
-   (``RESOURCE_EXHAUSTED``);
+   (``FAILED_PRECONDITION``); ``top_k`` <= ``MAX_TOP_K`` (``INVALID_ARGUMENT``); the client's
+   requests in flight, the server's queued requests and bytes, and the estimated wait for compute
+   stay under their limits (``RESOURCE_EXHAUSTED``); gRPC itself refuses messages over
+   ``max_message_bytes`` (``RESOURCE_EXHAUSTED``);
 3. the frame is decoded by ``dyno.codec`` against the cut's expected shape, off the event loop (in
    the compute worker, for the whole batch, before the tail runs: ``dyno.runtime.tails``); any bad
    frame is a ``FrameError`` -> ``INVALID_ARGUMENT`` for its stream, and the rest of its batch runs
    without it.
 
-Errors end the offending stream only; every other stream keeps being served. A "client" for the
-per-client limits is one connection (its peer address), or one bearer token when tokens are in use.
+A status ends the offending stream only, after the requests it had accepted are answered
+(``dyno.runtime.streams``); every other stream keeps being served. Streams idle for
+``idle_timeout_s`` or older than ``max_stream_lifetime_s`` are closed with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
-import functools
+import errno
 import hmac
 import logging
+import socket
 import time
 from typing import AsyncIterator
 
@@ -45,14 +48,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from torch import nn
 
-from dyno.errors import ConfigError, FrameError
+from dyno.errors import ConfigError
 from dyno.plan import CutPlan, Plan
+from dyno.runtime.admission import Admission, Refusal
 from dyno.runtime.batching import Batcher
 from dyno.runtime.config import MAX_TOP_K, ServerConfig, TLSConfig, channel_options
 from dyno.runtime.metrics import MetricsEndpoint, ServerMetrics
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.splits import Splits, warm_codecs
+from dyno.runtime.streams import StreamHandler
 from dyno.runtime.tails import Tails
 
 # ServerConfig, TLSConfig and channel_options live in dyno.runtime.config; re-exported for old imports.
@@ -60,31 +65,6 @@ __all__ = ["Server", "create_server", "SERVICE_NAME", "ServerConfig", "TLSConfig
 
 log = logging.getLogger("dyno.server")
 SERVICE_NAME = "dyno.v1.Inference"
-_SHUTTING_DOWN = "the server is shutting down; retry later"
-
-
-class _Refusal(Exception):
-    """Ends one stream with a gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-@dataclasses.dataclass
-class _ClientState:
-    streams: int = 0
-    in_flight: int = 0
-
-
-class _Stream:
-    """Book-keeping of one Infer call."""
-
-    def __init__(self, client: _ClientState):
-        self.client = client
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.pending: set[asyncio.Task] = set()
-        self.reader: asyncio.Task | None = None
 
 
 class Server:
@@ -98,16 +78,18 @@ class Server:
         self.served = {c.id for c in plan.cuts[:-1] if self.splits.batchable(c.id)}
         self.tails = Tails(plan, self.splits)
         self.metrics = ServerMetrics()
+        self.admission = Admission(config)
         self._compute_pool = concurrent.futures.ThreadPoolExecutor(
             config.batching.workers, thread_name_prefix="dyno-compute")
         self.batcher: Batcher | None = None
-        self._clients: dict[str, _ClientState] = {}
-        self._streams: set[_Stream] = set()
-        self._draining = False
+        self.streams = StreamHandler(self)
+        self.draining = False
+        self._sweeper: asyncio.Task | None = None
         self.health = HealthServicer()
+        # no maximum_concurrent_rpcs: gRPC's own refusal reaches grpc.aio clients as INTERNAL; the
+        # stream limits are ours (dyno.runtime.admission). No SO_REUSEPORT: a taken port is an error.
         self._grpc = grpc.aio.server(
-            options=channel_options(config.max_message_bytes) + [("grpc.so_reuseport", 1)],
-            maximum_concurrent_rpcs=config.max_streams)
+            options=channel_options(config.max_message_bytes) + [("grpc.so_reuseport", 0)])
         pb_grpc.add_InferenceServicer_to_server(_Service(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         self._metrics_endpoint = (None if config.metrics_port is None else
@@ -119,15 +101,19 @@ class Server:
     # ------------------------------------------------------------------------------ lifecycle
 
     def bind(self, address: str) -> int:
+        """Listen on ``address`` (host:port; port 0: any free port); ConfigError if it cannot."""
         try:
             if self.config.tls is not None:
                 self.port = self._grpc.add_secure_port(address, self.config.tls.credentials())
             else:
                 self.port = self._grpc.add_insecure_port(address)
         except RuntimeError as error:
-            raise ConfigError(f"cannot listen on {address}: {error}") from error
+            self.port = 0
+            reason = str(error)
+        else:
+            reason = ""
         if not self.port:
-            raise ConfigError(f"cannot listen on {address} (in use, or not a local address?)")
+            raise ConfigError(f"cannot listen on {address}: {_bind_problem(address) or reason or 'unknown reason'}")
         return self.port
 
     async def start(self, *, warm: bool = True) -> None:
@@ -141,8 +127,14 @@ class Server:
         self.batcher = Batcher(self.tails.run_batch, self._compute_pool, self.config.batching, self._on_batch)
         self.batcher.start()
         if self._metrics_endpoint is not None:
-            self.metrics_port = await self._metrics_endpoint.start()
+            try:
+                self.metrics_port = await self._metrics_endpoint.start()
+            except OSError as error:
+                await self.batcher.close()
+                raise ConfigError(f"cannot serve metrics on {self.config.metrics_host}:"
+                                  f"{self.config.metrics_port}: {error.strerror or error}") from error
         await self._grpc.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="dyno-stream-sweeper")
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s (plan %s) on port %s", self.plan.model, self.plan_hash[:12], self.port)
@@ -150,14 +142,14 @@ class Server:
     async def stop(self, grace: float | None = 5.0) -> None:
         """Graceful stop: refuse new requests, answer the accepted ones, close every stream with
         UNAVAILABLE, then stop gRPC. ``grace=None`` or 0 stops at once (in-flight work is dropped)."""
-        self._draining = True
+        self.draining = True
         await self.health.enter_graceful_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if grace:
-            for stream in list(self._streams):
-                if stream.reader is not None:
-                    stream.reader.cancel()  # no new requests; the handler writes what is pending
+            self.streams.drain()
             deadline = time.monotonic() + grace
-            while self._streams and time.monotonic() < deadline:
+            while self.streams.streams and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         await self._grpc.stop(grace if grace else None)
         if self.batcher is not None:
@@ -169,10 +161,17 @@ class Server:
     async def wait_for_termination(self) -> None:
         await self._grpc.wait_for_termination()
 
+    async def _sweep(self) -> None:
+        """Close idle streams and streams past their lifetime (``Admission.sweep``), periodically."""
+        period = min(1.0, self.config.idle_timeout_s / 4, self.config.max_stream_lifetime_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.admission.sweep()
+
     # ------------------------------------------------------------------------------ checks
 
     def authorize(self, context: grpc.aio.ServicerContext) -> str | None:
-        """The caller's bearer token (None when the server has none); ``_Refusal`` if it is wrong."""
+        """The caller's bearer token (None when the server has none); ``Refusal`` if it is wrong."""
         token = self.config.token
         if token is None:
             return None
@@ -180,38 +179,39 @@ class Server:
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                 if hmac.compare_digest(value[7:].encode(), token.encode()):
                     return value[7:]
-        raise _Refusal(grpc.StatusCode.UNAUTHENTICATED,
-                       "missing or wrong bearer token; send metadata 'authorization: Bearer TOKEN'")
+        raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                      "missing or wrong bearer token; send metadata 'authorization: Bearer TOKEN'")
 
-    def _check(self, request: pb.Request, client: _ClientState) -> CutPlan:
+    def check(self, request: pb.Request) -> CutPlan:
+        """The request's cut; ``Refusal`` if the request is for another plan, an unserved cut or too
+        many classes."""
         if request.model != self.plan.model or request.plan_hash != self.plan_hash:
-            raise _Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"request {request.request_id} is for model {request.model!r} plan "
-                           f"{request.plan_hash[:12]!r}; this server serves {self.plan.model!r} plan "
-                           f"{self.plan_hash[:12]!r} (see Describe)")
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"request {request.request_id} is for model {request.model[:64]!r} plan "
+                          f"{request.plan_hash[:12]!r}; this server serves {self.plan.model!r} plan "
+                          f"{self.plan_hash[:12]!r} (see Describe)")
         if request.cut not in self.served:
             known = len(self.plan.cuts)
             why = ("it does not exist" if request.cut >= known else
                    "it is the device-only output" if request.cut == known - 1 else "it is not batchable")
-            raise _Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"request {request.request_id}: cut {request.cut} is not served ({why})")
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"request {request.request_id}: cut {request.cut} is not served ({why})")
         if request.top_k > MAX_TOP_K:
-            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"request {request.request_id}: top_k {request.top_k} > {MAX_TOP_K}")
-        limit = self.config.max_in_flight_per_client
-        if client.in_flight >= limit:
-            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"request {request.request_id}: this client has {client.in_flight} requests "
-                           f"in flight (limit {limit}); wait for replies")
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request {request.request_id}: top_k {request.top_k} > {MAX_TOP_K}")
         return self.plan.cuts[request.cut]
+
+    def cut_label(self, cut: int) -> str:
+        return str(cut) if cut < len(self.plan.cuts) else "invalid"  # bounded metric labels
 
     # ------------------------------------------------------------------------------ compute
 
     def _on_batch(self, cut_id: int, size: int, compute_s: float) -> None:
         self.metrics.batch.observe(size, cut=cut_id)
         self.metrics.compute.observe(compute_s, cut=cut_id)
+        self.admission.costs.observe(cut_id, size, compute_s)
 
-    async def _serve_one(self, request: pb.Request, cut: CutPlan, arrived: float) -> pb.Reply:
+    async def serve_one(self, request: pb.Request, cut: CutPlan, arrived: float) -> pb.Reply:
         assert self.batcher is not None
         outcome = await self.batcher.submit(cut.id, request, arrived)
         classes, scores, logits = outcome.value
@@ -222,133 +222,16 @@ class Server:
                         queue_ms=outcome.queue_s * 1000, compute_ms=outcome.compute_s * 1000,
                         batch=outcome.batch, load=load, queued=self.batcher.queued)
 
-    # ------------------------------------------------------------------------------ the stream
-
     async def infer(self, requests: AsyncIterator[pb.Request], context: grpc.aio.ServicerContext) -> None:
-        """One Infer call: admit it, then write replies as they are ready until the client has stopped
-        sending and every accepted request is answered, or until a request is refused."""
-        admitted = await self._admit(context)
-        if admitted is None:
-            return
-        key, client = admitted
-        client.streams += 1
-        stream = _Stream(client)
-        self._streams.add(stream)
-        self.metrics.streams.inc()
-        stream.reader = asyncio.create_task(self._read(requests, stream))
-        try:
-            refusal = await self._pump(stream, context)
-        finally:
-            self._release(stream, key)
-        if refusal is not None:
-            await context.abort(refusal.code, refusal.details)
-
-    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[str, _ClientState] | None:
-        """The caller's key and book-keeping, or None once the call has been aborted."""
-        try:
-            key = self.authorize(context) or context.peer()
-        except _Refusal as refused:
-            self.metrics.requests.inc(cut="-", code=refused.code.name)
-            await context.abort(refused.code, refused.details)
-            return None
-        if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-            return None
-        client = self._clients.setdefault(key, _ClientState())
-        if client.streams >= self.config.max_streams_per_client:
-            self.metrics.requests.inc(cut="-", code="RESOURCE_EXHAUSTED")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"this client already has {client.streams} open streams (limit "
-                                f"{self.config.max_streams_per_client}); reuse one")
-            return None
-        return key, client
-
-    async def _pump(self, stream: _Stream, context: grpc.aio.ServicerContext) -> _Refusal | None:
-        """Write replies until the stream is done; the refusal that ends it early, if any."""
-        reading = True
-        while reading or stream.pending or not stream.events.empty():
-            event = await stream.events.get()
-            kind = event[0]
-            if kind == "eof":
-                reading = False
-            elif kind == "reply":
-                await context.write(event[1])
-            elif kind == "refuse":
-                return event[1]
-        return _Refusal(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN) if self._draining else None
-
-    def _release(self, stream: _Stream, key: str) -> None:
-        """The stream has ended: drop what it still holds and its share of the limits."""
-        assert stream.reader is not None
-        stream.reader.cancel()
-        for task in stream.pending:
-            task.cancel()
-        client = stream.client
-        client.in_flight -= len(stream.pending)
-        self.metrics.in_flight.dec(len(stream.pending))
-        stream.pending.clear()
-        client.streams -= 1
-        if client.streams == 0 and client.in_flight == 0:
-            self._clients.pop(key, None)
-        self._streams.discard(stream)
-        self.metrics.streams.dec()
-
-    async def _read(self, requests: AsyncIterator[pb.Request], stream: _Stream) -> None:
-        try:
-            async for request in requests:
-                arrived = time.perf_counter()
-                try:
-                    cut = self._check(request, stream.client)
-                except _Refusal as refused:
-                    label = request.cut if request.cut < len(self.plan.cuts) else "invalid"  # bounded labels
-                    self.metrics.requests.inc(cut=label, code=refused.code.name)
-                    stream.events.put_nowait(("refuse", refused))
-                    return
-                self.metrics.bytes.inc(len(request.meta) + len(request.payload), cut=cut.id)
-                stream.client.in_flight += 1
-                self.metrics.in_flight.inc()
-                task = asyncio.create_task(self._serve_one(request, cut, arrived))
-                stream.pending.add(task)
-                task.add_done_callback(functools.partial(self._done, request, stream, arrived))
-        except asyncio.CancelledError:
-            pass  # draining, or the stream ended
-        except grpc.RpcError:
-            pass  # the client went away; the handler's finally cleans up
-        except Exception as error:  # e.g. a message gRPC could not parse
-            log.warning("reading a stream failed: %s", error)
-        stream.events.put_nowait(("eof",))
-
-    def _done(self, request: pb.Request, stream: _Stream, arrived: float, task: asyncio.Task) -> None:
-        if task not in stream.pending:
-            return  # the stream already ended and accounted for it
-        stream.pending.discard(task)
-        stream.client.in_flight -= 1
-        self.metrics.in_flight.dec()
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is None:
-            self.metrics.requests.inc(cut=request.cut, code="OK")
-            self.metrics.latency.observe(time.perf_counter() - arrived, cut=request.cut)
-            stream.events.put_nowait(("reply", task.result()))
-        elif isinstance(error, FrameError):
-            self.metrics.requests.inc(cut=request.cut, code="INVALID_ARGUMENT")
-            stream.events.put_nowait(("refuse", _Refusal(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request {request.request_id}: bad frame: {error}")))
-        else:
-            log.error("request %s at cut %s failed: %r", request.request_id, request.cut, error)
-            self.metrics.requests.inc(cut=request.cut, code="INTERNAL")
-            stream.events.put_nowait(("refuse", _Refusal(
-                grpc.StatusCode.INTERNAL, f"request {request.request_id}: the tail failed: "
-                                          f"{type(error).__name__}: {error}")))
+        """One Infer call (``dyno.runtime.streams``)."""
+        await self.streams.infer(requests, context)
 
     # ------------------------------------------------------------------------------ unary calls
 
     def health_reply(self) -> pb.HealthReply:
-        status = pb.HealthReply.DRAINING if self._draining else pb.HealthReply.SERVING
+        status = pb.HealthReply.DRAINING if self.draining else pb.HealthReply.SERVING
         load = self.batcher.meter.load() if self.batcher else 0.0
-        return pb.HealthReply(status=status, load=load,
-                              in_flight=sum(c.in_flight for c in self._clients.values()))
+        return pb.HealthReply(status=status, load=load, in_flight=self.admission.in_flight)
 
     def describe_reply(self) -> pb.DescribeReply:
         from dyno import __version__
@@ -381,7 +264,7 @@ class _Service(pb_grpc.InferenceServicer):
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         try:
             self.server.authorize(context)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             await context.abort(refusal.code, refusal.details)
 
 
@@ -395,3 +278,24 @@ def create_server(plan: Plan, model: nn.Module, config: ServerConfig | None = No
     server = Server(plan, model, config or ServerConfig(), splits=splits)
     port = server.bind(address)
     return server, port
+
+
+def _bind_problem(address: str) -> str | None:
+    """Why ``address`` cannot be listened on, as the OS says it (None if a test bind works)."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (ValueError, OSError) as error:
+        return f"not a host:port this machine can listen on ({error})"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return (f"the address is already in use (another server on port {port}?); stop it or "
+                            "choose another port")
+                return error.strerror or str(error)
+    return None

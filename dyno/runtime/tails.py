@@ -2,7 +2,9 @@
 top-k of every row. No gRPC here; the server runs :meth:`Tails.run_batch` in its compute pool.
 
 Decoding never trusts a frame: ``dyno.codec`` checks it against the cut's shape before allocating, any
-failure is a ``FrameError`` for that request alone, and the rest of its batch runs without it.
+failure is a ``FrameError`` for that request alone, and the rest of its batch runs without it. The
+error is stored as a fresh ``FrameError`` with its (bounded) message only: a traceback would keep the
+failed decode's locals - whatever the frame made it build - alive until the whole batch is answered.
 
     tails = Tails(plan, splits)
     results = tails.run_batch(cut_id, requests)   # per request (classes, scores, logits or None) or its error
@@ -22,7 +24,17 @@ from dyno.runtime.config import DEFAULT_TOP_K
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.splits import Splits
 
-__all__ = ["Tails"]
+__all__ = ["Tails", "MAX_ERROR_TEXT"]
+
+#: A stored frame error keeps at most this much of its message.
+MAX_ERROR_TEXT = 300
+
+
+def _stored(error: FrameError) -> FrameError:
+    """A frame error as a batch keeps it until every request is answered: its message (bounded) and
+    nothing else - no traceback, cause or context, so nothing the failed decode built outlives it."""
+    text = str(error)
+    return FrameError(text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT - 3] + "...")
 
 
 class Tails:
@@ -56,7 +68,7 @@ class Tails:
                 arrays.append(self.decode(cut, request.meta, request.payload))
                 rows.append(i)
             except FrameError as error:
-                results[i] = error
+                results[i] = _stored(error)
         if not arrays:
             return results
         stacked = np.stack(arrays)  # a copy: decoded frames may be read-only views of the message

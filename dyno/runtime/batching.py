@@ -31,8 +31,10 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["BatchConfig", "Batcher", "BatchError", "Outcome", "LoadMeter", "LOAD_WINDOW_S"]
+__all__ = ["BatchConfig", "Batcher", "BatchError", "Outcome", "LoadMeter", "LOAD_WINDOW_S", "MAX_BATCH"]
 
+#: The largest batch a server may run (``BatchConfig.max_batch``).
+MAX_BATCH = 4096
 #: The window over which the server's load (the share of time its workers were busy) is measured.
 LOAD_WINDOW_S = 1.0
 
@@ -47,11 +49,13 @@ class BatchConfig:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.max_batch, int) and 1 <= self.max_batch <= 4096):
-            raise ConfigError(f"max_batch must be an int in 1..4096, got {self.max_batch!r}")
-        if not (0 <= self.max_wait_ms <= 10_000):
+        if not (isinstance(self.max_batch, int) and not isinstance(self.max_batch, bool)
+                and 1 <= self.max_batch <= MAX_BATCH):
+            raise ConfigError(f"max_batch must be an int in 1..{MAX_BATCH}, got {self.max_batch!r}")
+        if not (isinstance(self.max_wait_ms, (int, float)) and not isinstance(self.max_wait_ms, bool)
+                and 0 <= self.max_wait_ms <= 10_000):
             raise ConfigError(f"max_wait_ms must be in 0..10000, got {self.max_wait_ms!r}")
-        if not (isinstance(self.workers, int) and 1 <= self.workers <= 64):
+        if not (isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 64):
             raise ConfigError(f"workers must be an int in 1..64, got {self.workers!r}")
 
 

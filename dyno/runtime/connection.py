@@ -10,8 +10,18 @@ stream that carries requests, the uplink and the reply timers.
   there is one, and each starts a ``timeout`` timer.
 - A **reader** per stream matches replies to requests and feeds the monitors: server compute and
   load, round trip, and (without an emulated link) the transfer time seen on the wire.
-- Anything the cloud does not answer - a refused or broken stream, a reply later than ``timeout`` -
-  goes back to the device (``fall_back``); nothing is lost.
+- Anything the cloud does not answer - a refused or broken stream, a reply later than ``timeout``, a
+  reply that fails its checks (``dyno.runtime.replies``) - goes back to the device (``fall_back``);
+  nothing is lost.
+- **Overload** (a stream ended with RESOURCE_EXHAUSTED or UNAVAILABLE, or no reply in time): the
+  connection backs off before it returns to the cloud (``backoff``, doubling while overloads follow
+  each other, reset by a reply), and the device works alone meanwhile. A stream the server closed
+  for idleness or age is replaced at once, without an error.
+
+What the client has seen is in its ``Telemetry``: ``errors`` holds why the cloud could not be used, in
+words (``cannot connect to HOST:PORT: connection refused ...``, ``TLS handshake with ... failed: ...``,
+``RESOURCE_EXHAUSTED: ...``); ``stats`` counts ``replies`` (valid replies from the cloud),
+``bad_replies``, ``overloaded``, ``timeouts``, ``connects``, ``reconnects`` and ``reopened``.
 
 **Load correction**: the server reports its load including this client's own requests, but a device
 must never read the load it causes itself as lost capacity (DESIGN, performance model), so the monitors
@@ -21,7 +31,6 @@ get the load minus this client's share of the server's busy time over the server
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import threading
@@ -33,11 +42,11 @@ import numpy as np
 
 from dyno.errors import ServerUnavailable
 from dyno.plan import Plan
-from dyno.runtime.batching import LOAD_WINDOW_S
 from dyno.runtime.config import ClientConfig, channel_options
-from dyno.runtime.inflight import Inference, Telemetry
+from dyno.runtime.inflight import Inference, OwnShare, Telemetry
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
+from dyno.runtime.replies import check_reply, describe_failure, ending
 from dyno.runtime.results import Result
 
 __all__ = ["CloudConnection"]
@@ -54,22 +63,6 @@ class _Stream:
         self.opened = time.monotonic()
         self.reader: asyncio.Task | None = None
         self.broken = False
-
-
-class _OwnShare:
-    """This client's share of the server's compute over the last ``LOAD_WINDOW_S`` seconds."""
-
-    def __init__(self) -> None:
-        self._spans: collections.deque[tuple[float, float]] = collections.deque()
-        self._sum = 0.0
-
-    def add(self, now: float, busy_s: float) -> float:
-        """Count ``busy_s`` seconds of server compute for this client at ``now``; the share in [0, 1]."""
-        self._spans.append((now, busy_s))
-        self._sum += busy_s
-        while self._spans and self._spans[0][0] < now - LOAD_WINDOW_S:
-            self._sum -= self._spans.popleft()[1]
-        return min(1.0, max(0.0, self._sum))
 
 
 class CloudConnection:
@@ -89,7 +82,11 @@ class CloudConnection:
         self.connected = threading.Event()
         self.served: set[int] = set()
         self._closing = False
-        self._own = _OwnShare()
+        self._own = OwnShare()
+        self._classes = plan.cuts[-1].numel
+        self._overload_delay = config.backoff[0]   # the next back-off after an overload
+        self._hold_off = 0.0                        # seconds to wait before returning to the cloud
+        self._reopen = False                        # the server closed an idle or old stream
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dyno-client-loop", daemon=True)
         self._stream: _Stream | None = None
@@ -160,8 +157,18 @@ class CloudConnection:
             if self._stream is not None and not self._stream.broken:
                 await self._keep(self._stream)
                 continue
+            if self._hold_off:  # the server is overloaded: let it breathe before returning
+                hold, self._hold_off = self._hold_off, 0.0
+                await asyncio.sleep(hold)
+                continue
             try:
-                await self._connect()
+                if self._reopen:  # a routine close: the server is there, a new stream will do
+                    self._reopen = False
+                    await self._open_stream()
+                    self.telemetry.count("reopened")
+                    self.connected.set()
+                else:
+                    await self._connect()
                 delay = first
                 continue
             except ServerUnavailable as error:
@@ -187,7 +194,8 @@ class CloudConnection:
             described = await self._stub.Describe(pb.DescribeRequest(), timeout=self.config.connect_timeout,
                                                   metadata=self._metadata())
         except grpc.aio.AioRpcError as error:
-            raise ServerUnavailable(f"{server}: {error.code().name}: {error.details()}") from error
+            raise ServerUnavailable(describe_failure(str(server), error, tls=self.config.tls is not None)) \
+                from error
         if described.model != self.plan.model or described.plan_hash != self.plan_hash:
             raise ServerUnavailable(
                 f"{server} serves {described.model} plan {described.plan_hash[:12]}, not "
@@ -264,22 +272,27 @@ class CloudConnection:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
             # the stream died under us: the break falls back what it still holds, this one here
             held = stream.outstanding.pop(inference.index, None) is not None
-            self._break(stream, f"write failed: {error}")
+            if isinstance(error, grpc.aio.AioRpcError):
+                code, details = error.code(), error.details() or ""
+            else:  # it had ended already: its reader knows why
+                code, details = None, "the stream had ended"
+            self._break(stream, f"{code.name if code else 'write failed'}: {details}", ending(code, details))
             if held:
                 self._fall_back(inference, "cloud unavailable")
 
     # ------------------------------------------------------------------------------ replies
 
     async def _reader(self, stream: _Stream) -> None:
-        reason = "the server closed the stream"
+        reason, kind = "the server closed the stream", "error"
         try:
             while (reply := await stream.call.read()) is not grpc.aio.EOF:
                 self._on_reply(stream, reply)
         except grpc.aio.AioRpcError as error:
-            reason = f"{error.code().name}: {error.details()}"
+            details = error.details() or ""
+            reason, kind = f"{error.code().name}: {details}", ending(error.code(), details)
         except asyncio.CancelledError:
             reason = "stream cancelled"
-        self._break(stream, reason)
+        self._break(stream, reason, kind)
 
     def _on_reply(self, stream: _Stream, reply: pb.Reply) -> None:
         inference = stream.outstanding.pop(reply.request_id, None)
@@ -287,10 +300,20 @@ class CloudConnection:
             return  # it timed out and went to the device already
         if inference.timer is not None:
             inference.timer.cancel()
+            inference.timer = None
+        problem = check_reply(reply, top_k=self.config.top_k, classes=self._classes,
+                              want_logits=self.config.want_logits)
+        if problem is not None:  # nothing of it reaches the monitors or the caller
+            self.telemetry.count("bad_replies")
+            self.telemetry.note_error(f"bad reply from {self.config.server}: {problem}")
+            self._fall_back(inference, f"bad reply: {problem}")
+            return
+        self.telemetry.count("replies")
+        self._overload_delay = self.config.backoff[0]
         now = time.perf_counter()
         server_s = (reply.queue_ms + reply.compute_ms) / 1000
         network_s = max(now - inference.written - server_s, 0.0)
-        batch = max(1, reply.batch)
+        batch = reply.batch
         own = self._own.add(now, reply.compute_ms / 1000 / batch)
         self.telemetry.record_reply(inference.cut, reply.compute_ms, max(0.0, reply.load - own), batch,
                                     network_s * 1000, None if self.link is not None else
@@ -311,17 +334,18 @@ class CloudConnection:
         inference.timer = None
         if stream.outstanding.get(inference.index) is inference:
             self.telemetry.count("timeouts")
-            self._break(stream, f"no reply within {self.config.timeout:g} s")
+            self._break(stream, f"no reply within {self.config.timeout:g} s", "overload")
 
-    def _break(self, stream: _Stream, reason: str) -> None:
-        """A stream failed: everything it holds finishes on the device; reconnect with backoff."""
+    def _break(self, stream: _Stream, reason: str, kind: str = "error") -> None:
+        """A stream failed: everything it holds finishes on the device; reconnect (after a back-off
+        on overload, at once after a routine close; see ``dyno.runtime.replies.ending``)."""
         if not stream.broken:
             stream.broken = True
             if stream is self._stream:
                 self.connected.clear()
                 self._stream = None
                 if not self._closing:
-                    self.telemetry.note_error(reason)
+                    self._after_break(reason, kind)
                 if self._wake_connector is not None:
                     self._wake_connector.set()
             stream.call.cancel()
@@ -329,6 +353,17 @@ class CloudConnection:
         for inference in list(stream.outstanding.values()):
             self._fall_back(inference, reason)
         stream.outstanding.clear()
+
+    def _after_break(self, reason: str, kind: str) -> None:
+        if kind == "routine":
+            self._reopen = True
+            return
+        self.telemetry.note_error(reason)
+        if kind == "overload":
+            self.telemetry.count("overloaded")
+            most = self.config.backoff[1]
+            self._hold_off = self._overload_delay * random.uniform(0.8, 1.2)
+            self._overload_delay = min(self._overload_delay * 2, most)
 
     # ------------------------------------------------------------------------------ closing
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -45,6 +46,7 @@ from dyno.runtime.splits import Splits
 __all__ = ["ServerThread", "ServerProcess", "serve", "run_server", "ready_info", "from_plan_file"]
 
 DEFAULT_GRACE = 5.0
+log = logging.getLogger("dyno.server")
 
 
 async def run_server(plan: Plan, model: nn.Module, config: ServerConfig | None, *, address: str,
@@ -91,7 +93,11 @@ def _stop_on_signals(until: asyncio.Future, grace: float) -> None:
 def serve(plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
           address: str = "127.0.0.1:50051", ready_file: str | Path | None = None,
           grace: float = DEFAULT_GRACE) -> None:
-    """Run a server until SIGINT/SIGTERM, then stop gracefully (the ``dyno serve`` body)."""
+    """Run a server until SIGINT/SIGTERM, then stop gracefully (the ``dyno serve`` body). Logs a
+    warning (``ServerConfig.exposure_warning``) when other machines can reach it without TLS or token."""
+    warning = (config or ServerConfig()).exposure_warning(address)
+    if warning:
+        log.warning("%s", warning)
 
     def announce(server: Server) -> None:
         info = ready_info(server, address)

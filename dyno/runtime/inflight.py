@@ -1,6 +1,6 @@
 """What a client's two threads share: the record of one inference under way (``Inference``) and what the
 client has seen so far (``Telemetry``: the monitors behind one lock, counters, recent server batch sizes
-and recent connection errors).
+and recent connection errors), and this client's own share of the server's compute (``OwnShare``).
 
 The device thread (``dyno.runtime.device_worker``) and the loop thread (``dyno.runtime.connection``)
 both write to these; nothing here does I/O.
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dyno.runtime.batching import LOAD_WINDOW_S
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from dyno.policy import Decision, Estimates
     from dyno.runtime.proto import inference_pb2 as pb
 
-__all__ = ["Inference", "Telemetry"]
+__all__ = ["Inference", "OwnShare", "Telemetry"]
 
 log = logging.getLogger("dyno.client")
 
@@ -60,8 +62,9 @@ class Telemetry:
     """What one client has seen; safe to use from any thread.
 
     ``stats`` counts results by where they finished (``cloud``, ``device``, ``fallback``) and events
-    (``unavailable``, ``connects``, ``reconnects``, ``timeouts``); ``errors`` keeps the last 16
-    distinct connection errors; ``batches`` the last 16 server batch sizes.
+    (``unavailable``, ``connects``, ``reconnects``, ``reopened``, ``timeouts``, ``overloaded``), valid
+    ``replies`` from the cloud and ``bad_replies``; ``errors`` keeps the last 16 distinct reasons the
+    cloud could not be used, in words; ``batches`` the last 16 server batch sizes.
     """
 
     def __init__(self, monitors: Monitors):
@@ -109,3 +112,18 @@ class Telemetry:
             log.info("cloud unavailable: %s", message)
             self.errors.append(message)
 
+
+class OwnShare:
+    """This client's share of the server's compute over the last ``LOAD_WINDOW_S`` seconds."""
+
+    def __init__(self) -> None:
+        self._spans: collections.deque[tuple[float, float]] = collections.deque()
+        self._sum = 0.0
+
+    def add(self, now: float, busy_s: float) -> float:
+        """Count ``busy_s`` seconds of server compute for this client at ``now``; the share in [0, 1]."""
+        self._spans.append((now, busy_s))
+        self._sum += busy_s
+        while self._spans and self._spans[0][0] < now - LOAD_WINDOW_S:
+            self._sum -= self._spans.popleft()[1]
+        return min(1.0, max(0.0, self._sum))

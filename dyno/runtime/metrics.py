@@ -216,10 +216,15 @@ def parse_text(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 
 class MetricsEndpoint:
-    """``GET /metrics`` on the current asyncio loop; anything else is a 404."""
+    """``GET /metrics`` on the current asyncio loop; anything else is a 404. At most ``max_connections``
+    are served at once (more are closed at once), each for at most ``REQUEST_TIMEOUT_S``."""
 
-    def __init__(self, registry: Registry, host: str = "127.0.0.1", port: int = 0):
+    REQUEST_TIMEOUT_S = 5.0
+
+    def __init__(self, registry: Registry, host: str = "127.0.0.1", port: int = 0, max_connections: int = 16):
         self.registry, self.host, self.port = registry, host, port
+        self.max_connections = max_connections
+        self.open = 0
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
@@ -234,19 +239,27 @@ class MetricsEndpoint:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.max_connections:
+            writer.close()
+            return
+        self.open += 1
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
-                body, status = self.registry.render().encode(), b"200 OK"
-                kind = b"text/plain; version=0.0.4; charset=utf-8"
-            else:
-                body, status, kind = b"not found; try /metrics\n", b"404 Not Found", b"text/plain"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind + b"\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-            await writer.drain()
+            await asyncio.wait_for(self._answer(reader, writer), timeout=self.REQUEST_TIMEOUT_S)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             pass
         finally:
+            self.open -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+        if request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
+            body, status = self.registry.render().encode(), b"200 OK"
+            kind = b"text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, status, kind = b"not found; try /metrics\n", b"404 Not Found", b"text/plain"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind + b"\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()

@@ -19,11 +19,13 @@ out; the limits on requests protect the server's time (every refusal is RESOURCE
 - **requests** (:meth:`Admission.admit`): per client at most ``max_in_flight_per_client`` accepted and
   unanswered; on the server at most ``max_queued_requests`` and ``max_queued_bytes``; and none that
   would wait longer than ``max_queue_ms`` for its compute to start. The wait is estimated from the
-  work already accepted: per cut, the compute seconds per sample of recent batches (:class:`Costs`).
+  requests already accepted, per cut, at the compute seconds per sample of recent batches there
+  (:class:`Costs`; the server seeds it with one run of every tail when it starts).
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import time
 from typing import Callable
@@ -133,7 +135,12 @@ class Admission:
         self._tickets: dict[Ticket, None] = {}
         self.in_flight = 0          # requests accepted and not answered, whole server
         self.queued_bytes = 0
-        self.work_s = 0.0           # estimated compute seconds of those requests
+        self._queued: collections.Counter[int] = collections.Counter()   # the same per cut
+
+    def wait_s(self) -> float:
+        """Estimated seconds before a request accepted now starts its compute."""
+        per_sample = self.costs.per_sample
+        return sum(n * per_sample(cut) for cut, n in self._queued.items()) / self.config.batching.workers
 
     @property
     def streams(self) -> int:
@@ -199,9 +206,9 @@ class Admission:
 
     # ------------------------------------------------------------------------------ requests
 
-    def admit(self, ticket: Ticket, cut_id: int, nbytes: int) -> float:
+    def admit(self, ticket: Ticket, cut_id: int, nbytes: int) -> None:
         """Take one request of ``nbytes`` at ``cut_id`` on ``ticket``'s stream, or ``Refusal``
-        (RESOURCE_EXHAUSTED). Returns its estimated compute seconds (give it back to :meth:`finish`)."""
+        (RESOURCE_EXHAUSTED; UNAVAILABLE if the stream is no longer admitted)."""
         config = self.config
         client = self._clients.get(ticket.key)
         if client is None or ticket not in self._tickets:
@@ -216,9 +223,8 @@ class Admission:
         if self.queued_bytes + nbytes > config.max_queued_bytes:
             raise Refusal(exhausted, f"the server has {self.queued_bytes / 2**20:.1f} MiB of requests queued "
                                      f"(limit {config.max_queued_bytes / 2**20:.1f} MiB); retry after a backoff")
-        cost = self.costs.per_sample(cut_id)
-        wait_s = self.work_s / config.batching.workers
-        if self.in_flight and (wait_s + cost) * 1000 > config.max_queue_ms:
+        wait_s = self.wait_s() if self.in_flight else 0.0
+        if wait_s * 1000 > config.max_queue_ms:
             raise Refusal(exhausted, f"the server is overloaded: a request now would wait about "
                                      f"{wait_s * 1000:.0f} ms for compute (budget {config.max_queue_ms:g} ms); "
                                      "retry after a backoff")
@@ -227,14 +233,15 @@ class Admission:
         ticket.last_active = time.monotonic()
         self.in_flight += 1
         self.queued_bytes += nbytes
-        self.work_s += cost
-        return cost
+        self._queued[cut_id] += 1
 
-    def finish(self, ticket: Ticket, nbytes: int, cost: float) -> None:
+    def finish(self, ticket: Ticket, cut_id: int, nbytes: int) -> None:
         """A request admitted on ``ticket`` was answered, refused or dropped."""
         self.in_flight -= 1
         self.queued_bytes -= nbytes
-        self.work_s = max(0.0, self.work_s - cost) if self.in_flight else 0.0
+        self._queued[cut_id] -= 1
+        if self._queued[cut_id] <= 0:
+            del self._queued[cut_id]
         ticket.in_flight -= 1
         ticket.last_active = time.monotonic()
         client = self._clients.get(ticket.key)

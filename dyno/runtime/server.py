@@ -124,6 +124,7 @@ class Server:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._compute_pool, self.splits.warm, sorted(self.served))
             await loop.run_in_executor(self._compute_pool, warm_codecs, self.plan)
+            await loop.run_in_executor(self._compute_pool, self._seed_costs)
         self.batcher = Batcher(self.tails.run_batch, self._compute_pool, self.config.batching, self._on_batch)
         self.batcher.start()
         if self._metrics_endpoint is not None:
@@ -138,6 +139,19 @@ class Server:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s (plan %s) on port %s", self.plan.model, self.plan_hash[:12], self.port)
+
+    def _seed_costs(self) -> None:
+        """Run every served tail once on zeros: a warm-up, and the first compute-time estimates of
+        admission control (one sample at batch size 1: on the safe side until batches are seen)."""
+        with torch.inference_mode():
+            for cut_id in sorted(self.served):
+                start = time.perf_counter()
+                try:
+                    self.splits.tail(cut_id)(torch.zeros(1, *self.plan.cuts[cut_id].shape))
+                except Exception as error:  # a tail that cannot take zeros still serves real frames
+                    log.debug("seeding the cost of cut %s: %r", cut_id, error)
+                    continue
+                self.admission.costs.observe(cut_id, 1, time.perf_counter() - start)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Graceful stop: refuse new requests, answer the accepted ones, close every stream with

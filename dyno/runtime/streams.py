@@ -11,12 +11,14 @@ accepted request is answered. Anything that refuses it - a bad request or frame,
 its lifetime, the server draining - ends it with a status instead: from then on it takes no new
 request, still answers the ones it accepted, and then lingers.
 
-**Lingering**: the status is sent once the client has stopped writing (half-closed, or sent nothing
-for ``QUIET_S``), at most ``LINGER_S`` later, for at most ``MAX_LINGERING`` streams at once (others
-get it at once); requests arriving meanwhile are read, counted and dropped. Why: a grpc.aio client
-whose write is under way when the status arrives reports ``INTERNAL: Internal error from Core``
-instead of the status, and never learns the real one (measured with grpcio 1.85: 45 of 48 streams
-writing 50 requests back to back, refused at a stream limit, saw INTERNAL; 0 of 48 with lingering).
+**Lingering**: the status is sent when the client is not writing: once it has half-closed; or
+``SETTLE_S`` after the last request it wrote at or after the refusal (a client that just wrote is
+now waiting for a reply, or writing the rest of a burst); or, if it wrote nothing since, ``QUIET_S``
+after the refusal - at most ``LINGER_S`` after it, and for at most ``MAX_LINGERING`` streams at once
+(others get their status at once). Requests arriving meanwhile are read, counted and dropped. Why: a
+grpc.aio client whose write is under way when the status arrives reports ``INTERNAL: Internal error
+from Core`` instead of the status, and never learns the real one (measured with grpcio 1.85: 45 of
+48 streams writing 50 requests back to back, refused at a stream limit, saw INTERNAL; none since).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from dyno.runtime.admission import Admission, Refusal, Ticket, client_key
 from dyno.runtime.metrics import ServerMetrics
 from dyno.runtime.proto import inference_pb2 as pb
 
-__all__ = ["StreamHandler", "ServerSide", "QUIET_S", "LINGER_S", "MAX_LINGERING", "SHUTTING_DOWN"]
+__all__ = ["StreamHandler", "ServerSide", "SETTLE_S", "QUIET_S", "LINGER_S", "MAX_LINGERING", "SHUTTING_DOWN"]
 
 log = logging.getLogger("dyno.server")
 
-QUIET_S = 0.1
+SETTLE_S = 0.03
+QUIET_S = 0.5
 LINGER_S = 2.0
 MAX_LINGERING = 256
 SHUTTING_DOWN = "the server is shutting down; retry later"
@@ -76,17 +79,27 @@ class _Stream:
         self.ticket: Ticket | None = None
         self.refusal: Refusal | None = None
         self.replies: collections.deque[pb.Reply] = collections.deque()
-        self.pending: dict[asyncio.Task, tuple[int, float]] = {}   # task -> (bytes, estimated cost)
+        self.pending: dict[asyncio.Task, tuple[int, int]] = {}   # task -> (cut id, bytes)
         self.wake = asyncio.Event()
         self.reader: asyncio.Task | None = None
         self.reading = True
         self.last_message = time.monotonic()
+        self.refused_at = 0.0
+        self.heard = False          # a request arrived at or after the refusal
 
-    def refuse(self, refusal: Refusal) -> None:
-        """End the stream with ``refusal`` once what it accepted is answered (the first one wins)."""
+    def refuse(self, refusal: Refusal, *, on_message: bool = False) -> None:
+        """End the stream with ``refusal`` once what it accepted is answered (the first one wins);
+        ``on_message``: the refusal is of the request that just arrived."""
         if self.refusal is None:
             self.refusal = refusal
+            self.refused_at = time.monotonic()
+            self.heard = on_message
         self.wake.set()
+
+    def linger_until(self, deadline: float) -> float:
+        """When the status may go (see the module docstring)."""
+        until = self.last_message + SETTLE_S if self.heard else self.refused_at + QUIET_S
+        return min(until, deadline)
 
     @property
     def finished(self) -> bool:
@@ -153,7 +166,7 @@ class StreamHandler:
         try:
             while stream.reading:
                 now = time.monotonic()
-                until = min(stream.last_message + QUIET_S, deadline)
+                until = stream.linger_until(deadline)
                 if now >= until:
                     return
                 stream.wake.clear()
@@ -169,13 +182,15 @@ class StreamHandler:
             async for request in requests:
                 stream.last_message = time.monotonic()
                 if stream.refusal is not None:  # refused already: read and drop
+                    stream.heard = True
+                    stream.wake.set()
                     self._count(request.cut, stream.refusal.code.name)
                     continue
                 try:
                     self._take(request, stream)
                 except Refusal as refused:
                     self._count(request.cut, refused.code.name)
-                    stream.refuse(refused)
+                    stream.refuse(refused, on_message=True)
         except asyncio.CancelledError:
             pass  # the stream ended
         except grpc.RpcError:
@@ -193,11 +208,11 @@ class StreamHandler:
         cut = server.check(request)
         assert stream.ticket is not None
         nbytes = len(request.meta) + len(request.payload)
-        cost = server.admission.admit(stream.ticket, cut.id, nbytes)
+        server.admission.admit(stream.ticket, cut.id, nbytes)
         server.metrics.bytes.inc(nbytes, cut=cut.id)
         server.metrics.in_flight.inc()
         task = asyncio.create_task(server.serve_one(request, cut, arrived))
-        stream.pending[task] = (nbytes, cost)
+        stream.pending[task] = (cut.id, nbytes)
         task.add_done_callback(functools.partial(self._done, request.request_id, cut.id, stream, arrived))
 
     def _count(self, cut: int, code: str) -> None:
@@ -226,7 +241,7 @@ class StreamHandler:
             stream.refuse(Refusal(grpc.StatusCode.INTERNAL, f"request {request_id}: the tail failed: "
                                                             f"{type(error).__name__}: {error}"))
 
-    def _finish(self, stream: _Stream, share: tuple[int, float]) -> None:
+    def _finish(self, stream: _Stream, share: tuple[int, int]) -> None:
         assert stream.ticket is not None
         self.server.admission.finish(stream.ticket, *share)
         self.server.metrics.in_flight.dec()

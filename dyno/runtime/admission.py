@@ -44,13 +44,14 @@ MAX_DETAILS = 400
 
 
 class Refusal(Exception):
-    """Ends one stream with a gRPC status; ``details`` at most ``MAX_DETAILS`` characters."""
+    """Ends one stream with a gRPC status; ``details`` at most ``MAX_DETAILS`` characters. ``idle``:
+    the stream is closed for doing nothing, which a request arriving before the status cancels."""
 
-    def __init__(self, code: grpc.StatusCode, details: str):
+    def __init__(self, code: grpc.StatusCode, details: str, *, idle: bool = False):
         if len(details) > MAX_DETAILS:
             details = details[:MAX_DETAILS - 3] + "..."
         super().__init__(details)
-        self.code, self.details = code, details
+        self.code, self.details, self.idle = code, details, idle
 
 
 def client_ip(peer: str) -> str:
@@ -172,7 +173,7 @@ class Admission:
         self.release(victim)
         victim.end(Refusal(grpc.StatusCode.UNAVAILABLE,
                            f"{IDLE_CLOSE}: no request for {now - victim.last_active:.1f} s and a new stream "
-                           "needed its place; open a new one when there is work"))
+                           "needed its place; open a new one when there is work", idle=True))
 
     def release(self, ticket: Ticket) -> None:
         """The stream has ended (or is being closed with nothing in flight); idempotent."""
@@ -195,7 +196,7 @@ class Admission:
                 self.release(ticket)
                 ticket.end(Refusal(grpc.StatusCode.UNAVAILABLE,
                                    f"{IDLE_CLOSE}: no request for {idle_s:g} s (the server's idle timeout); "
-                                   "open a new stream when there is work"))
+                                   "open a new stream when there is work", idle=True))
                 told += 1
             elif not ticket.closing and now - ticket.opened >= lifetime_s:
                 ticket.end(Refusal(grpc.StatusCode.UNAVAILABLE,

@@ -9,7 +9,8 @@ requests - the server's checks, admission of each request, the batcher - while t
 replies as they are ready. A stream ends with OK when the client has stopped sending and every
 accepted request is answered. Anything that refuses it - a bad request or frame, a limit, idleness,
 its lifetime, the server draining - ends it with a status instead: from then on it takes no new
-request, still answers the ones it accepted, and then lingers.
+request, still answers the ones it accepted, and then lingers. (A stream closed as idle is the
+exception: a request arriving before its status has gone out cancels the close, if the limits allow.)
 
 **Lingering**: the status is sent when the client is not writing: once it has half-closed; or
 ``SETTLE_S`` after the last request it wrote at or after the refusal (a client that just wrote is
@@ -76,6 +77,7 @@ class _Stream:
     """Book-keeping of one Infer call."""
 
     def __init__(self) -> None:
+        self.key: tuple[str, str] = ("", "")
         self.ticket: Ticket | None = None
         self.refusal: Refusal | None = None
         self.replies: collections.deque[pb.Reply] = collections.deque()
@@ -120,8 +122,11 @@ class StreamHandler:
         self.streams.add(stream)
         stream.reader = asyncio.create_task(self._read(requests, stream))
         try:
-            await self._pump(stream, context)
-            await self._linger(stream)
+            while True:
+                await self._pump(stream, context)
+                await self._linger(stream)
+                if stream.refusal is not None or not stream.reading:
+                    break  # else an idle close was cancelled by a request: serve on
         finally:
             self._release(stream)
         refusal = stream.refusal
@@ -141,7 +146,8 @@ class StreamHandler:
             token = server.authorize(context)
             if server.draining:
                 raise Refusal(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-            stream.ticket = server.admission.open(client_key(token, context.peer()), stream.refuse)
+            stream.key = client_key(token, context.peer())
+            stream.ticket = server.admission.open(stream.key, stream.refuse)
         except Refusal as refused:
             server.metrics.requests.inc(cut="-", code=refused.code.name)
             stream.refuse(refused)
@@ -164,7 +170,7 @@ class StreamHandler:
         self.lingering += 1
         deadline = time.monotonic() + LINGER_S
         try:
-            while stream.reading:
+            while stream.reading and stream.refusal is not None:
                 now = time.monotonic()
                 until = stream.linger_until(deadline)
                 if now >= until:
@@ -181,7 +187,7 @@ class StreamHandler:
         try:
             async for request in requests:
                 stream.last_message = time.monotonic()
-                if stream.refusal is not None:  # refused already: read and drop
+                if stream.refusal is not None and not self._revive(stream):  # refused: read and drop
                     stream.heard = True
                     stream.wake.set()
                     self._count(request.cut, stream.refusal.code.name)
@@ -200,6 +206,18 @@ class StreamHandler:
             stream.refuse(Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable request: {error}"))
         stream.reading = False
         stream.wake.set()
+
+    def _revive(self, stream: _Stream) -> bool:
+        """A request on a stream being closed as idle: keep the stream if the limits allow."""
+        if stream.refusal is None or not stream.refusal.idle or stream.ticket is None or self.server.draining:
+            return False
+        try:
+            stream.ticket = self.server.admission.open(stream.key, stream.refuse)
+        except Refusal:
+            return False
+        stream.refusal = None
+        stream.wake.set()
+        return True
 
     def _take(self, request: pb.Request, stream: _Stream) -> None:
         """Check and admit one request and hand it to the batcher; ``Refusal`` if it is not taken."""

@@ -12,7 +12,7 @@ from nets import tiny_model
 from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import SLO
-from dyno.runtime import Client, ClientConfig, ClientTLS
+from dyno.runtime import Client, ClientConfig, ClientTLS, ServerConfig, TLSConfig
 
 BAD = [
     ("server", ""), ("server", "host :50051"), ("server", 50051),
@@ -98,3 +98,55 @@ def test_client_keywords_are_settings_of_its_config(tiny):
         Client(plan, model, in_flite=3)
     with pytest.raises(ConfigError, match=r"ClientConfig\.in_flight"):
         Client(plan, model, in_flight=0)
+
+
+# ------------------------------------------------------------------------------------ the server's
+
+
+SERVER_BAD = [
+    ("batching", "fast"), ("max_message_bytes", 100), ("max_message_bytes", float("nan")),
+    ("max_streams", 0), ("max_streams", True), ("max_streams", 2.0), ("max_streams_per_client", -1),
+    ("max_in_flight_per_client", 0), ("max_queued_requests", 0),
+    ("max_queued_bytes", 1024), ("max_queued_bytes", 2**50),  # below max_message_bytes; absurd
+    ("max_queue_ms", 0), ("max_queue_ms", float("nan")), ("max_queue_ms", "100"),
+    ("idle_timeout_s", float("inf")), ("idle_timeout_s", -1.0), ("max_stream_lifetime_s", 0),
+    ("token", ""), ("token", "two words"), ("tls", "cert.pem"),
+    ("metrics_host", ""), ("metrics_host", "a host"), ("metrics_host", 127),
+    ("metrics_port", 99999), ("metrics_port", -1), ("metrics_port", 80.0), ("metrics_port", True),
+    ("torch_threads", 0), ("torch_threads", -4), ("torch_threads", 2.0),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), SERVER_BAD, ids=[f"{f}={v!r}" for f, v in SERVER_BAD])
+def test_a_bad_server_value_is_a_config_error_naming_its_field(field, value):
+    with pytest.raises(ConfigError, match=rf"ServerConfig\.{field}\b"):
+        ServerConfig(**{field: value})
+
+
+def test_server_defaults_bound_work_not_streams():
+    config = ServerConfig()
+    assert (config.max_streams, config.max_streams_per_client, config.max_in_flight_per_client,
+            config.max_queued_requests, config.max_queued_bytes, config.max_queue_ms, config.idle_timeout_s,
+            config.max_stream_lifetime_s) == (1024, 64, 256, 4096, 128 * 2**20, 1000.0, 60.0, 600.0)
+    # the server's stream lifetime is no shorter than the client's (which rotates at half of it), and
+    # its queue budget leaves room in the client's timeout
+    assert config.max_stream_lifetime_s >= ClientConfig().stream_lifetime
+    assert config.max_queue_ms / 1000 < ClientConfig().timeout
+    assert ServerConfig(metrics_port=None, torch_threads=2).torch_threads == 2
+
+
+@pytest.mark.parametrize(("address", "tls", "token", "missing"), [
+    ("127.0.0.1:50051", False, False, None), ("[::1]:50051", False, False, None),
+    ("localhost:50051", False, False, None), ("0.0.0.0:50051", False, False, "without TLS and a token"),
+    ("[::]:50051", True, False, "without a token"), ("10.1.2.3:50051", False, True, "without TLS"),
+    ("myhost:50051", True, True, None),
+])
+def test_listening_beyond_loopback_without_tls_or_token_is_warned_about(tmp_path, address, tls, token,
+                                                                         missing):
+    config = ServerConfig(tls=TLSConfig(cert=tmp_path / "c.pem", key=tmp_path / "k.pem") if tls else None,
+                          token="t0ken" if token else None)
+    warning = config.exposure_warning(address)
+    if missing is None:
+        assert warning is None
+    else:
+        assert warning is not None and address in warning and missing in warning

@@ -116,12 +116,12 @@ class Hostile(pb_grpc.InferenceServicer):
     def __init__(self, plan, reply: pb.Reply):
         self.plan, self.reply = plan, reply
 
-    def Describe(self, request, context):  # noqa: N802
+    def Describe(self, _request, _context):  # noqa: N802
         cuts = [pb.CutInfo(id=c.id, name=c.name, shape=list(c.shape), served=c.id < len(self.plan.cuts) - 1)
                 for c in self.plan.cuts]
         return pb.DescribeReply(model=self.plan.model, plan_hash=self.plan.hash, cuts=cuts, max_batch=8)
 
-    def Infer(self, request_iterator, context):  # noqa: N802
+    def Infer(self, request_iterator, _context):  # noqa: N802
         for request in request_iterator:
             reply = pb.Reply()
             reply.CopyFrom(self.reply)
@@ -194,7 +194,7 @@ def test_overload_finishes_on_the_device_and_backs_off(model, plan, splits, inpu
 # ------------------------------------------------------------------------------------ routine closes
 
 
-def test_a_stream_closed_as_idle_is_replaced_without_an_error(model, plan, splits, inputs, expected):
+def test_a_stream_closed_as_idle_is_replaced_without_an_error(model, plan, splits, inputs):
     with ServerThread(plan, model, ServerConfig(idle_timeout_s=0.5), splits=splits) as running:
         with Client(plan, model, server=running.address, policy=Fixed(3), splits=splits) as client:
             first = client.infer(inputs[0])

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from dyno.errors import PolicyError
+from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Estimates, Prediction
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict"
            "MIN_BANDWIDTH_BPS"]
 
 MAX_LOAD = 0.95
-QUANTISED = ("shuffle-lz4", "shuffle-zstd", "dense")
 MIN_BANDWIDTH_BPS = 1.0   # a zero estimate would make every offload infinitely slow; clamp it
 _EPS = 1e-9
 
@@ -96,7 +96,7 @@ def rows_of(plan: "Plan") -> list[Row]:
         if not any(o.codec == "fp32" for o in cut.options):
             rows.append(Row(cut.id, "fp32", None, float(cut.fp32_bytes), float(plan.accuracy_fp32),
                             float(cut.device_ms), 0.0, 0.0, False))
-        if cut.id == 0 and not any(o.bits == 8 and o.codec in QUANTISED for o in cut.options):
+        if cut.id == 0 and not any(o.bits == 8 and o.codec in QUANT_CODECS for o in cut.options):
             # the input is an 8-bit image: 8-bit quantisation of it is (near) lossless; priced
             # uncompressed, one byte per value (no compression credit), fp32 accuracy
             rows.append(Row(0, "shuffle-lz4", 8, float(cut.numel) + 64.0, float(plan.accuracy_fp32),

@@ -202,7 +202,7 @@ class StreamHandler:
         except grpc.RpcError:
             pass  # the client went away; the handler's finally cleans up
         except Exception as error:  # e.g. a message gRPC could not parse
-            log.warning("reading a stream failed: %s", str(error)[:200])
+            log.debug("reading a stream failed: %s", str(error)[:200])
             stream.refuse(Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable request: {error}"))
         stream.reading = False
         stream.wake.set()

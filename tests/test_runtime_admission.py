@@ -105,7 +105,7 @@ def test_client_ip_drops_the_port_and_unmaps_ipv4():
 def test_limits_are_per_token_and_client_ip_not_per_connection_or_token(model, plan, splits, token):
     """Issue 13 items 1 and 7: a new connection from the same IP buys no fresh allowance, and devices
     that share a token from other addresses (here: IPv4 and IPv6 loopback) are other clients."""
-    config = ServerConfig(batching=HOLD, max_streams_per_client=2, token=token)
+    config = ServerConfig(batching=HOLD, max_queue_ms=5000, max_streams_per_client=2, token=token)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def probe(port: int):
@@ -219,7 +219,7 @@ def test_a_stream_ends_at_the_server_lifetime_with_every_accepted_request_answer
 def test_overload_reaches_clients_that_keep_writing_as_resource_exhausted(model, plan, splits, limit):
     """Issue 13 item 6: refused as INTERNAL ("Internal error from Core") because grpc.aio reports
     that when a write is under way as the status arrives; the server now waits for the writes to stop."""
-    config = ServerConfig(batching=HOLD, **{limit: 4})
+    config = ServerConfig(batching=HOLD, max_queue_ms=5000, **{limit: 4})
 
     async def probe(address: str):
         async with channel(address) as ch:
@@ -260,7 +260,7 @@ class SlowNet(nn.Module):
         return self.fc(torch.max_pool2d(x, 2).flatten(1))
 
 
-def test_overload_is_refused_early_and_what_is_admitted_is_answered_within_the_budget():
+def test_overload_is_refused_early_and_what_is_answered_waited_within_the_budget():
     """Issue 13 item 11: requests were queued past what the server could finish in time. 16 streams
     x 25 requests at once at 4 ms per sample is 1.6 s of work; the budget is 200 ms."""
     torch.manual_seed(0)
@@ -293,9 +293,10 @@ def test_overload_is_refused_early_and_what_is_admitted_is_answered_within_the_b
     answered = [w for _, waits in outcomes for w in waits]
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and codes["RESOURCE_EXHAUSTED"] >= 8, codes
     assert 20 <= len(answered) < 400
-    # admitted work starts within the budget (the estimate lags a batch or two: 3x leaves room for noise;
-    # without admission control the last of the 400 would wait about 1.6 s)
-    assert max(answered) < 600, max(answered)
+    # what is answered started its compute within the budget: admission refuses what it estimates
+    # would wait longer, the batcher what really did (without either, the last of the 400 would wait
+    # about 1.6 s); 100 ms of slack for the hop to the compute thread on a busy machine
+    assert max(answered) < 300, max(answered)
 
 
 # ------------------------------------------------------------------------------------ the port

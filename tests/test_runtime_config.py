@@ -108,7 +108,7 @@ SERVER_BAD = [
     ("max_streams", 0), ("max_streams", True), ("max_streams", 2.0), ("max_streams_per_client", -1),
     ("max_in_flight_per_client", 0), ("max_queued_requests", 0),
     ("max_queued_bytes", 1024), ("max_queued_bytes", 2**50),  # below max_message_bytes; absurd
-    ("max_queue_ms", 0), ("max_queue_ms", float("nan")), ("max_queue_ms", "100"),
+    ("max_queue_ms", 0), ("max_queue_ms", float("nan")), ("max_queue_ms", "100"), ("max_queue_ms", 2.0),
     ("idle_timeout_s", float("inf")), ("idle_timeout_s", -1.0), ("max_stream_lifetime_s", 0),
     ("token", ""), ("token", "two words"), ("tls", "cert.pem"),
     ("metrics_host", ""), ("metrics_host", "a host"), ("metrics_host", 127),
@@ -127,7 +127,7 @@ def test_server_defaults_bound_work_not_streams():
     config = ServerConfig()
     assert (config.max_streams, config.max_streams_per_client, config.max_in_flight_per_client,
             config.max_queued_requests, config.max_queued_bytes, config.max_queue_ms, config.idle_timeout_s,
-            config.max_stream_lifetime_s) == (1024, 64, 256, 4096, 128 * 2**20, 1000.0, 60.0, 600.0)
+            config.max_stream_lifetime_s) == (1024, 64, 256, 4096, 64 * 2**20, 1000.0, 60.0, 600.0)
     # the server's stream lifetime is no shorter than the client's (which rotates at half of it), and
     # its queue budget leaves room in the client's timeout
     assert config.max_stream_lifetime_s >= ClientConfig().stream_lifetime

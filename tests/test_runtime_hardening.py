@@ -97,7 +97,7 @@ def test_what_is_queued_across_all_clients_is_capped(model, plan, splits, limit)
     IPv6 loopback: two addresses) of four requests each, against a server-wide cap of six."""
     frame = request(plan, 1)  # 8x28x28 fp32: about 25 KB
     size = len(frame.meta) + len(frame.payload)
-    config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=1000, eager=False),
+    config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=1000, eager=False), max_queue_ms=5000,
                           max_message_bytes=64 * 1024, **{limit: 6 if limit == "max_queued_requests" else 6 * size})
 
     async def stream(address: str, first_id: int) -> tuple[str, int]:

@@ -93,7 +93,7 @@ def test_a_server_process_answers_like_the_in_process_model(model, plan, splits)
 
 def test_stop_answers_the_requests_in_flight_then_says_unavailable(plan):
     # a long batching window holds the requests in the server until the stop
-    config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=2000, eager=False))
+    config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=2000, eager=False), max_queue_ms=5000)
     cloud = ServerProcess(build_tiny, 0, config=config)
     x = np.zeros(plan.cuts[8].shape, np.float32)
     encoded = codec.encode(x, mode="fp32")

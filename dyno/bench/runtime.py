@@ -11,14 +11,25 @@
    several cuts (the input, a middle and a late one by default). Besides inferences/s it reports the
    server's CPU time per inference (from /proc), which other load on the machine disturbs less.
 
+3. **Abuse** (``what="abuse"``, issue 13): one server with its default limits (per-client limits
+   raised: every stream comes from one loopback address) under ``streams`` legitimate streams of
+   ``requests`` requests each (fmnist-resnet, random weights, 8-bit shuffle-lz4 frames at a middle
+   cut; one request outstanding per stream; on a refusal a stream backs off as ``ClientConfig`` does
+   and carries on), with ``junk`` streams sending malformed frames one after another and ``idle``
+   streams that never send, all at once. Every legitimate request written is answered, refused with a
+   status, or lost (neither). Reports p50/p99 of the answered against the client's timeout, refusals
+   by status, what became of junk and idle streams, and the server's RSS before and after (/proc).
+
 Servers run in child processes (one per setting, 1 torch thread each) so the load generator does not
-share their interpreter; this process is the client.
+share their interpreter; this process is the client. Throughput and overhead measure saturation, so
+their servers' queue budget (``max_queue_ms``) is out of the way; the abuse benchmark keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import struct
 import time
 import urllib.request
 from typing import Any
@@ -27,8 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dyno.runtime import BatchConfig, ServerConfig, ServerProcess
+from dyno.runtime import BatchConfig, ClientConfig, ServerConfig, ServerProcess
 from dyno.runtime.config import channel_options
+from dyno.runtime.load import abuse_load, resign
 from dyno.runtime.metrics import parse_text
 
 __all__ = ["PayloadNet", "run_bench", "PAYLOADS"]
@@ -71,9 +83,9 @@ def _plan_and_model(spec: tuple) -> tuple[Any, nn.Module]:
 
 
 def _server(spec: tuple, **batching: Any) -> ServerProcess:
-    """A server child process for ``spec`` with the given batching (1 torch thread)."""
+    """A server child process for ``spec`` with the given batching (1 torch thread), for saturation."""
     config = ServerConfig(batching=BatchConfig(**batching), metrics_port=0, max_in_flight_per_client=1024,
-                          max_streams_per_client=256)
+                          max_streams_per_client=256, max_queue_ms=600_000)
     return ServerProcess(_plan_and_model, spec, config=config, threads=1)
 
 
@@ -261,11 +273,101 @@ def _throughput(streams: int, seconds: float, rounds: int, cuts: list[int] | Non
     return out
 
 
+# ---------------------------------------------------------------------------------------- abuse
+
+
+def _huge_table(meta: bytes, payload: bytes, channels: int) -> bytes:
+    """A per-channel frame's header re-declared for ``channels`` channels, with a range for each."""
+    ndim = meta[8]
+    head = meta[:9] + struct.pack("<I", channels) + meta[13:9 + 4 * ndim]
+    return resign(head + struct.pack("<ff", 0.0, 1.0) * channels + meta[-8:], payload)
+
+
+def _abuse_frames(plan: Any, splits: Any, cut: int) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """16 legitimate requests at ``cut`` (8-bit shuffle-lz4) and one malformed request of each kind."""
+    from dyno import codec
+    from dyno.runtime.proto import inference_pb2 as pb
+
+    inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((16, *plan.input_shape)).astype(np.float32))
+    with torch.inference_mode():
+        activations = splits.head(cut)(inputs).numpy()
+
+    def make(meta: bytes, payload: bytes) -> Any:
+        return pb.Request(model=plan.model, plan_hash=plan.hash, cut=cut, meta=meta, payload=payload, top_k=5)
+
+    legit = [make(e.meta.to_bytes(), bytes(e.payload)) for e in
+             (codec.encode(a, bits=8, mode="shuffle-lz4", nonnegative=bool((a >= 0).all())) for a in activations)]
+    good, x = legit[0], activations[0]
+    nan = np.full(x.size, np.nan, np.float32).tobytes()
+    other = codec.encode(np.zeros(plan.cuts[0].shape, np.float32), mode="fp32")
+    table = codec.encode(x, bits=8, mode="shuffle-lz4", per_channel=True)
+    return legit, [
+        ("garbage metadata", make(b"\x00 not a frame", good.payload)),
+        ("truncated payload", make(good.meta, good.payload[:-7])),
+        ("bad checksum", make(good.meta, bytes([good.payload[0] ^ 1]) + good.payload[1:])),
+        ("another cut's shape", make(other.meta.to_bytes(), bytes(other.payload))),
+        ("NaN payload, valid checksum", make(resign(codec.encode(x, mode="fp32").meta.to_bytes(), nan), nan)),
+        ("131072 per-channel ranges", make(_huge_table(table.meta.to_bytes(), bytes(table.payload), 131_072),
+                                           bytes(table.payload))),
+    ]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def _abuse(streams: int, requests: int, junk: int, idle: int, cut: int | None, idle_timeout_s: float) -> dict:
+    from dyno.runtime.splits import Splits
+
+    spec = ("model", "fmnist-resnet")
+    model, plan = _build(spec)
+    cut = len(plan.cuts) // 2 - 1 if cut is None else cut
+    legit, bad = _abuse_frames(plan, Splits(model, plan), cut)
+    defaults = ServerConfig()  # per-client limits raised to the server's: every stream is from 127.0.0.1
+    config = ServerConfig(max_streams_per_client=defaults.max_streams, idle_timeout_s=idle_timeout_s,
+                          max_in_flight_per_client=defaults.max_queued_requests, torch_threads=1)
+    with ServerProcess(_plan_and_model, spec, config=config, threads=1) as server:
+        asyncio.run(abuse_load(server.address, legit, bad, 32, 8, 0, 0))  # warm-up: batches, buffers
+        before = _rss_mb(server.pid)
+        start = time.perf_counter()
+        tally, idle_outcomes = asyncio.run(abuse_load(server.address, legit, bad, streams, requests, junk, idle))
+        seconds = time.perf_counter() - start
+        after = _rss_mb(server.pid)
+    ms = np.asarray(tally["latencies"]) * 1000
+    return {
+        "legit": {"streams": streams, "requests_per_stream": requests, "sent": tally["sent"], "answered": len(ms),
+                  "refused": sum(tally["refusals"].values()), "lost": tally["lost"], "late": tally["late"],
+                  "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+                  "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+                  "max_ms": float(ms.max()) if len(ms) else None},
+        "refusals": dict(tally["refusals"]), "client_timeout_ms": ClientConfig().timeout * 1000,
+        "rss_before_mb": before, "rss_after_mb": after, "rss_growth_mb": after - before,
+        "junk": {"streams": junk, "outcomes": {k: dict(v) for k, v in tally["junk"].items()}},
+        "idle": {"streams": idle, "outcomes": dict(idle_outcomes)},
+        "cut": {"id": cut, "name": plan.cuts[cut].name, "shape": list(plan.cuts[cut].shape),
+                "frame_bytes": legit[0].ByteSize()},
+        "server": {k: getattr(config, k) for k in ("max_streams", "max_streams_per_client", "max_in_flight_per_client",
+                                                   "max_queued_requests", "max_queued_bytes", "max_queue_ms",
+                                                   "idle_timeout_s", "max_stream_lifetime_s")},
+        "seconds": seconds,
+    }
+
+
 def run_bench(*, what: str = "all", requests: int = 300, streams: int = 64, seconds: float = 5.0,
               rounds: int = 2, cuts: list[int] | None = None, max_batch: int = 32, max_wait_ms: float = 2.0,
-              verbose: bool = True) -> dict:
-    """Run the benchmarks; returns ``{"overhead": {...}, "throughput": {...}}`` (see module docstring)."""
+              junk: int = 32, idle: int = 256, idle_timeout_s: float = 10.0, verbose: bool = True) -> dict:
+    """Run the benchmarks (see the module docstring): ``what`` is "all" (overhead and throughput),
+    "overhead", "throughput" or "abuse" (``streams`` x ``requests`` legitimate requests at ``cuts[0]``
+    (default: a middle cut) beside ``junk`` and ``idle`` streams; the server closes idle streams after
+    ``idle_timeout_s``). Returns ``{"overhead": {...}, "throughput": {...}}`` or the abuse result
+    ``{"legit": {...}, "refusals": {...}, "client_timeout_ms", "rss_growth_mb", ...}``."""
     torch.set_num_threads(1)
+    if what == "abuse":
+        if verbose:
+            print(f"abuse: {streams} streams x {requests} requests beside {junk} junk and {idle} idle streams",
+                  flush=True)
+        return _abuse(streams, requests, junk, idle, cuts[0] if cuts else None, idle_timeout_s)
     report: dict[str, Any] = {"torch_threads": 1}
     if what in ("all", "overhead"):
         if verbose:

@@ -17,10 +17,12 @@ out; the limits on requests protect the server's time (every refusal is RESOURCE
   closed (UNAVAILABLE, ``IDLE_CLOSE``); older than ``max_stream_lifetime_s`` -> takes no new request,
   answers what it has, then closes (UNAVAILABLE, ``LIFETIME_CLOSE``).
 - **requests** (:meth:`Admission.admit`): per client at most ``max_in_flight_per_client`` accepted and
-  unanswered; on the server at most ``max_queued_requests`` and ``max_queued_bytes``; and none that
-  would wait longer than ``max_queue_ms`` for its compute to start. The wait is estimated from the
-  requests already accepted, per cut, at the compute seconds per sample of recent batches there
-  (:class:`Costs`; the server seeds it with one run of every tail when it starts).
+  unanswered; on the server at most ``max_queued_requests`` and ``max_queued_bytes``; and none
+  estimated to wait more than ``ADMIT_SHARE`` of ``max_queue_ms`` for its compute to start (the rest
+  is margin for the estimate: the batcher refuses, rather than runs, a request that has really
+  waited ``max_queue_ms``). The wait is estimated from the requests already accepted, per cut, at the
+  compute seconds per sample of recent batches there (:class:`Costs`; the server seeds it with one
+  run of every tail when it starts).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ import grpc
 from dyno.runtime.config import IDLE_CLOSE, LIFETIME_CLOSE, ServerConfig
 
 __all__ = ["Refusal", "Ticket", "Admission", "Costs", "client_key", "client_ip", "EVICTABLE_AFTER_S",
-           "MAX_DETAILS"]
+           "ADMIT_SHARE", "MAX_DETAILS"]
 
 #: A stream with no request in flight for this long may be closed to make room for a newcomer.
 EVICTABLE_AFTER_S = 1.0
+#: Admission refuses a request estimated to wait more than this share of ``max_queue_ms``.
+ADMIT_SHARE = 0.75
 #: Status details are cut to this many characters (nothing proportional to a frame is kept).
 MAX_DETAILS = 400
 
@@ -225,7 +229,7 @@ class Admission:
             raise Refusal(exhausted, f"the server has {self.queued_bytes / 2**20:.1f} MiB of requests queued "
                                      f"(limit {config.max_queued_bytes / 2**20:.1f} MiB); retry after a backoff")
         wait_s = self.wait_s() if self.in_flight else 0.0
-        if wait_s * 1000 > config.max_queue_ms:
+        if wait_s * 1000 > ADMIT_SHARE * config.max_queue_ms:
             raise Refusal(exhausted, f"the server is overloaded: a request now would wait about "
                                      f"{wait_s * 1000:.0f} ms for compute (budget {config.max_queue_ms:g} ms); "
                                      "retry after a backoff")

@@ -13,6 +13,8 @@ batcher (the server passes undecoded frames, so decoding too happens in the exec
 rather than one thread hop per request); ``run_batch`` returns one entry per item, either its result
 or the exception that item alone failed with. A batch whose ``run_batch`` raises, or returns another
 number of entries, fails every item with a ``BatchError`` naming why (never a request left waiting).
+With ``max_queue_s``, an item that has waited longer than that when its batch is formed is not run:
+it fails with ``Overdue`` (the server refuses it as overload rather than answer it too late).
 
     batcher = Batcher(run_batch, executor, BatchConfig(max_batch=32, max_wait_ms=2))
     batcher.start()
@@ -31,7 +33,8 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["BatchConfig", "Batcher", "BatchError", "Outcome", "LoadMeter", "LOAD_WINDOW_S", "MAX_BATCH"]
+__all__ = ["BatchConfig", "Batcher", "BatchError", "Overdue", "Outcome", "LoadMeter", "LOAD_WINDOW_S",
+           "MAX_BATCH"]
 
 #: The largest batch a server may run (``BatchConfig.max_batch``).
 MAX_BATCH = 4096
@@ -112,9 +115,10 @@ class Batcher:
 
     def __init__(self, run_batch: Callable[[int, list[Any]], list[Any]], executor: concurrent.futures.Executor,
                  config: BatchConfig = BatchConfig(),
-                 on_batch: Callable[[int, int, float], None] | None = None):
+                 on_batch: Callable[[int, int, float], None] | None = None, *, max_queue_s: float | None = None):
         self.run_batch, self.executor, self.config = run_batch, executor, config
         self.on_batch = on_batch  # (cut_id, size, compute_s)
+        self.max_queue_s = max_queue_s
         self.meter = LoadMeter(config.workers)
         self._queues: dict[int, collections.deque[_Item]] = {}
         self._wake = asyncio.Event()
@@ -181,10 +185,25 @@ class Batcher:
                 continue
             queue = self._queues[cut_id]
             items = [queue.popleft() for _ in range(min(len(queue), self.config.max_batch))]
-            items = [i for i in items if not i.future.done()]
+            items = self._in_time([i for i in items if not i.future.done()])
             if not items:
                 continue
             await self._run(index, cut_id, items)
+
+    def _in_time(self, items: list[_Item]) -> list[_Item]:
+        """The items that have not waited past ``max_queue_s``; the others fail with ``Overdue``."""
+        if self.max_queue_s is None:
+            return items
+        now = time.perf_counter()
+        kept = []
+        for item in items:
+            waited = now - item.arrived
+            if waited > self.max_queue_s:
+                item.future.set_exception(Overdue(f"waited {waited * 1000:.0f} ms for compute, longer than "
+                                                  f"the server's limit of {self.max_queue_s * 1000:g} ms"))
+            else:
+                kept.append(item)
+        return kept
 
     async def _run(self, index: int, cut_id: int, items: list[_Item]) -> None:
         start = time.perf_counter()
@@ -217,6 +236,10 @@ class Batcher:
 
 class BatchError(RuntimeError):
     """A batch failed as a whole (its tail raised, or ``run_batch`` broke its contract)."""
+
+
+class Overdue(Exception):
+    """An item waited longer than the batcher's ``max_queue_s`` and was not run."""
 
 
 def _without_traceback(error: Exception) -> BatchError:

@@ -45,6 +45,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # a server takes the clients' keepalive pings without data (its default wants 5 minutes between
+        # them, and answers more with GOAWAY "too_many_pings", which breaks idle clients' connections)
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
 
 
@@ -106,9 +109,9 @@ class ServerConfig:
       the place of a stream idle for a second or more (closed as idle), and is refused only when none is;
     - ``max_in_flight_per_client``: requests accepted and not yet answered, per client;
     - ``max_queued_requests`` / ``max_queued_bytes``: the same across all clients (bytes: meta + payload);
-    - ``max_queue_ms``: a request is refused when the work already accepted would make it wait longer
-      than this before its compute starts (keep it well under the clients' timeout: ``ClientConfig``'s
-      default is 2 s);
+    - ``max_queue_ms``: the longest a request waits for its compute to start: one the server estimates
+      would wait longer is refused on arrival, and one that has waited this long is refused rather
+      than run late (keep it well under the clients' timeout: ``ClientConfig``'s default is 2 s);
     - ``idle_timeout_s``: a stream with no request in flight for this long is closed (UNAVAILABLE,
       details starting ``IDLE_CLOSE``); ``max_stream_lifetime_s``: a stream older than this takes no
       new request, answers those it has, then closes (UNAVAILABLE, ``LIFETIME_CLOSE``). Clients rotate
@@ -122,8 +125,8 @@ class ServerConfig:
     max_streams_per_client: int = 64
     max_in_flight_per_client: int = 256     # requests accepted and not yet answered, per client
     max_queued_requests: int = 4096         # the same, whole server
-    max_queued_bytes: int = 128 * 1024 * 1024
-    max_queue_ms: float = 1000.0            # longest estimated wait for compute a request may be given
+    max_queued_bytes: int = 64 * 1024 * 1024
+    max_queue_ms: float = 1000.0            # longest a request may wait for its compute to start
     idle_timeout_s: float = 60.0
     max_stream_lifetime_s: float = 600.0    # = ClientConfig.stream_lifetime's default
     token: str | None = None                # bearer token checked on every call
@@ -166,6 +169,9 @@ class ServerConfig:
         for name in ("max_queue_ms", "idle_timeout_s", "max_stream_lifetime_s"):
             if not _positive(getattr(self, name)):
                 raise ConfigError(f"ServerConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not self.max_queue_ms > self.batching.max_wait_ms:
+            raise ConfigError(f"ServerConfig.max_queue_ms ({self.max_queue_ms:g}) must exceed batching.max_wait_ms "
+                              f"({self.batching.max_wait_ms:g}): a request waits up to that for its batch to fill")
 
     def metrics_url(self, port: int | None) -> str | None:
         """The Prometheus endpoint's URL when it listens on ``port`` (None: no endpoint)."""

@@ -125,7 +125,8 @@ class Server:
             await loop.run_in_executor(self._compute_pool, self.splits.warm, sorted(self.served))
             await loop.run_in_executor(self._compute_pool, warm_codecs, self.plan)
             await loop.run_in_executor(self._compute_pool, self._seed_costs)
-        self.batcher = Batcher(self.tails.run_batch, self._compute_pool, self.config.batching, self._on_batch)
+        self.batcher = Batcher(self.tails.run_batch, self._compute_pool, self.config.batching, self._on_batch,
+                               max_queue_s=self.config.max_queue_ms / 1000)
         self.batcher.start()
         if self._metrics_endpoint is not None:
             try:

@@ -36,6 +36,7 @@ import grpc
 from dyno.errors import FrameError
 from dyno.plan import CutPlan
 from dyno.runtime.admission import Admission, Refusal, Ticket, client_key
+from dyno.runtime.batching import Overdue
 from dyno.runtime.metrics import ServerMetrics
 from dyno.runtime.proto import inference_pb2 as pb
 
@@ -253,6 +254,10 @@ class StreamHandler:
         elif isinstance(error, FrameError):
             metrics.requests.inc(cut=cut_id, code="INVALID_ARGUMENT")
             stream.refuse(Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id}: bad frame: {error}"))
+        elif isinstance(error, Overdue):
+            metrics.requests.inc(cut=cut_id, code="RESOURCE_EXHAUSTED")
+            stream.refuse(Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request {request_id} {error}: the "
+                                                                      "server is overloaded; retry after a backoff"))
         else:
             log.error("request %s at cut %s failed: %s", request_id, cut_id, str(error)[:400])
             metrics.requests.inc(cut=cut_id, code="INTERNAL")

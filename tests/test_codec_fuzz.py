@@ -1,11 +1,14 @@
 """Fuzzing the decoder: >= 100,000 damaged or hostile frames, and only ever a FrameError.
 
 Every mode contributes valid frames; each trial damages one (bit flips, byte changes, truncation,
-extension, random metadata) and runs the receiver's path (``Encoded.from_bytes`` or ``from_parts``,
-then ``decode``). A tenth of the trials re-sign the damaged frame with a correct checksum, as a
-hostile or buggy sender would, so the checks behind the checksum (blosc2 header, code range, image
-header) and blosc2/Pillow themselves see garbage too. Each trial runs under a time budget, and
-memory stays bounded by the expected tensor, not by what a frame claims.
+extension, random metadata) and runs a receiver's path (``decode_frame``, or ``Encoded.from_bytes`` /
+``from_parts`` then ``decode``). A tenth of the trials re-sign the damaged frame with a correct
+checksum, as a hostile or buggy sender would, so the checks behind the checksum (blosc2 header, code
+range, image header) and blosc2/Pillow themselves see garbage too. Each trial runs under a time
+budget, memory stays bounded by the expected tensor, not by what a frame claims, and whatever decodes
+is finite. Hostile headers (sizes declared far beyond the cut: per-channel tables, ndim, shapes,
+payload sizes) are refused without allocating anything in proportion to the declaration, and
+non-finite values (NaN/inf payloads, ranges whose grid overflows float32) never decode.
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from __future__ import annotations
 import dataclasses
 import random
 import resource
+import struct
 import time
 import tracemalloc
+import zlib
 
 import numpy as np
 import torch
 
-from dyno.codec import Encoded, Expected, FrameMeta, decode, encode
+from dyno.codec import COMPRESSORS, MODES, Encoded, Expected, FrameMeta, decode, decode_frame, encode
 from dyno.errors import FrameError
 
 TRIALS = 100_000
+F32_MAX = float(np.finfo(np.float32).max)
+#: Ranges a sender may put on the wire: ordinary, huge, and at float32's end (whose grids overflow).
+EXTREMES = (1.0, 1e3, 1e30, 1e38, 1.5e38, 3e38, 3.4e38, F32_MAX)
 
 
 def base_frames() -> list[tuple[Encoded, Expected]]:
@@ -83,6 +91,7 @@ def resign(rng: random.Random, enc: Encoded) -> Encoded | None:
                 ("bits", rng.randint(0, 20)), ("compressor", rng.choice(["raw", "bitpack", "blosc2-lz4",
                                                                          "blosc2-zstd", "jpeg", "webp"])),
                 ("lo", rng.uniform(-1e3, 1e3)), ("hi", rng.uniform(-1e3, 1e3)),
+                ("lo", -rng.choice(EXTREMES)), ("hi", rng.choice(EXTREMES)),
                 ("dtype", rng.choice(["float32", "uint8", "float16"])),
             ])
             meta = dataclasses.replace(meta, **{field: value})
@@ -90,6 +99,31 @@ def resign(rng: random.Random, enc: Encoded) -> Encoded | None:
     except FrameError:
         return None  # an invalid FrameMeta cannot even be built
     return Encoded(meta, payload)
+
+
+def one_trial(rng: random.Random, enc: Encoded, wire: tuple[bytes, bytes, bytes, Expected]
+              ) -> tuple[float, np.ndarray]:
+    """Damage ``enc`` one way and run one receiver's path: (the route taken, the decoded tensor), or
+    the FrameError that refused it."""
+    whole, meta_bytes, payload, expected = wire
+    route = rng.random()
+    if route < 0.1:
+        forged = resign(rng, enc)
+        if forged is None:
+            raise FrameError("the forged metadata is not even a FrameMeta")
+        return route, decode(forged, expected)
+    if route < 0.55:
+        return route, decode(Encoded.from_bytes(mutate(rng, whole)), expected)
+    if route < 0.9:  # half of these through the receiver's entry point, which checks before parsing
+        parts = (mutate(rng, meta_bytes), payload) if route < 0.8 else (meta_bytes, mutate(rng, payload))
+        if rng.random() < 0.5:
+            return route, decode_frame(*parts, expected)
+        return route, decode(Encoded.from_parts(*parts), expected)
+    if route < 0.95:  # random metadata, sometimes with a plausible prefix
+        head = b"DY\x01" if rng.random() < 0.7 else b""
+        return route, decode(Encoded.from_bytes(head + rng.randbytes(rng.randint(0, 80))), expected)
+    return route, decode(Encoded.from_parts(rng.randbytes(rng.randint(0, 60)), rng.randbytes(rng.randint(0, 60))),
+                         expected)
 
 
 def test_fuzzed_frames_raise_frame_error_only():
@@ -107,33 +141,17 @@ def test_fuzzed_frames_raise_frame_error_only():
             tracemalloc.stop()
             assert peak < 8 << 20, f"decoding garbage allocated {peak} bytes"
         index = rng.randrange(len(wires))
-        whole, meta_bytes, payload, expected = wires[index]
+        expected = wires[index][3]
         t0 = time.perf_counter()
         try:
-            route = rng.random()
-            if route < 0.1:
-                enc = resign(rng, frames[index][0])
-                if enc is None:
-                    counts["rejected"] += 1
-                    continue
-            elif route < 0.55:
-                enc = Encoded.from_bytes(mutate(rng, whole))
-            elif route < 0.8:
-                enc = Encoded.from_parts(mutate(rng, meta_bytes), payload)
-            elif route < 0.9:
-                enc = Encoded.from_parts(meta_bytes, mutate(rng, payload))
-            elif route < 0.95:  # random metadata, sometimes with a plausible prefix
-                head = b"DY\x01" if rng.random() < 0.7 else b""
-                enc = Encoded.from_bytes(head + rng.randbytes(rng.randint(0, 80)))
-            else:
-                enc = Encoded.from_parts(rng.randbytes(rng.randint(0, 60)), rng.randbytes(rng.randint(0, 60)))
-            out = decode(enc, expected)
+            route, out = one_trial(rng, frames[index][0], wires[index])
         except FrameError:
             counts["rejected"] += 1
         else:
-            # only a re-signed frame can get through, and then as a tensor of the expected shape
+            # only a re-signed frame can get through, and then as a finite tensor of the expected shape
             assert route < 0.1
             assert out.shape == expected.shape and out.dtype == np.float32
+            assert np.isfinite(out).all(), f"{frames[index][0]!r}, forged, decoded to non-finite values"
             counts["decoded"] += 1
         slowest = max(slowest, time.perf_counter() - t0)
     if tracemalloc.is_tracing():
@@ -173,3 +191,121 @@ def test_random_metadata_never_parses_into_garbage():
         accepted += 1  # a structurally valid header: its fields must then all be valid
         assert meta.to_bytes() == data
     assert accepted < 200
+
+
+# ---------------------------------------------------------------------------------- hostile headers
+HOSTILE_TRIALS = 20_000
+#: Allocation a refusal may make (the exception and its message): far below any hostile declaration.
+REFUSAL_BYTES = 64 << 10
+
+
+def hostile_header(rng: random.Random, expected: Expected) -> tuple[bytes, bytes]:
+    """(metadata, payload) with a well-formed 9-byte header that declares sizes far beyond the cut:
+    per-channel tables of up to 200,000 ranges (100,000 as declared, 8% of the time), up to 255 axes,
+    axes up to 2**32-1, payloads up to 2**32-1 bytes; each field sometimes the cut's own, so later
+    checks are reached too."""
+    cut = expected.shape
+    ndim = len(cut) if rng.random() < 0.7 else rng.choice([0, 1, 8, 9, 255, rng.randrange(256)])
+    shape = [rng.choice([cut[i] if i < len(cut) else 1, 0xFFFFFFFF, 900_000, 100_000, rng.randrange(1 << 32),
+                         rng.randrange(1, 64)]) if rng.random() < 0.5 else (cut[i] if i < len(cut) else 7)
+             for i in range(ndim)]
+    per_channel = ndim > 0 and rng.random() < 0.6
+    mode = rng.choice(sorted(expected.modes)) if expected.modes and rng.random() < 0.8 else rng.choice(MODES)
+    usual = {"fp16": ("raw", 0), "fp32": ("raw", 0), "jpeg": ("jpeg", 80), "webp": ("webp", 80),
+             "dense": ("bitpack", 4)}.get(mode, (rng.choice(["bitpack", f"blosc2-{mode[8:]}"]), 8))
+    compressor = usual[0] if rng.random() < 0.8 else rng.choice(COMPRESSORS)
+    bits = usual[1] if rng.random() < 0.7 else rng.choice([0, 1, 4, 8, 12, 16, 17, 90, 255])
+    head = struct.pack("<2sBBBBBBB", b"DY", 1, MODES.index(mode), bits, int(per_channel), rng.randrange(5),
+                       COMPRESSORS.index(compressor), ndim)
+    head += struct.pack(f"<{ndim}I", *shape)
+    if per_channel:  # the table as declared (when it is not absurd) or of any other length
+        count = shape[0] if shape[0] <= 200_000 and rng.random() < 0.7 else rng.choice([1, 4, 200_000])
+        lo = rng.choice([0.0, -1.0, -3.4e38, float("nan")])
+        ranges = np.tile(np.array([lo, rng.choice([1.0, 3.4e38, float("inf")])], "<f4"), count).tobytes()
+    else:
+        ranges = struct.pack("<2f", rng.uniform(-1, 0), rng.uniform(0, 1))
+    payload = rng.randbytes(rng.choice([0, 16, 64, 1024]))
+    declared = rng.choice([len(payload), 0xFFFFFFFF, rng.randrange(1 << 32), 900_000])
+    unsigned = head + ranges + struct.pack("<I", declared)
+    crc = zlib.crc32(payload, zlib.crc32(unsigned)) if rng.random() < 0.7 else rng.randrange(1 << 32)
+    return unsigned + struct.pack("<I", crc), payload
+
+
+def receivers(frames: list[tuple[Encoded, Expected]]) -> list[Expected]:
+    """Every base frame's expectation, and stricter variants of each (modes, per-channel, size cap)."""
+    out = []
+    for enc, expected in frames:
+        out += [expected, Expected(expected.shape, modes={enc.meta.mode}, per_channel=enc.meta.per_channel),
+                Expected(expected.shape, per_channel=False, max_nbytes=enc.nbytes)]
+    return out
+
+
+def test_hostile_headers_are_refused_without_allocating_what_they_declare():
+    rng = random.Random(13)
+    expectations = receivers(base_frames())
+    refused = 0
+    worst = (0, "")
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        for _ in range(HOSTILE_TRIALS):
+            expected = rng.choice(expectations)
+            meta, payload = hostile_header(rng, expected)
+            entry = rng.choice([decode_frame, lambda m, _p, e: FrameMeta.from_bytes(m, expected=e),
+                                lambda m, p, e: Encoded.from_parts(m, p, expected=e)])
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            try:
+                result = entry(meta, payload, expected)
+            except FrameError as error:
+                refused += 1
+                message = str(error)
+            else:  # a header that fits the cut after all (random codes are a frame, too)
+                shape = result.shape if isinstance(result, (np.ndarray, FrameMeta)) else result.meta.shape
+                assert shape == expected.shape
+                assert not isinstance(result, np.ndarray) or np.isfinite(result).all()
+                message = "accepted"
+            _, peak = tracemalloc.get_traced_memory()
+            if peak - before > worst[0]:
+                worst = (peak - before, f"{len(meta)}-byte header, {message}")
+    finally:
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - start
+    assert refused > 0.99 * HOSTILE_TRIALS
+    assert worst[0] < REFUSAL_BYTES, f"refusing a hostile header allocated {worst[0]} bytes ({worst[1]})"
+    assert elapsed < 60, f"{HOSTILE_TRIALS} hostile headers took {elapsed:.1f}s"
+
+
+def test_non_finite_values_never_decode():
+    """fp16/fp32 payloads with NaN or infinity, and quantised or float-image frames with ranges up to
+    float32's end, re-signed: each is refused or decodes to finite values of the expected shape."""
+    rng = random.Random(29)
+    frames = base_frames()
+    counts = {"refused": 0, "decoded": 0}
+    specials = {"<f4": [np.nan, np.inf, -np.inf], "<f2": [np.nan, np.inf, -np.inf]}
+    for _ in range(5_000):
+        enc, expected = rng.choice(frames)
+        meta, payload = enc.meta, enc.payload
+        if meta.mode in ("fp16", "fp32"):
+            dtype = "<f4" if meta.mode == "fp32" else "<f2"
+            values = np.frombuffer(payload, dtype).copy()
+            for _ in range(rng.randint(1, 3)):
+                values[rng.randrange(values.size)] = rng.choice(specials[dtype])
+            payload = values.tobytes()
+        elif meta.per_channel:
+            table = [(-rng.choice(EXTREMES) * rng.random(), rng.choice(EXTREMES)) for _ in meta.channel_ranges]
+            meta = dataclasses.replace(meta, channel_ranges=tuple(table))
+        elif meta.dtype != "uint8":
+            meta = dataclasses.replace(meta, lo=-rng.choice(EXTREMES) * rng.choice([0, 0.5, 1]),
+                                       hi=rng.choice(EXTREMES))
+        else:
+            continue
+        meta = meta.with_crc(payload)
+        try:
+            out = decode_frame(meta.to_bytes(), payload, expected)
+        except FrameError:
+            counts["refused"] += 1
+        else:
+            assert out.shape == expected.shape and np.isfinite(out).all(), f"{meta} decoded to non-finite values"
+            counts["decoded"] += 1
+    assert counts["refused"] > 1_000 and counts["decoded"] > 1_000, counts

@@ -14,17 +14,24 @@ plus a payload; ``Encoded.nbytes`` counts both, and is the figure every byte cou
 
 Modes (``MODES``): ``shuffle-lz4`` (default), ``shuffle-zstd``, ``dense`` (exactly b bits per value,
 no entropy coder; the reference), ``fp16``/``fp32`` (baselines), ``jpeg``/``webp`` (the input cut).
+A receiver of untrusted bytes calls ``decode_frame(meta, payload, expected)``: it checks the frame's
+fixed-size header, shape and declared sizes against ``expected`` before it reads anything whose size
+the frame declares, and returns only finite tensors (the order of its checks: ``dyno.codec._receive``).
+
 Errors: ConfigError for bad arguments or tensors given to encode (NaN, infinity, wrong dtype);
-FrameError for any frame that fails validation in decode / ``from_parts`` / ``from_bytes``.
+FrameError for any frame that fails validation in ``decode_frame`` / decode / ``from_parts`` /
+``from_bytes``.
 """
 
-from dyno.codec._codec import CodecSpec, Encoded, Expected, decode, encode, encode_with
+from dyno.codec._codec import CodecSpec, Encoded, encode, encode_with
 from dyno.codec._meta import COMPRESSORS, FORMAT_VERSION, MODES, FrameMeta, dense_nbytes
 from dyno.codec._pack import THREADS_THRESHOLD
+from dyno.codec._receive import Expected, decode, decode_frame
 
 __all__ = [
     "encode",
     "decode",
+    "decode_frame",
     "encode_with",
     "Encoded",
     "FrameMeta",

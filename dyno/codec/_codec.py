@@ -1,10 +1,10 @@
-"""encode / decode, the frame (``Encoded``), the receiver's expectations and the codec setting."""
+"""encode, the frame (``Encoded``) and the codec setting; the receiver's side is ``_receive``."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,11 +16,15 @@ from dyno.codec._meta import (
     MODES,
     QUANT_MODES,
     FrameMeta,
+    byte_view,
     dense_nbytes,
 )
 from dyno.errors import ConfigError, FrameError
 
-__all__ = ["encode", "decode", "encode_with", "Encoded", "Expected", "CodecSpec"]
+if TYPE_CHECKING:
+    from dyno.codec._receive import Expected
+
+__all__ = ["encode", "encode_with", "Encoded", "CodecSpec"]
 
 _FP16_MAX = 65504.0
 _COMPRESSOR_OF_MODE = {"shuffle-lz4": "blosc2-lz4", "shuffle-zstd": "blosc2-zstd", "dense": "bitpack"}
@@ -91,89 +95,38 @@ class Encoded:
         return self.meta.to_bytes() + self.payload
 
     @classmethod
-    def from_parts(cls, meta_bytes: bytes | bytearray | memoryview, payload: bytes | bytearray | memoryview
-                   ) -> Encoded:
-        """The receiver's constructor: parses and validates the metadata; FrameError on garbage."""
-        meta = FrameMeta.from_bytes(meta_bytes)
-        if len(payload) != meta.payload_nbytes:
-            raise FrameError(f"payload is {len(payload)} bytes; the frame metadata says "
+    def from_parts(cls, meta_bytes: bytes | bytearray | memoryview, payload: bytes | bytearray | memoryview,
+                   *, expected: Expected | None = None) -> Encoded:
+        """The receiver's constructor: parses and validates the metadata; FrameError on garbage.
+
+        With ``expected``, metadata and payload length are first checked against it from the header's
+        fixed-size part, shape and declared sizes (``Expected.check_wire``): nothing whose size the
+        frame declares is parsed or copied unless the receiver accepts that size.
+        """
+        meta_view = byte_view(meta_bytes, "frame metadata")
+        payload_view = byte_view(payload, "frame payload")
+        if expected is not None:
+            expected.check_wire(meta_view, len(payload_view))
+        meta = FrameMeta.from_bytes(meta_view)
+        if len(payload_view) != meta.payload_nbytes:
+            raise FrameError(f"payload is {len(payload_view)} bytes; the frame metadata says "
                              f"{meta.payload_nbytes} (truncated or padded in transit)")
-        return cls(meta, bytes(payload))
+        return cls(meta, bytes(payload_view))
 
     @classmethod
-    def from_bytes(cls, frame: bytes | bytearray | memoryview) -> Encoded:
+    def from_bytes(cls, frame: bytes | bytearray | memoryview, *, expected: Expected | None = None) -> Encoded:
         """Split one buffer (metadata then payload) and validate it as ``from_parts`` does."""
-        view = memoryview(frame).cast("B")
+        view = memoryview(byte_view(frame, "frame"))
         size = FrameMeta.wire_size(view)
         if len(view) < size:
             raise FrameError(f"frame of {len(view)} bytes is shorter than its {size}-byte metadata")
-        return cls.from_parts(view[:size], view[size:])
+        return cls.from_parts(view[:size], view[size:], expected=expected)
 
     def __repr__(self) -> str:
         m = self.meta
         bits = "" if m.bits is None else f" bits={m.bits}"
         return (f"Encoded(mode={m.mode!r}{bits}, shape={m.shape}, compressor={m.compressor!r}, "
                 f"nbytes={self.nbytes})")
-
-
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """What a receiver accepts, typically taken from the plan for the cut it serves.
-
-    ``shape`` must equal the frame's shape exactly; ``modes`` (None: any) lists the accepted modes;
-    quantised frames must have ``min_bits <= bits <= max_bits``; ``per_channel`` (None: either)
-    requires or forbids per-channel ranges; ``max_nbytes`` (None: no limit) caps ``Encoded.nbytes``.
-    """
-
-    shape: tuple[int, ...]
-    modes: frozenset[str] | None = None
-    max_bits: int = 16
-    min_bits: int = 1
-    per_channel: bool | None = None
-    max_nbytes: int | None = None
-
-    def __init__(self, shape: Any, modes: Any = None, max_bits: int = 16, *, min_bits: int = 1,
-                 per_channel: bool | None = None, max_nbytes: int | None = None) -> None:
-        set_ = object.__setattr__
-        try:
-            shape = tuple(int(d) for d in shape)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Expected.shape must be a sequence of ints, got {shape!r}") from None
-        if any(d < 0 for d in shape):
-            raise ConfigError(f"Expected.shape {shape} has a negative size")
-        if modes is not None:
-            if isinstance(modes, str):
-                modes = (modes,)
-            modes = frozenset(modes)
-            unknown = modes - set(MODES)
-            if unknown:
-                raise ConfigError(f"unknown codec modes {sorted(unknown)}; known: {', '.join(MODES)}")
-        if not (isinstance(min_bits, int) and isinstance(max_bits, int) and 1 <= min_bits <= max_bits <= 16):
-            raise ConfigError(f"need 1 <= min_bits <= max_bits <= 16, got {min_bits}, {max_bits}")
-        if max_nbytes is not None and (not isinstance(max_nbytes, int) or max_nbytes < 0):
-            raise ConfigError(f"max_nbytes must be a non-negative int or None, got {max_nbytes!r}")
-        set_(self, "shape", shape)
-        set_(self, "modes", modes)
-        set_(self, "max_bits", max_bits)
-        set_(self, "min_bits", min_bits)
-        set_(self, "per_channel", per_channel)
-        set_(self, "max_nbytes", max_nbytes)
-
-    def check(self, enc: Encoded) -> None:
-        """FrameError unless the frame's metadata is what this receiver accepts."""
-        m = enc.meta
-        if m.shape != self.shape:
-            raise FrameError(f"frame shape {m.shape} does not match the expected {self.shape}")
-        if self.modes is not None and m.mode not in self.modes:
-            raise FrameError(f"frame mode {m.mode!r} is not accepted here (accepted: "
-                             f"{', '.join(sorted(self.modes))})")
-        if m.mode in QUANT_MODES and not self.min_bits <= m.quant_bits <= self.max_bits:
-            raise FrameError(f"frame has {m.bits} bits; accepted {self.min_bits}..{self.max_bits}")
-        if self.per_channel is not None and m.per_channel != self.per_channel:
-            raise FrameError(f"frame {'has' if m.per_channel else 'lacks'} per-channel ranges; "
-                             f"this receiver wants {'them' if self.per_channel else 'one range'}")
-        if self.max_nbytes is not None and enc.nbytes > self.max_nbytes:
-            raise FrameError(f"frame of {enc.nbytes} bytes exceeds the limit of {self.max_nbytes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +175,10 @@ def encode(x: torch.Tensor | np.ndarray, bits: int | None = 8, mode: str = "shuf
     - ``jpeg``/``webp``: an image (see ``dyno.codec._image``) at quality ``bits`` (or ``quality=``).
 
     ``nthreads`` sets blosc2's threads (default: 1 below ``THREADS_THRESHOLD`` bytes of codes).
-    Raises ConfigError for a bad argument or a tensor holding NaN or infinity.
+    Raises ConfigError for a bad argument, a tensor holding NaN or infinity, or a range whose grid
+    would decode beyond float32 (a range reaching to within a step of +-3.4e38: narrow it with clip=).
 
+    >>> from dyno.codec import Expected, decode
     >>> enc = encode(torch.relu(torch.randn(16, 8, 8)), bits=4, nonnegative=True)
     >>> decode(enc, Expected(shape=(16, 8, 8))).shape
     (16, 8, 8)
@@ -240,6 +195,8 @@ def encode(x: torch.Tensor | np.ndarray, bits: int | None = 8, mode: str = "shuf
     assert checked is not None  # _check_mode_bits returns an int for every mode but fp16/fp32
     if mode in IMAGE_MODES:
         payload, dtype, shape, lo, hi = _image.encode_image(x, checked, mode, nonnegative, clip)
+        if not _quant.decodes_finite(lo, hi, 8):
+            raise _overflow(f"image range [{lo}, {hi}]", 8)
         meta = FrameMeta(mode=mode, bits=checked, shape=shape, dtype=dtype, lo=lo, hi=hi,
                          compressor=mode, payload_nbytes=len(payload))
         return Encoded(meta.with_crc(payload), payload)
@@ -274,15 +231,24 @@ def _encode_quantized(dtype: str, t: torch.Tensor, bits: int, mode: str, nonnega
         if t.ndim == 0:
             raise ConfigError("per-channel ranges need a tensor with at least one axis")
         lo_c, hi_c = _quant.channel_ranges(t, nonnegative, clip)
+        if not _quant.channels_decode_finite(lo_c.numpy(), hi_c.numpy(), bits):
+            raise _overflow("a channel's range", bits)
         codes = _quant.quantize_per_channel(t, lo_c, hi_c, bits)
         table = tuple(zip(lo_c.tolist(), hi_c.tolist()))
     else:
         lo, hi = _quant.tensor_range(t, nonnegative, clip)
+        if not _quant.decodes_finite(lo, hi, bits):
+            raise _overflow(f"tensor range [{lo}, {hi}]", bits)
         codes = _quant.quantize(t, lo, hi, bits)
     payload, compressor = _pack_codes(codes, bits, mode, nthreads)
     meta = FrameMeta(mode=mode, bits=bits, shape=shape, dtype=dtype, lo=lo, hi=hi,
                      channel_ranges=table, compressor=compressor, payload_nbytes=len(payload))
     return Encoded(meta.with_crc(payload), payload)
+
+
+def _overflow(what: str, bits: int) -> ConfigError:
+    return ConfigError(f"{what} at {bits} bits would decode beyond float32 (infinite values at the "
+                       "receiver); narrow it with clip=")
 
 
 def _pack_codes(codes: np.ndarray, bits: int, mode: str, nthreads: int | None) -> tuple[bytes, str]:
@@ -303,51 +269,3 @@ def encode_with(x: torch.Tensor | np.ndarray, spec: CodecSpec, *, nonnegative: b
         raise ConfigError(f"encode_with needs a CodecSpec, got {type(spec).__name__}")
     return encode(x, spec.bits, spec.mode, nonnegative=nonnegative, clip=clip,
                   per_channel=spec.per_channel, nthreads=nthreads)
-
-
-# ------------------------------------------------------------------------------------------ decode
-def decode(enc: Encoded, expected: Expected, *, nthreads: int | None = None) -> np.ndarray:
-    """Validate a frame against what the receiver expects, then decode it to float32 of that shape.
-
-    Order: the metadata against ``expected`` (shape, mode, bits, per-channel, size), the payload
-    length, the crc32 of metadata and payload, the compressor's own header (blosc2: sizes, typesize,
-    codec, filters; images: format, size, mode) - all before any buffer is allocated - then decoding,
-    then (blosc2 codes below 8 bits) that no code exceeds ``2**bits - 1``. Every failure raises
-    FrameError; nothing else escapes, and no allocation exceeds the expected tensor's.
-    """
-    if not isinstance(expected, Expected):
-        raise ConfigError(f"decode needs an Expected, got {type(expected).__name__}")
-    if not isinstance(enc, Encoded):
-        raise FrameError(f"decode needs an Encoded frame, got {type(enc).__name__}")
-    expected.check(enc)
-    meta, payload = enc.meta, enc.payload
-    if len(payload) != meta.payload_nbytes:
-        raise FrameError(f"payload is {len(payload)} bytes; the frame metadata says {meta.payload_nbytes}")
-    if meta.checksum(payload) != meta.crc32:
-        raise FrameError("frame checksum mismatch: the metadata or payload was corrupted in transit")
-    n = meta.numel
-    shape = meta.shape
-    if meta.mode in FLOAT_MODES:
-        if meta.mode == "fp32":
-            return np.frombuffer(payload, "<f4", count=n).astype(np.float32).reshape(shape)
-        half = np.frombuffer(payload, "<f2", count=n).copy()  # writable, for torch's fast conversion
-        return torch.from_numpy(half).to(torch.float32).numpy().reshape(shape)
-    if meta.mode in IMAGE_MODES:
-        return _image.decode_image(payload, meta.mode, meta.dtype, shape, meta.lo, meta.hi)
-
-    bits = meta.quant_bits
-    if n == 0:
-        return np.zeros(shape, np.float32)
-    if meta.compressor == "bitpack":
-        codes = _pack.unpack_dense(payload, bits, n)
-    else:
-        codes = _pack.blosc2_decompress(payload, meta.compressor, bits, n, nthreads)
-        if bits not in (8, 16) and int(codes.max()) >> bits:
-            raise FrameError(f"frame holds codes above {(1 << bits) - 1}, impossible at {bits} bits")
-    if meta.per_channel:
-        ranges = np.asarray(meta.channel_ranges, np.float32).reshape(-1, 2)
-        values = _quant.dequantize_per_channel(codes, np.ascontiguousarray(ranges[:, 0]),
-                                               np.ascontiguousarray(ranges[:, 1]), bits)
-    else:
-        values = _quant.dequantize(codes, meta.lo, meta.hi, bits)
-    return values.reshape(shape)

@@ -27,23 +27,16 @@ import functools
 import math
 import struct
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dyno.errors import FrameError
 
-__all__ = [
-    "MODES",
-    "QUANT_MODES",
-    "IMAGE_MODES",
-    "FLOAT_MODES",
-    "COMPRESSORS",
-    "DTYPES",
-    "FORMAT_VERSION",
-    "MAX_NDIM",
-    "FrameMeta",
-    "dense_nbytes",
-    "container_itemsize",
-]
+if TYPE_CHECKING:
+    from dyno.codec._receive import Expected
+
+__all__ = ["MODES", "QUANT_MODES", "IMAGE_MODES", "FLOAT_MODES", "COMPRESSORS", "DTYPES", "FORMAT_VERSION",
+           "MAX_NDIM", "FrameMeta", "Head", "read_head", "meta_nbytes", "check_payload_size", "byte_view",
+           "dense_nbytes", "container_itemsize"]
 
 MODES: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense", "fp16", "fp32", "jpeg", "webp")
 QUANT_MODES = frozenset({"shuffle-lz4", "shuffle-zstd", "dense"})
@@ -117,6 +110,81 @@ def _channel_table(ranges: Any, channels: int) -> tuple[tuple[float, float], ...
     return table
 
 
+def byte_view(data: Any, what: str) -> bytes | memoryview:
+    """``data`` (bytes, bytearray, memoryview, any C-contiguous buffer) as bytes or a flat byte view,
+    without a copy; FrameError for anything else."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise FrameError(f"{what} must be contiguous bytes, got {type(data).__name__}") from None
+
+
+class Head(NamedTuple):
+    """The fixed 9-byte start of the metadata, its numbers checked and turned into names."""
+
+    mode: str
+    bits: int  # the raw byte: 0 for fp16/fp32
+    per_channel: bool
+    dtype: str
+    compressor: str
+    ndim: int
+
+
+def read_head(prefix: bytes | memoryview) -> Head:
+    """The fixed-size header that starts ``prefix``; FrameError for a short buffer, a wrong magic or
+    version, unknown flags, unknown mode/dtype/compressor numbers, or more than MAX_NDIM axes."""
+    if len(prefix) < _HEAD.size:
+        raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {_HEAD.size}-byte header")
+    magic, version, mode, bits, flags, dtype, comp, ndim = _HEAD.unpack_from(prefix)
+    if magic != MAGIC:
+        raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise FrameError(f"unsupported frame version {version}; this dyno reads version "
+                         f"{FORMAT_VERSION} (upgrade the older side)")
+    if flags & ~FLAG_PER_CHANNEL:
+        raise FrameError(f"unknown frame flags 0x{flags:02x}")
+    if mode >= len(MODES):
+        raise FrameError(f"unknown codec mode number {mode}")
+    if dtype >= len(DTYPES):
+        raise FrameError(f"unknown dtype number {dtype}")
+    if comp >= len(COMPRESSORS):
+        raise FrameError(f"unknown compressor number {comp}")
+    if ndim > MAX_NDIM:
+        raise FrameError(f"frame claims {ndim} dimensions (at most {MAX_NDIM})")
+    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim)
+
+
+def meta_nbytes(ndim: int, channels: int | None) -> int:
+    """Length of the metadata of an ``ndim``-axis frame: one range, or one per channel if given."""
+    return _HEAD.size + 4 * ndim + 8 * (1 if channels is None else channels) + _TAIL.size
+
+
+def check_payload_size(mode: str, compressor: str, bits: int | None, numel: int, size: int) -> None:
+    """FrameError unless ``size`` bytes can carry ``numel`` values (``compressor`` allowed for ``mode``,
+    ``bits`` valid): the exact size for fp16/fp32 and bitpack, a blosc2 header up to dense packing."""
+    if mode in FLOAT_MODES:
+        want = numel * (2 if mode == "fp16" else 4)
+        if size != want:
+            raise FrameError(f"{mode} payload of {size} bytes for {numel} values (want {want})")
+    elif compressor == "bitpack":
+        assert bits is not None
+        want = dense_nbytes(numel, bits)
+        if size != want:
+            raise FrameError(f"dense payload of {size} bytes for {numel} values at {bits} bits "
+                             f"(want {want})")
+    elif compressor.startswith("blosc2"):
+        assert bits is not None
+        # The encoder sends blosc2 only when it beats dense packing; 32 bytes is its header.
+        dense = dense_nbytes(numel, bits)
+        if not 32 <= size < dense:
+            raise FrameError(f"blosc2 payload of {size} bytes is impossible for {numel} values at "
+                             f"{bits} bits (dense packing takes {dense})")
+    elif size == 0:
+        raise FrameError(f"empty {mode} payload")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FrameMeta:
     """Everything the receiver needs to decode a payload, and nothing else.
@@ -170,7 +238,7 @@ class FrameMeta:
             raise FrameError(f"payload size {self.payload_nbytes!r} is out of range")
         if not isinstance(self.crc32, int) or not 0 <= self.crc32 <= 0xFFFFFFFF:
             raise FrameError(f"crc32 {self.crc32!r} is out of range")
-        self._check_payload_size()
+        check_payload_size(self.mode, self.compressor, self.bits, self.numel, self.payload_nbytes)
 
     def _check_bits(self) -> None:
         bits = self.bits
@@ -214,27 +282,6 @@ class FrameMeta:
         if (lo, hi) != (0.0, 0.0):
             raise FrameError("a per-channel frame keeps its ranges in channel_ranges; lo and hi must be 0")
         set_("channel_ranges", _channel_table(self.channel_ranges, self.shape[0]))
-
-    def _check_payload_size(self) -> None:
-        n = self.numel
-        size = self.payload_nbytes
-        if self.mode in FLOAT_MODES:
-            want = n * (2 if self.mode == "fp16" else 4)
-            if size != want:
-                raise FrameError(f"{self.mode} payload of {size} bytes for {n} values (want {want})")
-        elif self.compressor == "bitpack":
-            want = dense_nbytes(n, self.quant_bits)
-            if size != want:
-                raise FrameError(f"dense payload of {size} bytes for {n} values at {self.bits} bits "
-                                 f"(want {want})")
-        elif self.compressor.startswith("blosc2"):
-            # The encoder sends blosc2 only when it beats dense packing; 32 bytes is its header.
-            dense = dense_nbytes(n, self.quant_bits)
-            if not 32 <= size < dense:
-                raise FrameError(f"blosc2 payload of {size} bytes is impossible for {n} values at "
-                                 f"{self.bits} bits (dense packing takes {dense})")
-        elif size == 0:
-            raise FrameError(f"empty {self.mode} payload")
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -302,48 +349,30 @@ class FrameMeta:
 
         Needs the fixed 9-byte header, plus the first shape entry for per-channel frames.
         """
-        prefix = memoryview(prefix)
-        if len(prefix) < _HEAD.size:
-            raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {_HEAD.size}-byte header")
-        magic, version, _mode, _bits, flags, _dtype, _comp, ndim = _HEAD.unpack_from(prefix)
-        if magic != MAGIC:
-            raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
-        if version != FORMAT_VERSION:
-            raise FrameError(f"unsupported frame version {version}; this dyno reads version "
-                             f"{FORMAT_VERSION} (upgrade the older side)")
-        if ndim > MAX_NDIM:
-            raise FrameError(f"frame claims {ndim} dimensions (at most {MAX_NDIM})")
-        ranges = 2
-        if flags & FLAG_PER_CHANNEL:
-            if ndim == 0:
-                raise FrameError("per-channel frame without a channel axis")
-            if len(prefix) < _HEAD.size + 4:
-                raise FrameError("frame truncated inside its shape")
-            ranges = 2 * struct.unpack_from("<I", prefix, _HEAD.size)[0]
-        return _HEAD.size + 4 * ndim + 4 * ranges + _TAIL.size
+        return _wire_size(read_head(prefix), prefix)
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> FrameMeta:
-        """Parse and validate metadata bytes (exactly, no trailing bytes); FrameError on any garbage."""
-        data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        size = cls.wire_size(data)
+    def from_bytes(cls, data: bytes | bytearray | memoryview, *, expected: Expected | None = None
+                   ) -> FrameMeta:
+        """Parse and validate metadata bytes (exactly, no trailing bytes); FrameError on any garbage.
+
+        With ``expected`` (the receiver's ``Expected``) the bytes are first checked against it from the
+        fixed-size header, the shape and the declared sizes (``Expected.check_wire``), so nothing whose
+        size the frame declares is parsed unless the receiver would accept that size.
+        """
+        data = byte_view(data, "frame metadata")
+        if expected is not None:
+            expected.check_wire(data)
+        head = read_head(data)
+        size = _wire_size(head, data)
         if len(data) != size:
             raise FrameError(f"frame metadata is {len(data)} bytes; its header says {size}")
-        _magic, version, mode, bits, flags, dtype, comp, ndim = _HEAD.unpack_from(data)
-        if flags & ~FLAG_PER_CHANNEL:
-            raise FrameError(f"unknown frame flags 0x{flags:02x}")
-        if mode >= len(MODES):
-            raise FrameError(f"unknown codec mode number {mode}")
-        if dtype >= len(DTYPES):
-            raise FrameError(f"unknown dtype number {dtype}")
-        if comp >= len(COMPRESSORS):
-            raise FrameError(f"unknown compressor number {comp}")
         offset = _HEAD.size
-        shape = struct.unpack_from(f"<{ndim}I", data, offset)
-        offset += 4 * ndim
+        shape = struct.unpack_from(f"<{head.ndim}I", data, offset)
+        offset += 4 * head.ndim
         lo = hi = 0.0
         table = None
-        if flags & FLAG_PER_CHANNEL:
+        if head.per_channel:
             flat = struct.unpack_from(f"<{2 * shape[0]}f", data, offset)
             table = tuple(zip(flat[0::2], flat[1::2]))
             offset += 8 * shape[0]
@@ -351,7 +380,18 @@ class FrameMeta:
             lo, hi = struct.unpack_from("<2f", data, offset)
             offset += 8
         payload_nbytes, crc = _TAIL.unpack_from(data, offset)
-        mode_name = MODES[mode]
-        return cls(version=version, mode=mode_name, bits=None if mode_name in FLOAT_MODES and bits == 0
-                   else bits, shape=shape, dtype=DTYPES[dtype], lo=lo, hi=hi, channel_ranges=table,
-                   compressor=COMPRESSORS[comp], payload_nbytes=payload_nbytes, crc32=crc)
+        bits = None if head.mode in FLOAT_MODES and head.bits == 0 else head.bits
+        return cls(mode=head.mode, bits=bits, shape=shape, dtype=head.dtype, lo=lo, hi=hi,
+                   channel_ranges=table, compressor=head.compressor, payload_nbytes=payload_nbytes, crc32=crc)
+
+
+def _wire_size(head: Head, prefix: bytes | memoryview) -> int:
+    """Metadata length declared by ``head`` (read from ``prefix``): per-channel frames declare it in
+    their first shape entry, which this reads (4 bytes) but does not trust."""
+    if not head.per_channel:
+        return meta_nbytes(head.ndim, None)
+    if head.ndim == 0:
+        raise FrameError("per-channel frame without a channel axis")
+    if len(prefix) < _HEAD.size + 4:
+        raise FrameError("frame truncated inside its shape")
+    return meta_nbytes(head.ndim, struct.unpack_from("<I", prefix, _HEAD.size)[0])

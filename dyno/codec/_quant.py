@@ -32,9 +32,17 @@ import torch
 from dyno.errors import ConfigError
 
 __all__ = ["Grid", "grid", "channel_grids", "tensor_range", "channel_ranges", "quantize", "dequantize",
-           "quantize_per_channel", "dequantize_per_channel", "as_float32_tensor"]
+           "quantize_per_channel", "dequantize_per_channel", "as_float32_tensor", "decodes_finite",
+           "channels_decode_finite", "SAFE_MAX"]
 
 _MIN_SCALE = 1e-30  # below this torch's float32 1/scale overflows; such ranges count as constant
+_F32_MAX = float(np.finfo(np.float32).max)
+#: The largest |value| a grid may decode to: float32's largest finite value less 4 ulps, so that the
+#: float32 rounding of the dequantise kernels (a multiply and an add, or a fused multiply-add with a
+#: rounded premultiplied zero point) can never carry a value past it to infinity.
+SAFE_MAX = _F32_MAX - 4 * 2.0**104  # float32's ulp at its largest value is 2**104
+#: Ranges inside +-_EASY always decode finite (|value| <= max(|lo|, |hi|) + (hi - lo) <= 3e38): no grid needed.
+_EASY = 1e38
 
 # torch >= 2.10 deprecates the quantized dtypes (a one-time UserWarning); they remain the fastest fused
 # kernels here. If a future torch drops them, the plain-op path below takes over.
@@ -82,6 +90,26 @@ def grid(lo: float, hi: float, bits: int) -> Grid:
     return Grid(scale, 0, lo, levels, constant)
 
 
+def decodes_finite(lo: float, hi: float, bits: int) -> bool:
+    """Whether every code 0..2**bits-1 on grid(lo, hi, bits) dequantises to a finite float32.
+
+    Arithmetic on the range alone, no pass over any data: the grid is affine in the code, so its
+    largest magnitude is at code 0 or code ``levels``: ``offset - zp * step`` or
+    ``offset + (levels - zp) * step`` (``step`` the float32 scale the kernels multiply by; the products
+    are exact in float64). Both must be at most SAFE_MAX.
+    """
+    if abs(lo) <= _EASY and abs(hi) <= _EASY:
+        return True
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return False
+    g = grid(lo, hi, bits)
+    if not g.scale <= _F32_MAX:  # the step itself overflows float32
+        return False
+    step = float(np.float32(g.scale))
+    ends = (g.offset - g.zero_point * step, g.offset + (g.levels - g.zero_point) * step)
+    return max(abs(ends[0]), abs(ends[1])) <= SAFE_MAX
+
+
 def channel_grids(lo: torch.Tensor, hi: torch.Tensor, bits: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel ``grid``, vectorised with the same float64 arithmetic (both sides agree):
@@ -95,6 +123,19 @@ def channel_grids(lo: torch.Tensor, hi: torch.Tensor, bits: int
     zero_point = torch.where(spans_zero, torch.round(-lo64 / scale).clamp(0, levels), torch.zeros_like(scale))
     offset = torch.where(spans_zero, torch.zeros_like(lo), lo.float())
     return scale, zero_point.to(torch.int64), offset.contiguous(), constant
+
+
+def channels_decode_finite(lo: np.ndarray, hi: np.ndarray, bits: int) -> bool:
+    """``decodes_finite`` for every channel at once (float32 arrays ``lo``/``hi``, one entry per channel)."""
+    if np.abs(lo).max(initial=0.0) <= _EASY and np.abs(hi).max(initial=0.0) <= _EASY:
+        return True  # (NaN compares False and takes the long way)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return False
+    scale, zero_point, offset, _constant = channel_grids(torch.from_numpy(lo), torch.from_numpy(hi), bits)
+    step = scale.float().double()  # what the kernels multiply by; inf where the step overflows
+    first = offset.double() - zero_point.double() * step
+    last = offset.double() + ((1 << bits) - 1 - zero_point).double() * step
+    return bool((torch.maximum(first.abs(), last.abs()) <= SAFE_MAX).all())
 
 
 def as_float32_tensor(x: object) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """The cloud's compute for one plan: decode a batch of frames, stack them, run the cut's tail, take the
 top-k of every row. No gRPC here; the server runs :meth:`Tails.run_batch` in its compute pool.
 
-Decoding never trusts a frame: ``dyno.codec`` checks it against the cut's shape before allocating, any
-failure is a ``FrameError`` for that request alone, and the rest of its batch runs without it. The
-error is stored as a fresh ``FrameError`` with its (bounded) message only: a traceback would keep the
-failed decode's locals - whatever the frame made it build - alive until the whole batch is answered.
+Decoding never trusts a frame: ``dyno.codec.decode_frame`` checks its header, shape and declared sizes
+against the cut before it reads anything whose size the frame declares, and returns only finite
+tensors; any failure is a ``FrameError`` for that request alone, and the rest of its batch runs
+without it. The error is stored as a fresh ``FrameError`` with its (bounded) message only: a
+traceback would keep the failed decode's locals - whatever the frame made it build - alive until the
+whole batch is answered.
 
     tails = Tails(plan, splits)
     results = tails.run_batch(cut_id, requests)   # per request (classes, scores, logits or None) or its error
@@ -45,9 +47,9 @@ class Tails:
         self._expected = {cut.id: codec.Expected(shape=tuple(cut.shape)) for cut in plan.cuts}
 
     def decode(self, cut: CutPlan, meta: bytes, payload: bytes) -> np.ndarray:
-        """Validate and decode one frame for ``cut``. FrameError on anything wrong."""
+        """Validate and decode one frame for ``cut`` (``codec.decode_frame``). FrameError on anything wrong."""
         try:
-            array = codec.decode(codec.Encoded.from_parts(meta, payload), self._expected[cut.id])
+            array = codec.decode_frame(meta, payload, self._expected[cut.id])
         except FrameError:
             raise
         except Exception as error:  # the codec promises FrameError; never let a frame crash us

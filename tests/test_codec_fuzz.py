@@ -1,6 +1,7 @@
-"""Fuzzing the decoder: >= 100,000 damaged or hostile frames, and only ever a FrameError.
+"""Fuzzing the decoder: >= 100,000 damaged or hostile frames per coder, and only ever a FrameError.
 
-Every mode contributes valid frames; each trial damages one (bit flips, byte changes, truncation,
+Every mode contributes valid frames (the version-1 modes together; each version-2 coder, centre-zstd,
+zstd and rans, on its own 100,000 trials); each trial damages one (bit flips, byte changes, truncation,
 extension, random metadata) and runs a receiver's path (``decode_frame``, or ``Encoded.from_bytes`` /
 ``from_parts`` then ``decode``). A tenth of the trials re-sign the damaged frame with a correct
 checksum, as a hostile or buggy sender would, so the checks behind the checksum (blosc2 header, code
@@ -22,9 +23,12 @@ import tracemalloc
 import zlib
 
 import numpy as np
+import pytest
 import torch
 
-from dyno.codec import COMPRESSORS, MODES, Encoded, Expected, FrameMeta, decode, decode_frame, encode
+from dyno.codec import COMPRESSORS, MAX_BITS, MODES, Encoded, Expected, FrameMeta, decode, decode_frame, encode
+from dyno.codec._codec import COMPRESSOR_OF_MODE
+from dyno.codec._wire import required_version
 from dyno.errors import FrameError
 
 TRIALS = 100_000
@@ -33,7 +37,30 @@ F32_MAX = float(np.finfo(np.float32).max)
 EXTREMES = (1.0, 1e3, 1e30, 1e38, 1.5e38, 3e38, 3.4e38, F32_MAX)
 
 
+#: The coders fuzzed on their own, 100,000 trials each (frame version 2).
+NEW_CODERS = ("centre-zstd", "zstd", "rans")
+
+
+def coder_frames(mode: str) -> list[tuple[Encoded, Expected]]:
+    """Frames of one version-2 coder: sparse, signed (peaked around a zero point in the middle) and
+    wide tensors at every width it takes, per tensor and per channel; all carry the coder's payload."""
+    gen = torch.Generator().manual_seed(1)
+    relu = torch.relu(torch.randn(4, 16, 16, generator=gen) - 1.0)
+    signed = torch.randn(6, 40, generator=gen) * torch.rand(6, 40, generator=gen) ** 4
+    frames = []
+    for bits in (1, 2, 3, 5, 8, 12, 16):
+        if bits > MAX_BITS.get(mode, 16):
+            continue
+        for per_channel in (False, True):
+            frames.append(encode(relu, bits=bits, mode=mode, nonnegative=True, per_channel=per_channel))
+            frames.append(encode(signed, bits=bits, mode=mode, per_channel=per_channel))
+    coded = [f for f in frames if f.meta.compressor == COMPRESSOR_OF_MODE[mode]]
+    assert len(coded) >= len(frames) // 2, [f.meta.compressor for f in frames]
+    return [(f, Expected(f.meta.shape)) for f in coded]
+
+
 def base_frames() -> list[tuple[Encoded, Expected]]:
+    """Frames of every version-1 mode."""
     gen = torch.Generator().manual_seed(0)
     relu = torch.relu(torch.randn(4, 16, 16, generator=gen) - 1.5)  # sparse: blosc2 pays
     signed = torch.randn(6, 10, generator=gen)
@@ -88,8 +115,8 @@ def resign(rng: random.Random, enc: Encoded) -> Encoded | None:
     try:
         if rng.random() < 0.3:
             field, value = rng.choice([
-                ("bits", rng.randint(0, 20)), ("compressor", rng.choice(["raw", "bitpack", "blosc2-lz4",
-                                                                         "blosc2-zstd", "jpeg", "webp"])),
+                ("bits", rng.randint(0, 20)), ("compressor", rng.choice(COMPRESSORS)),
+                ("mode", rng.choice(MODES)), ("version", rng.choice([1, 2])),
                 ("lo", rng.uniform(-1e3, 1e3)), ("hi", rng.uniform(-1e3, 1e3)),
                 ("lo", -rng.choice(EXTREMES)), ("hi", rng.choice(EXTREMES)),
                 ("dtype", rng.choice(["float32", "uint8", "float16"])),
@@ -120,15 +147,16 @@ def one_trial(rng: random.Random, enc: Encoded, wire: tuple[bytes, bytes, bytes,
             return route, decode_frame(*parts, expected)
         return route, decode(Encoded.from_parts(*parts), expected)
     if route < 0.95:  # random metadata, sometimes with a plausible prefix
-        head = b"DY\x01" if rng.random() < 0.7 else b""
+        head = rng.choice([b"DY\x01", b"DY\x02"]) if rng.random() < 0.7 else b""
         return route, decode(Encoded.from_bytes(head + rng.randbytes(rng.randint(0, 80))), expected)
     return route, decode(Encoded.from_parts(rng.randbytes(rng.randint(0, 60)), rng.randbytes(rng.randint(0, 60))),
                          expected)
 
 
-def test_fuzzed_frames_raise_frame_error_only():
+@pytest.mark.parametrize("group", ("version 1",) + NEW_CODERS)
+def test_fuzzed_frames_raise_frame_error_only(group):
     rng = random.Random(20240601)
-    frames = base_frames()
+    frames = base_frames() if group == "version 1" else coder_frames(group)
     wires = [(f.to_bytes(), f.meta.to_bytes(), f.payload, expected) for f, expected in frames]
     counts = {"rejected": 0, "decoded": 0}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -167,7 +195,7 @@ def test_fuzzed_frames_raise_frame_error_only():
 
 def test_every_single_bit_flip_of_every_frame_is_caught():
     """Exhaustive over bit positions: the checksum (or the metadata checks) catch each one."""
-    for enc, expected in base_frames()[::7]:
+    for enc, expected in base_frames()[::7] + [f for mode in NEW_CODERS for f in coder_frames(mode)[::9]]:
         whole = enc.to_bytes()
         for position in range(0, 8 * len(whole), 3):
             buf = bytearray(whole)
@@ -212,10 +240,11 @@ def hostile_header(rng: random.Random, expected: Expected) -> tuple[bytes, bytes
     per_channel = ndim > 0 and rng.random() < 0.6
     mode = rng.choice(sorted(expected.modes)) if expected.modes and rng.random() < 0.8 else rng.choice(MODES)
     usual = {"fp16": ("raw", 0), "fp32": ("raw", 0), "jpeg": ("jpeg", 80), "webp": ("webp", 80),
-             "dense": ("bitpack", 4)}.get(mode, (rng.choice(["bitpack", f"blosc2-{mode[8:]}"]), 8))
+             "dense": ("bitpack", 4)}.get(mode, (rng.choice(["bitpack", COMPRESSOR_OF_MODE.get(mode, "raw")]), 8))
     compressor = usual[0] if rng.random() < 0.8 else rng.choice(COMPRESSORS)
     bits = usual[1] if rng.random() < 0.7 else rng.choice([0, 1, 4, 8, 12, 16, 17, 90, 255])
-    head = struct.pack("<2sBBBBBBB", b"DY", 1, MODES.index(mode), bits, int(per_channel), rng.randrange(5),
+    version = required_version(mode, compressor) if rng.random() < 0.8 else rng.choice([0, 1, 2, 3])
+    head = struct.pack("<2sBBBBBBB", b"DY", version, MODES.index(mode), bits, int(per_channel), rng.randrange(5),
                        COMPRESSORS.index(compressor), ndim)
     head += struct.pack(f"<{ndim}I", *shape)
     if per_channel:  # the table as declared (when it is not absurd) or of any other length
@@ -242,7 +271,7 @@ def receivers(frames: list[tuple[Encoded, Expected]]) -> list[Expected]:
 
 def test_hostile_headers_are_refused_without_allocating_what_they_declare():
     rng = random.Random(13)
-    expectations = receivers(base_frames())
+    expectations = receivers(base_frames() + [f for mode in NEW_CODERS for f in coder_frames(mode)])
     refused = 0
     worst = (0, "")
     tracemalloc.start()
@@ -280,7 +309,7 @@ def test_non_finite_values_never_decode():
     """fp16/fp32 payloads with NaN or infinity, and quantised or float-image frames with ranges up to
     float32's end, re-signed: each is refused or decodes to finite values of the expected shape."""
     rng = random.Random(29)
-    frames = base_frames()
+    frames = base_frames() + [f for mode in NEW_CODERS for f in coder_frames(mode)]
     counts = {"refused": 0, "decoded": 0}
     specials = {"<f4": [np.nan, np.inf, -np.inf], "<f2": [np.nan, np.inf, -np.inf]}
     for _ in range(5_000):

@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure the codec on real activations (bytes, bits/value, GB/s, error) against baselines",
         description="Run a zoo model's head to several cuts on a few real inputs and encode each "
         f"activation at bits {', '.join(map(str, BITS))} in modes {', '.join(MODES)}, single-threaded; "
-        "report per (cut, bits, mode) the bytes on the wire, ratio to fp32, bits per value, encode and "
-        "decode GB/s of fp32 tensor (medians) and relative L2 error, plus the baselines fp32, fp16, "
+        "report per (cut, bits, mode) the bytes on the wire, ratio to fp32, bits per value beside the order-0 "
+        "entropy of the codes, encode and decode GB/s of fp32 tensor (medians) and relative L2 error; per "
+        "(cut, bits <= 8) the best coder against the entropy; plus the baselines fp32, fp16, "
         "int8+zlib, dense 8-bit, memcpy (and jpeg/webp at the input cut). Default model: "
         "efficientnet-lite0 on ../shared/imagenet-samples ($DYNO_IMAGENET_SAMPLES) when present, else "
         "fmnist-resnet; 'synthetic' uses ReLU-like random tensors.",
@@ -65,8 +66,8 @@ def _print(result: dict[str, Any]) -> None:
         console.print(f"[yellow]{src['note']}[/yellow]")
     cuts = {c["id"]: c for c in result["cuts"]}
     table = Table(title=title, header_style="bold")
-    for column in ("cut", "shape", "bits", "mode", "bytes", "ratio", "bits/value", "enc GB/s", "dec GB/s",
-                   "rel L2"):
+    for column in ("cut", "shape", "bits", "mode", "bytes", "ratio", "bits/value", "entropy", "enc GB/s",
+                   "dec GB/s", "rel L2"):
         table.add_column(column, justify="left" if column in ("mode", "shape") else "right")
     previous = None
     for row in result["rows"]:
@@ -77,8 +78,8 @@ def _print(result: dict[str, Any]) -> None:
         previous = row["cut"]
         table.add_row(f"{row['cut']}" if first else "", "×".join(map(str, cut["shape"])) if first else "",
                       str(row["bits"]), row["mode"], f"{row['bytes']:,}", f"{row['fp32_bytes'] / row['bytes']:.1f}×",
-                      f"{row['bits_per_value']:.3f}", f"{row['encode_gbps']:.2f}", f"{row['decode_gbps']:.2f}",
-                      f"{row['rel_l2']:.2e}")
+                      f"{row['bits_per_value']:.3f}", f"{row['entropy_bits_per_value']:.3f}",
+                      f"{row['encode_gbps']:.2f}", f"{row['decode_gbps']:.2f}", f"{row['rel_l2']:.2e}")
     console.print(table)
     base = Table(title="baselines (same run)", header_style="bold")
     for column in ("cut", "name", "bytes", "ratio", "enc GB/s", "dec GB/s", "rel L2"):
@@ -90,6 +91,7 @@ def _print(result: dict[str, Any]) -> None:
     console.print(base)
     console.print(f"memcpy of the fp32 tensor: {result['memcpy_gbps']:.1f} GB/s (median over cuts)")
     goals = result["goals"]
+    _print_best(console, goals.get("best", []))
     if goals.get("rows"):
         for key, label in (("encode_gbps", "encode"), ("decode_gbps", "decode")):
             g = goals[key]
@@ -97,3 +99,22 @@ def _print(result: dict[str, Any]) -> None:
             console.print(f"shuffle-lz4 {label}, b<=8, tensors >= 256 KiB ({goals['rows']} rows): median "
                           f"{g['median']:.2f} GB/s, min {g['min']:.2f} GB/s, goal {g['goal']:.1f}: {verdict} "
                           f"({g['rows_below_goal']} rows below)")
+
+
+def _print_best(console: Any, best: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not best:
+        return
+    table = Table(title="best coder per (cut, bits <= 8) against the codes' order-0 entropy", header_style="bold")
+    for column in ("cut", "bits", "mode", "bits/value", "entropy", "ratio", "enc GB/s", "dec GB/s"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in best:
+        ratio = f"{row['ratio_to_entropy']:.2f}"
+        table.add_row(str(row["cut"]), str(row["bits"]), row["mode"], f"{row['bits_per_value']:.3f}",
+                      f"{row['entropy_bits_per_value']:.3f}",
+                      ratio if row["within_entropy_goal"] else f"[red]{ratio}[/red]",
+                      f"{row['encode_gbps']:.2f}", f"{row['decode_gbps']:.2f}")
+    console.print(table)
+    met = sum(r["within_entropy_goal"] for r in best)
+    console.print(f"best coder within 10% of the entropy (or below): {met} of {len(best)} (cut, bits)")

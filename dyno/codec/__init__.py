@@ -12,8 +12,13 @@ plus a payload; ``Encoded.nbytes`` counts both, and is the figure every byte cou
     >>> float(abs(torch.from_numpy(y) - x).max()) <= enc.meta.scale / 2 + 1e-6
     True
 
-Modes (``MODES``): ``shuffle-lz4`` (default), ``shuffle-zstd``, ``dense`` (exactly b bits per value,
-no entropy coder; the reference), ``fp16``/``fp32`` (baselines), ``jpeg``/``webp`` (the input cut).
+Modes (``MODES``): ``shuffle-lz4`` (default; bit-shuffle + LZ4, the fastest), ``shuffle-zstd``
+(bit-shuffle + Zstandard level 1), ``centre-zstd`` (codes centred on the zero point, bit-shuffle,
+Zstandard level 3: signed tensors too), ``zstd`` (Zstandard on the codes' bytes), ``rans`` (an order-0
+rANS entropy coder, 1..8 bits), ``dense`` (exactly b bits per value, no entropy coder; the reference),
+``fp16``/``fp32`` (baselines), ``jpeg``/``webp`` (the input cut). The quantiser is numpy's (torch is
+never imported; encode takes numpy arrays and torch tensors alike). Frames of the last three
+quantised modes are frame version 2, all others version 1 (``dyno.codec._wire``).
 A receiver of untrusted bytes calls ``decode_frame(meta, payload, expected)``: it checks the frame's
 fixed-size header, shape and declared sizes against ``expected`` before it reads anything whose size
 the frame declares, and returns only finite tensors (the order of its checks: ``dyno.codec._receive``).
@@ -24,9 +29,10 @@ FrameError for any frame that fails validation in ``decode_frame`` / decode / ``
 """
 
 from dyno.codec._codec import CodecSpec, Encoded, encode, encode_with
-from dyno.codec._meta import COMPRESSORS, FORMAT_VERSION, MODES, FrameMeta, dense_nbytes
+from dyno.codec._meta import FrameMeta
 from dyno.codec._pack import THREADS_THRESHOLD
 from dyno.codec._receive import Expected, decode, decode_frame
+from dyno.codec._wire import COMPRESSORS, FORMAT_VERSION, MAX_BITS, MODES, QUANT_MODES, VERSIONS, dense_nbytes
 
 __all__ = [
     "encode",
@@ -38,8 +44,11 @@ __all__ = [
     "Expected",
     "CodecSpec",
     "MODES",
+    "QUANT_MODES",
+    "MAX_BITS",
     "COMPRESSORS",
     "FORMAT_VERSION",
+    "VERSIONS",
     "THREADS_THRESHOLD",
     "dense_nbytes",
 ]

@@ -4,45 +4,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from dyno.codec import _image, _pack, _quant
-from dyno.codec._meta import (
+from dyno.codec import _coders, _image, _pack, _quant
+from dyno.codec._meta import FrameMeta
+from dyno.codec._wire import (
     FLOAT_MODES,
     IMAGE_MODES,
+    MAX_BITS,
     MODES,
     QUANT_MODES,
-    FrameMeta,
     byte_view,
+    check_payload_size,
     dense_nbytes,
 )
 from dyno.errors import ConfigError, FrameError
 
 if TYPE_CHECKING:
+    import torch
+
     from dyno.codec._receive import Expected
 
 __all__ = ["encode", "encode_with", "Encoded", "CodecSpec"]
 
 _FP16_MAX = 65504.0
-_COMPRESSOR_OF_MODE = {"shuffle-lz4": "blosc2-lz4", "shuffle-zstd": "blosc2-zstd", "dense": "bitpack"}
-_TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
-                 torch.bfloat16: "bfloat16"}
+#: What each quantised mode's coder writes (it falls back to ``bitpack`` when that is not smaller).
+COMPRESSOR_OF_MODE = {"shuffle-lz4": "blosc2-lz4", "shuffle-zstd": "blosc2-zstd", "centre-zstd": "blosc2-zstd",
+                      "zstd": "zstd", "rans": "rans", "dense": "bitpack"}
+_SOURCE_DTYPES = ("float32", "float16", "float64", "bfloat16")
 
 
 def _source_dtype(x: object) -> str:
+    """The name of ``x``'s dtype (numpy or torch, the latter by duck typing: torch is never imported)."""
     if isinstance(x, np.generic):
         x = np.asarray(x)
-    if isinstance(x, torch.Tensor):
-        name = _TORCH_DTYPES.get(x.dtype)
-    elif isinstance(x, np.ndarray):
-        name = x.dtype.name if x.dtype.name in ("float16", "float32", "float64") else None
+    if isinstance(x, np.ndarray):
+        name = x.dtype.name
+    elif type(x).__module__.startswith("torch") and hasattr(x, "dtype"):
+        name = str(x.dtype).removeprefix("torch.")
     else:
         raise ConfigError(f"encode needs a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if name is None:
-        raise ConfigError(f"encode needs a float16/32/64 (or bfloat16) tensor, got {x.dtype}; "
+    if name not in _SOURCE_DTYPES or (name == "bfloat16" and isinstance(x, np.ndarray)):
+        raise ConfigError(f"encode needs a float16/32/64 (or bfloat16) tensor, got {getattr(x, 'dtype', None)}; "
                           "images for mode jpeg/webp may also be uint8")
     return name
 
@@ -57,7 +63,7 @@ def _check_mode_bits(mode: object, bits: object) -> int | None:
         what = "bits" if mode in QUANT_MODES else "quality (bits=)"
         raise ConfigError(f"mode {mode!r} needs an int {what}, got {bits!r}")
     bits = int(bits)
-    top = 16 if mode in QUANT_MODES else 100
+    top = MAX_BITS.get(mode, 16) if mode in QUANT_MODES else 100
     if not 1 <= bits <= top:
         what = "bits" if mode in QUANT_MODES else "quality"
         raise ConfigError(f"{what} {bits} is out of range 1..{top} for mode {mode!r}")
@@ -191,7 +197,7 @@ def encode(x: torch.Tensor | np.ndarray, bits: int | None = 8, mode: str = "shuf
     if per_channel and mode not in QUANT_MODES:
         raise ConfigError(f"per-channel ranges need a quantised mode, not {mode!r}")
     if mode in FLOAT_MODES:
-        return _encode_float(_source_dtype(x), _quant.as_float32_tensor(x), mode)
+        return _encode_float(_source_dtype(x), _quant.as_float32_array(x), mode)
     assert checked is not None  # _check_mode_bits returns an int for every mode but fp16/fp32
     if mode in IMAGE_MODES:
         payload, dtype, shape, lo, hi = _image.encode_image(x, checked, mode, nonnegative, clip)
@@ -200,47 +206,58 @@ def encode(x: torch.Tensor | np.ndarray, bits: int | None = 8, mode: str = "shuf
         meta = FrameMeta(mode=mode, bits=checked, shape=shape, dtype=dtype, lo=lo, hi=hi,
                          compressor=mode, payload_nbytes=len(payload))
         return Encoded(meta.with_crc(payload), payload)
-    return _encode_quantized(_source_dtype(x), _quant.as_float32_tensor(x), checked, mode, nonnegative, clip,
+    return _encode_quantized(_source_dtype(x), _quant.as_float32_array(x), checked, mode, nonnegative, clip,
                              per_channel, nthreads)
 
 
-def _encode_float(dtype: str, t: torch.Tensor, mode: str) -> Encoded:
-    """An fp16/fp32 frame of ``t`` (float32, contiguous; ``dtype`` what encode was given): the values."""
-    shape = tuple(t.shape)
-    if t.numel():
-        mn, mx = (float(v) for v in torch.aminmax(t))  # one pass; NaN and inf propagate
+def half(values: np.ndarray) -> np.ndarray:
+    """float32 -> float16 (round to nearest even): torch's kernel when the process has torch already
+    (several times faster than numpy's), numpy's otherwise; both give the same bits."""
+    torch = sys.modules.get("torch")
+    if torch is not None and values.flags.c_contiguous:
+        return torch.from_numpy(values).to(torch.float16).numpy()
+    return values.astype(np.float16)
+
+
+def _encode_float(dtype: str, array: np.ndarray, mode: str) -> Encoded:
+    """An fp16/fp32 frame of ``array`` (float32, contiguous; ``dtype`` what encode was given): the values."""
+    shape = tuple(array.shape)
+    if array.size:
+        mn, mx = float(array.min()), float(array.max())  # NaN and inf propagate
         if not (math.isfinite(mn) and math.isfinite(mx)):
             raise ConfigError("cannot encode a tensor holding NaN or infinite values")
         if mode == "fp16" and max(-mn, mx) > _FP16_MAX:
             raise ConfigError("tensor values overflow float16 (|x| > 65504); use fp32 or a quantised mode")
-    values = t.to(torch.float16) if mode == "fp16" else t
-    array = values.numpy()
-    payload = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    values = half(array) if mode == "fp16" else array
+    payload = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
     meta = FrameMeta(mode=mode, bits=None, shape=shape, dtype=dtype, compressor="raw",
                      payload_nbytes=len(payload))
     return Encoded(meta.with_crc(payload), payload)
 
 
-def _encode_quantized(dtype: str, t: torch.Tensor, bits: int, mode: str, nonnegative: bool,
+def _encode_quantized(dtype: str, x: np.ndarray, bits: int, mode: str, nonnegative: bool,
                       clip: tuple[float, float] | None, per_channel: bool, nthreads: int | None) -> Encoded:
-    """A quantised frame of ``t``: ISQuant codes, bit-shuffled and compressed or densely packed."""
-    shape = tuple(t.shape)
+    """A quantised frame of ``x``: ISQuant codes, then the mode's coder (or dense packing)."""
+    shape = tuple(x.shape)
     lo = hi = 0.0
     table = None
+    zero_points: np.ndarray | int
     if per_channel:
-        if t.ndim == 0:
+        if x.ndim == 0:
             raise ConfigError("per-channel ranges need a tensor with at least one axis")
-        lo_c, hi_c = _quant.channel_ranges(t, nonnegative, clip)
-        if not _quant.channels_decode_finite(lo_c.numpy(), hi_c.numpy(), bits):
+        lo_c, hi_c = _quant.channel_ranges(x, nonnegative, clip)
+        if not _quant.channels_decode_finite(lo_c, hi_c, bits):
             raise _overflow("a channel's range", bits)
-        codes = _quant.quantize_per_channel(t, lo_c, hi_c, bits)
+        codes = _quant.quantize_per_channel(x, lo_c, hi_c, bits)
         table = tuple(zip(lo_c.tolist(), hi_c.tolist()))
+        zero_points = _quant.channel_grids(lo_c, hi_c, bits)[1].astype(np.int64)
     else:
-        lo, hi = _quant.tensor_range(t, nonnegative, clip)
+        lo, hi = _quant.tensor_range(x, nonnegative, clip)
         if not _quant.decodes_finite(lo, hi, bits):
             raise _overflow(f"tensor range [{lo}, {hi}]", bits)
-        codes = _quant.quantize(t, lo, hi, bits)
-    payload, compressor = _pack_codes(codes, bits, mode, nthreads)
+        codes = _quant.quantize(x.reshape(-1), lo, hi, bits)
+        zero_points = _quant.grid(lo, hi, bits).zero_point
+    payload, compressor = pack_codes(codes, bits, mode, nthreads, zero_points)
     meta = FrameMeta(mode=mode, bits=bits, shape=shape, dtype=dtype, lo=lo, hi=hi,
                      channel_ranges=table, compressor=compressor, payload_nbytes=len(payload))
     return Encoded(meta.with_crc(payload), payload)
@@ -251,14 +268,28 @@ def _overflow(what: str, bits: int) -> ConfigError:
                        "receiver); narrow it with clip=")
 
 
-def _pack_codes(codes: np.ndarray, bits: int, mode: str, nthreads: int | None) -> tuple[bytes, str]:
-    compressor = _COMPRESSOR_OF_MODE[mode]
-    if compressor != "bitpack":
-        dense = dense_nbytes(codes.size, bits)
+def pack_codes(codes: np.ndarray, bits: int, mode: str, nthreads: int | None = None,
+               zero_points: np.ndarray | int = 0) -> tuple[bytes, str]:
+    """(payload, compressor) of flat codes in ``mode``: its coder's output when that is smaller than
+    dense packing (and a size the receiver accepts), else dense packing."""
+    compressor = COMPRESSOR_OF_MODE[mode]
+    dense = dense_nbytes(codes.size, bits)
+    payload = None
+    if compressor.startswith("blosc2"):
         if dense > 32:  # a blosc2 chunk has a 32-byte header: never smaller than that
-            payload = _pack.blosc2_compress(codes, compressor, nthreads)
-            if len(payload) < dense:
-                return payload, compressor
+            centre = mode == "centre-zstd"
+            payload = _pack.blosc2_compress(_coders.fold(codes, zero_points, bits) if centre else codes,
+                                            compressor, nthreads, _coders.CENTRE_ZSTD_LEVEL if centre else None)
+    elif compressor == "zstd" and codes.size:
+        payload = _coders.zstd_compress(codes)
+    elif compressor == "rans" and codes.size:
+        payload = _coders.rans_encode(codes, bits)
+    if payload is not None and len(payload) < dense:
+        try:
+            check_payload_size(mode, compressor, bits, codes.size, len(payload))
+            return payload, compressor
+        except FrameError:
+            pass
     return _pack.pack_dense(codes, bits), "bitpack"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 from PIL import Image
 
 from dyno.codec import _quant
@@ -30,24 +29,22 @@ _FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
 
 def _hwc_uint8(x: object, nonnegative: bool, clip: object) -> tuple[np.ndarray, str, tuple, float, float]:
     """(pixels HxWxC uint8, source dtype name, source shape, lo, hi)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.uint8:
-            x = x.numpy()
+    if type(x).__module__.startswith("torch") and str(getattr(x, "dtype", "")) == "torch.uint8":
+        x = x.detach().cpu().numpy()  # type: ignore[attr-defined]
     if isinstance(x, np.ndarray) and x.dtype == np.uint8:
         shape = x.shape
         if not (x.ndim == 2 or (x.ndim == 3 and shape[2] in (1, 3))) or 0 in shape:
             raise ConfigError(f"a uint8 image must be (H, W), (H, W, 1) or (H, W, 3), got {shape}")
         pixels = np.ascontiguousarray(x.reshape(shape[0], shape[1], -1))
         return pixels, "uint8", shape, 0.0, 255.0
-    t = _quant.as_float32_tensor(x)
+    t = _quant.as_float32_array(x)
     shape = tuple(t.shape)
     if not (t.ndim == 2 or (t.ndim == 3 and shape[0] in (1, 3))) or 0 in shape:
         raise ConfigError(f"a float image must be (H, W), (1, H, W) or (3, H, W), got {shape}")
     lo, hi = _quant.tensor_range(t, nonnegative, clip)
-    codes = _quant.quantize(t, lo, hi, 8).reshape(-1, shape[-2], shape[-1])
+    codes = _quant.quantize(t.reshape(-1), lo, hi, 8).reshape(-1, shape[-2], shape[-1])
     pixels = np.ascontiguousarray(codes.transpose(1, 2, 0))
-    dtype = str(x.dtype).removeprefix("torch.") if isinstance(x, (torch.Tensor, np.ndarray)) else "float32"
+    dtype = str(getattr(x, "dtype", "float32")).removeprefix("torch.")
     return pixels, dtype, shape, lo, hi
 
 

@@ -1,85 +1,51 @@
-"""The frame metadata: a small, versioned, strictly validated binary struct.
+"""The frame metadata (``FrameMeta``): a small, versioned, strictly validated binary struct.
 
-Wire layout (little-endian), 37 bytes for a 3-d tensor with one range::
-
-    offset  size      field
-    0       2         magic b"DY"
-    2       1         version (FORMAT_VERSION)
-    3       1         mode          index into MODES
-    4       1         bits          1..16 quantised modes; quality 1..100 image modes; 0 fp16/fp32
-    5       1         flags         bit 0: per-channel ranges; other bits must be 0
-    6       1         dtype         index into DTYPES: what encode was given
-    7       1         compressor    index into COMPRESSORS: what produced the payload
-    8       1         ndim          0..MAX_NDIM
-    9       4*ndim    shape         uint32 each
-    ..      8 or 8*C  ranges        float32 (lo, hi), or (lo, hi) per channel, C = shape[0]
-    ..      4         payload_nbytes
-    ..      4         crc32         zlib.crc32 of all the bytes above followed by the payload
-
-The crc32 is an integrity check against corruption and truncation (and it keeps garbage away from
-blosc2 and Pillow); it is not authentication, which is the transport's job.
+Its wire layout, the mode/compressor/dtype numbers and the versions are in ``dyno.codec._wire``. The
+crc32 is an integrity check against corruption and truncation (and it keeps garbage away from blosc2,
+zstd, rANS and Pillow); it is not authentication, which is the transport's job.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from dyno.codec._wire import (
+    ALLOWED_COMPRESSORS,
+    COMPRESSORS,
+    DTYPES,
+    FLAG_PER_CHANNEL,
+    FLOAT_MODES,
+    FORMAT_VERSION,
+    HEAD,
+    IMAGE_MODES,
+    MAGIC,
+    MAX_NDIM,
+    MODES,
+    QUANT_MODES,
+    TAIL,
+    VERSIONS,
+    Head,
+    bits_problem,
+    byte_view,
+    check_payload_size,
+    meta_nbytes,
+    read_head,
+    required_version,
+)
 from dyno.errors import FrameError
 
 if TYPE_CHECKING:
     from dyno.codec._receive import Expected
 
-__all__ = ["MODES", "QUANT_MODES", "IMAGE_MODES", "FLOAT_MODES", "COMPRESSORS", "DTYPES", "FORMAT_VERSION",
-           "MAX_NDIM", "FrameMeta", "Head", "read_head", "meta_nbytes", "check_payload_size", "byte_view",
-           "dense_nbytes", "container_itemsize"]
+__all__ = ["FrameMeta"]
 
-MODES: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense", "fp16", "fp32", "jpeg", "webp")
-QUANT_MODES = frozenset({"shuffle-lz4", "shuffle-zstd", "dense"})
-FLOAT_MODES = frozenset({"fp16", "fp32"})
-IMAGE_MODES = frozenset({"jpeg", "webp"})
-
-#: What turned the codes (or values, or pixels) into the payload.
-#: ``raw``: fp16/fp32 values as they are; ``bitpack``: exactly ``bits`` bits per code (see _pack);
-#: ``blosc2-*``: one blosc2 chunk, bit-shuffled; ``jpeg``/``webp``: a Pillow-written image file.
-COMPRESSORS: tuple[str, ...] = ("raw", "bitpack", "blosc2-lz4", "blosc2-zstd", "jpeg", "webp")
-
-#: Which compressors each mode may carry. A shuffle mode falls back to ``bitpack`` whenever blosc2
-#: would not make the payload smaller than dense packing (random codes; tiny tensors).
-ALLOWED_COMPRESSORS: dict[str, frozenset[str]] = {
-    "shuffle-lz4": frozenset({"blosc2-lz4", "bitpack"}),
-    "shuffle-zstd": frozenset({"blosc2-zstd", "bitpack"}),
-    "dense": frozenset({"bitpack"}),
-    "fp16": frozenset({"raw"}),
-    "fp32": frozenset({"raw"}),
-    "jpeg": frozenset({"jpeg"}),
-    "webp": frozenset({"webp"}),
-}
-
-DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "bfloat16", "uint8")
-
-MAGIC = b"DY"
-FORMAT_VERSION = 1
-MAX_NDIM = 8
-FLAG_PER_CHANNEL = 0x01
-
-_HEAD = struct.Struct("<2sBBBBBBB")
-_TAIL = struct.Struct("<II")
 _F32 = struct.Struct("<f")
-
-
-def container_itemsize(bits: int) -> int:
-    """Bytes per code in memory: 1 for 1..8 bits, 2 for 9..16."""
-    return 1 if bits <= 8 else 2
-
-
-def dense_nbytes(numel: int, bits: int) -> int:
-    """Payload bytes of dense packing: exactly ``bits`` bits per value, rounded up to whole bytes."""
-    return (numel * bits + 7) // 8
 
 
 def _f32(value: float) -> float:
@@ -110,81 +76,6 @@ def _channel_table(ranges: Any, channels: int) -> tuple[tuple[float, float], ...
     return table
 
 
-def byte_view(data: Any, what: str) -> bytes | memoryview:
-    """``data`` (bytes, bytearray, memoryview, any C-contiguous buffer) as bytes or a flat byte view,
-    without a copy; FrameError for anything else."""
-    if isinstance(data, bytes):
-        return data
-    try:
-        return memoryview(data).cast("B")
-    except TypeError:
-        raise FrameError(f"{what} must be contiguous bytes, got {type(data).__name__}") from None
-
-
-class Head(NamedTuple):
-    """The fixed 9-byte start of the metadata, its numbers checked and turned into names."""
-
-    mode: str
-    bits: int  # the raw byte: 0 for fp16/fp32
-    per_channel: bool
-    dtype: str
-    compressor: str
-    ndim: int
-
-
-def read_head(prefix: bytes | memoryview) -> Head:
-    """The fixed-size header that starts ``prefix``; FrameError for a short buffer, a wrong magic or
-    version, unknown flags, unknown mode/dtype/compressor numbers, or more than MAX_NDIM axes."""
-    if len(prefix) < _HEAD.size:
-        raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {_HEAD.size}-byte header")
-    magic, version, mode, bits, flags, dtype, comp, ndim = _HEAD.unpack_from(prefix)
-    if magic != MAGIC:
-        raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise FrameError(f"unsupported frame version {version}; this dyno reads version "
-                         f"{FORMAT_VERSION} (upgrade the older side)")
-    if flags & ~FLAG_PER_CHANNEL:
-        raise FrameError(f"unknown frame flags 0x{flags:02x}")
-    if mode >= len(MODES):
-        raise FrameError(f"unknown codec mode number {mode}")
-    if dtype >= len(DTYPES):
-        raise FrameError(f"unknown dtype number {dtype}")
-    if comp >= len(COMPRESSORS):
-        raise FrameError(f"unknown compressor number {comp}")
-    if ndim > MAX_NDIM:
-        raise FrameError(f"frame claims {ndim} dimensions (at most {MAX_NDIM})")
-    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim)
-
-
-def meta_nbytes(ndim: int, channels: int | None) -> int:
-    """Length of the metadata of an ``ndim``-axis frame: one range, or one per channel if given."""
-    return _HEAD.size + 4 * ndim + 8 * (1 if channels is None else channels) + _TAIL.size
-
-
-def check_payload_size(mode: str, compressor: str, bits: int | None, numel: int, size: int) -> None:
-    """FrameError unless ``size`` bytes can carry ``numel`` values (``compressor`` allowed for ``mode``,
-    ``bits`` valid): the exact size for fp16/fp32 and bitpack, a blosc2 header up to dense packing."""
-    if mode in FLOAT_MODES:
-        want = numel * (2 if mode == "fp16" else 4)
-        if size != want:
-            raise FrameError(f"{mode} payload of {size} bytes for {numel} values (want {want})")
-    elif compressor == "bitpack":
-        assert bits is not None
-        want = dense_nbytes(numel, bits)
-        if size != want:
-            raise FrameError(f"dense payload of {size} bytes for {numel} values at {bits} bits "
-                             f"(want {want})")
-    elif compressor.startswith("blosc2"):
-        assert bits is not None
-        # The encoder sends blosc2 only when it beats dense packing; 32 bytes is its header.
-        dense = dense_nbytes(numel, bits)
-        if not 32 <= size < dense:
-            raise FrameError(f"blosc2 payload of {size} bytes is impossible for {numel} values at "
-                             f"{bits} bits (dense packing takes {dense})")
-    elif size == 0:
-        raise FrameError(f"empty {mode} payload")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FrameMeta:
     """Everything the receiver needs to decode a payload, and nothing else.
@@ -201,7 +92,7 @@ class FrameMeta:
     Construction validates every field on its own and against the others, and raises FrameError.
     """
 
-    version: int = FORMAT_VERSION
+    version: int | None = None
     mode: str
     bits: int | None
     shape: tuple[int, ...]
@@ -215,9 +106,6 @@ class FrameMeta:
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
-        if self.version != FORMAT_VERSION:
-            raise FrameError(f"unsupported frame version {self.version!r}; this dyno reads version "
-                             f"{FORMAT_VERSION} (upgrade the older side)")
         if self.mode not in MODES:
             raise FrameError(f"unknown codec mode {self.mode!r}; known: {', '.join(MODES)}")
         try:
@@ -232,6 +120,14 @@ class FrameMeta:
         if self.compressor not in ALLOWED_COMPRESSORS[self.mode]:
             raise FrameError(f"compressor {self.compressor!r} is not valid for mode {self.mode!r} "
                              f"(allowed: {', '.join(sorted(ALLOWED_COMPRESSORS[self.mode]))})")
+        least = required_version(self.mode, self.compressor)
+        if self.version is None:
+            set_("version", least)
+        elif (not isinstance(self.version, int) or isinstance(self.version, bool) or self.version not in VERSIONS
+              or self.version < least):
+            raise FrameError(f"frame version {self.version!r} is invalid for mode {self.mode!r} with "
+                             f"{self.compressor!r} (this dyno writes {least}, reads "
+                             f"{', '.join(map(str, VERSIONS))}; the newest is {FORMAT_VERSION})")
         self._check_bits()
         self._check_ranges(set_)
         if not isinstance(self.payload_nbytes, int) or not 0 <= self.payload_nbytes <= 0xFFFFFFFF:
@@ -248,10 +144,9 @@ class FrameMeta:
             return
         if not isinstance(bits, int) or isinstance(bits, bool):
             raise FrameError(f"bits must be an int for mode {self.mode!r}, got {bits!r}")
-        top = 16 if self.mode in QUANT_MODES else 100
-        if not 1 <= bits <= top:
-            what = "bits" if self.mode in QUANT_MODES else "quality"
-            raise FrameError(f"{what} {bits} is out of range 1..{top} for mode {self.mode!r}")
+        wrong = bits_problem(self.mode, bits)
+        if wrong:
+            raise FrameError(wrong)
         if self.mode in IMAGE_MODES:
             if self.dtype == "uint8":
                 ok = len(self.shape) == 2 or (len(self.shape) == 3 and self.shape[2] in (1, 3))
@@ -313,7 +208,7 @@ class FrameMeta:
     def nbytes(self) -> int:
         """Length of ``to_bytes()``."""
         ranges = 2 * (len(self.channel_ranges) if self.channel_ranges is not None else 1)
-        return _HEAD.size + 4 * len(self.shape) + 4 * ranges + _TAIL.size
+        return HEAD.size + 4 * len(self.shape) + 4 * ranges + TAIL.size
 
     # ---------------------------------------------------------------------------------- wire format
     def to_bytes(self) -> bytes:
@@ -325,7 +220,7 @@ class FrameMeta:
 
     def unsigned_bytes(self) -> bytes:
         """The wire bytes without the trailing crc32 (what the checksum covers, before the payload)."""
-        head = _HEAD.pack(MAGIC, self.version, MODES.index(self.mode), self.bits or 0,
+        head = HEAD.pack(MAGIC, self.version or FORMAT_VERSION, MODES.index(self.mode), self.bits or 0,
                           FLAG_PER_CHANNEL if self.per_channel else 0, DTYPES.index(self.dtype),
                           COMPRESSORS.index(self.compressor), len(self.shape))
         shape = struct.pack(f"<{len(self.shape)}I", *self.shape)
@@ -337,8 +232,11 @@ class FrameMeta:
         return head + shape + ranges + struct.pack("<I", self.payload_nbytes)
 
     def with_crc(self, payload: bytes | memoryview) -> FrameMeta:
-        """This metadata with ``crc32`` set for ``payload``."""
-        return dataclasses.replace(self, crc32=self.checksum(payload))
+        """This metadata with ``crc32`` set for ``payload`` (every other field as validated here)."""
+        sealed = copy.copy(self)
+        sealed.__dict__.pop("_bytes", None)
+        object.__setattr__(sealed, "crc32", self.checksum(payload))
+        return sealed
 
     def checksum(self, payload: bytes | memoryview) -> int:
         return zlib.crc32(payload, zlib.crc32(self.unsigned_bytes()))
@@ -367,7 +265,7 @@ class FrameMeta:
         size = _wire_size(head, data)
         if len(data) != size:
             raise FrameError(f"frame metadata is {len(data)} bytes; its header says {size}")
-        offset = _HEAD.size
+        offset = HEAD.size
         shape = struct.unpack_from(f"<{head.ndim}I", data, offset)
         offset += 4 * head.ndim
         lo = hi = 0.0
@@ -379,9 +277,9 @@ class FrameMeta:
         else:
             lo, hi = struct.unpack_from("<2f", data, offset)
             offset += 8
-        payload_nbytes, crc = _TAIL.unpack_from(data, offset)
+        payload_nbytes, crc = TAIL.unpack_from(data, offset)
         bits = None if head.mode in FLOAT_MODES and head.bits == 0 else head.bits
-        return cls(mode=head.mode, bits=bits, shape=shape, dtype=head.dtype, lo=lo, hi=hi,
+        return cls(version=head.version, mode=head.mode, bits=bits, shape=shape, dtype=head.dtype, lo=lo, hi=hi,
                    channel_ranges=table, compressor=head.compressor, payload_nbytes=payload_nbytes, crc32=crc)
 
 
@@ -392,6 +290,6 @@ def _wire_size(head: Head, prefix: bytes | memoryview) -> int:
         return meta_nbytes(head.ndim, None)
     if head.ndim == 0:
         raise FrameError("per-channel frame without a channel axis")
-    if len(prefix) < _HEAD.size + 4:
+    if len(prefix) < HEAD.size + 4:
         raise FrameError("frame truncated inside its shape")
-    return meta_nbytes(head.ndim, struct.unpack_from("<I", prefix, _HEAD.size)[0])
+    return meta_nbytes(head.ndim, struct.unpack_from("<I", prefix, HEAD.size)[0])

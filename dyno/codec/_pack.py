@@ -124,9 +124,11 @@ def unpack_dense(payload: bytes, bits: int, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------- blosc2
-def blosc2_compress(codes: np.ndarray, compressor: str, nthreads: int | None = None) -> bytes:
-    """One bit-shuffled blosc2 chunk of the flat codes."""
-    cparams = {"codec": _CODECS[compressor], "clevel": CLEVELS[compressor], "typesize": codes.itemsize,
+def blosc2_compress(codes: np.ndarray, compressor: str, nthreads: int | None = None, clevel: int | None = None
+                    ) -> bytes:
+    """One bit-shuffled blosc2 chunk of the flat codes (at ``clevel``, default ``CLEVELS[compressor]``)."""
+    cparams = {"codec": _CODECS[compressor], "clevel": CLEVELS[compressor] if clevel is None else clevel,
+               "typesize": codes.itemsize,
                "nthreads": threads_for(codes.nbytes, nthreads), "filters": [blosc2.Filter.BITSHUFFLE],
                "filters_meta": [0]}
     return blosc2.compress2(codes, cparams=cparams)

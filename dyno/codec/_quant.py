@@ -1,68 +1,62 @@
 """ISQuant: input-specific affine quantisation of a float tensor to unsigned b-bit codes, and back.
 
-The range ``[lo, hi]`` comes from the tensor itself (one ``torch.aminmax`` pass), optionally pinned to
-``lo = 0`` for tensors non-negative by construction, and optionally intersected with a clip range
-calibrated offline (values outside are clamped). ``grid(lo, hi, bits)`` turns a range into the
-reconstruction grid, computed the same way on both sides from the float32 ``lo``/``hi`` on the wire,
-with ``scale = (hi - lo) / (2**bits - 1)``:
+The range ``[lo, hi]`` comes from the tensor itself (its min and max), optionally pinned to ``lo = 0``
+for tensors non-negative by construction, and optionally intersected with a clip range calibrated
+offline (values outside are clamped). ``grid(lo, hi, bits)`` turns a range into the reconstruction
+grid, computed the same way on both sides from the float32 ``lo``/``hi`` on the wire, with
+``scale = (hi - lo) / (2**bits - 1)`` (float64) and ``step = float32(scale)``:
 
 - a range holding 0 (``lo <= 0 <= hi``, every activation after BN or ReLU): an integer zero point
-  ``zp = round(-lo / scale)`` and ``value = (code - zp) * scale``. Zero is exact (ReLU zeros become
+  ``zp = round(-lo / scale)`` and ``value = (code - zp) * step``. Zero is exact (ReLU zeros become
   code 0 and compress to nothing; peaked signed tensors keep their mode at low bit widths), and the
-  grid sits within half a step of ``[lo, hi]``. One fused kernel each way
-  (``torch.quantize_per_tensor`` and ``dequantize``), plus a clamp of the codes below 8 bits.
-- a range that excludes 0: ``value = lo + code * scale`` (one more pass to encode, ``x - lo``).
+  grid sits within half a step of ``[lo, hi]``.
+- a range that excludes 0: ``value = lo + code * step``.
 - a range narrower than ``_MIN_SCALE`` per step: constant; scale 1.0, every code 0.
 
-Per-channel ranges (axis 0) use the same rules per channel. Codes are uint8 for 1..8 bits and uint16
-for 9..16. Error bound: ``|decode(x) - x| <= scale / 2`` for x inside ``[lo, hi]`` (plus float32
-rounding); values outside the range clamp to (within half a step of) its nearest end.
+The kernels are numpy's, in float32, one IEEE rounding per operation and no fused multiply-add, so
+every CPU computes the same codes and values whatever SIMD it has (and torch is never imported):
+
+    encode   p = x * inv            (inv = float32(1) / step; offset form: (x - lo) * inv)
+             code = clamp(rint(p + zp), 0, 2**bits - 1)     rint: to nearest, ties to even
+    decode   value = (code - zp) * step,  or  lo + code * step
+
+``rint(p + zp)`` is one rounding of the exact sum: ``p + (zp + 1.5 * 2**23)`` in float32 lands on an
+integer, whose low bits are the code (the clamp is done on that float). The offline analysis's fake
+quantisation calls these very kernels (``dyno.offline.quant``). Per-channel ranges (axis 0) use the
+same rules per channel. Codes are uint8 for 1..8 bits and uint16 for 9..16. Error bound:
+``|decode(x) - x| <= scale / 2`` for x inside ``[lo, hi]`` (plus float32 rounding); values outside the
+range clamp to (within half a step of) its nearest end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import numpy as np
-import torch
 
 from dyno.errors import ConfigError
 
 __all__ = ["Grid", "grid", "channel_grids", "tensor_range", "channel_ranges", "quantize", "dequantize",
-           "quantize_per_channel", "dequantize_per_channel", "as_float32_tensor", "decodes_finite",
-           "channels_decode_finite", "SAFE_MAX"]
+           "quantize_per_channel", "dequantize_per_channel", "as_float32_array", "decodes_finite",
+           "channels_decode_finite", "container", "SAFE_MAX"]
 
-_MIN_SCALE = 1e-30  # below this torch's float32 1/scale overflows; such ranges count as constant
+_MIN_SCALE = 1e-30  # below this the float32 reciprocal of the step overflows; such ranges count as constant
 _F32_MAX = float(np.finfo(np.float32).max)
 #: The largest |value| a grid may decode to: float32's largest finite value less 4 ulps, so that the
-#: float32 rounding of the dequantise kernels (a multiply and an add, or a fused multiply-add with a
-#: rounded premultiplied zero point) can never carry a value past it to infinity.
+#: float32 rounding of the dequantise kernels (a multiply and an add) can never carry a value past it.
 SAFE_MAX = _F32_MAX - 4 * 2.0**104  # float32's ulp at its largest value is 2**104
 #: Ranges inside +-_EASY always decode finite (|value| <= max(|lo|, |hi|) + (hi - lo) <= 3e38): no grid needed.
 _EASY = 1e38
-
-# torch >= 2.10 deprecates the quantized dtypes (a one-time UserWarning); they remain the fastest fused
-# kernels here. If a future torch drops them, the plain-op path below takes over.
-_FUSED = all(hasattr(torch, name) for name in ("quantize_per_tensor", "quantize_per_channel",
-                                                "_make_per_tensor_quantized_tensor",
-                                                "_make_per_channel_quantized_tensor"))
-if _FUSED:
-    with warnings.catch_warnings():  # the warning is emitted once per process; spend it here
-        warnings.simplefilter("ignore")
-        try:
-            torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
-            torch.quantize_per_channel(torch.zeros(1, 1), torch.ones(1, dtype=torch.float64),
-                                       torch.zeros(1, dtype=torch.int64), 0, torch.quint8)
-        except (RuntimeError, AttributeError):  # pragma: no cover - depends on the torch build
-            _FUSED = False
+#: 1.5 * 2**23: a float32 sum with it in [2**23, 2**24) has ulp 1, i.e. it rounds to an integer.
+_MAGIC = np.float32(12582912.0)
+_ONE = np.float32(1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """The reconstruction grid of one range: ``value = offset + (code - zero_point) * scale``.
+    """The reconstruction grid of one range: ``value = offset + (code - zero_point) * step``.
 
     ``offset`` is 0 for a range holding 0 (then ``zero_point`` is the code of 0) and ``lo`` for a
     range that excludes it (then ``zero_point`` is 0). ``constant``: every code is 0.
@@ -73,6 +67,11 @@ class Grid:
     offset: float
     levels: int  # 2**bits - 1, the largest code
     constant: bool
+
+    @property
+    def step(self) -> np.float32:
+        """The float32 step the kernels multiply codes by."""
+        return np.float32(self.scale)
 
     def value(self, code: int) -> float:
         return self.offset + (code - self.zero_point) * self.scale
@@ -90,13 +89,17 @@ def grid(lo: float, hi: float, bits: int) -> Grid:
     return Grid(scale, 0, lo, levels, constant)
 
 
+def container(bits: int) -> np.dtype:
+    """The codes' dtype: uint8 for 1..8 bits, uint16 for 9..16."""
+    return np.dtype(np.uint8) if bits <= 8 else np.dtype(np.uint16)
+
+
 def decodes_finite(lo: float, hi: float, bits: int) -> bool:
     """Whether every code 0..2**bits-1 on grid(lo, hi, bits) dequantises to a finite float32.
 
     Arithmetic on the range alone, no pass over any data: the grid is affine in the code, so its
     largest magnitude is at code 0 or code ``levels``: ``offset - zp * step`` or
-    ``offset + (levels - zp) * step`` (``step`` the float32 scale the kernels multiply by; the products
-    are exact in float64). Both must be at most SAFE_MAX.
+    ``offset + (levels - zp) * step`` (the products are exact in float64). Both must be at most SAFE_MAX.
     """
     if abs(lo) <= _EASY and abs(hi) <= _EASY:
         return True
@@ -105,24 +108,25 @@ def decodes_finite(lo: float, hi: float, bits: int) -> bool:
     g = grid(lo, hi, bits)
     if not g.scale <= _F32_MAX:  # the step itself overflows float32
         return False
-    step = float(np.float32(g.scale))
+    step = float(g.step)
     ends = (g.offset - g.zero_point * step, g.offset + (g.levels - g.zero_point) * step)
     return max(abs(ends[0]), abs(ends[1])) <= SAFE_MAX
 
 
-def channel_grids(lo: torch.Tensor, hi: torch.Tensor, bits: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def channel_grids(lo: np.ndarray, hi: np.ndarray, bits: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-channel ``grid``, vectorised with the same float64 arithmetic (both sides agree):
-    (scale float64, zero_point int64, offset float32, constant bool), one entry per channel."""
+    (scale float64, zero_point float64 holding integers, offset float32, constant bool), one entry per channel."""
     levels = (1 << bits) - 1
-    lo64, hi64 = lo.double(), hi.double()
-    scale = (hi64 - lo64) / levels
-    constant = ~(scale >= _MIN_SCALE)
-    scale = torch.where(constant, torch.ones_like(scale), scale)
-    spans_zero = (lo64 <= 0) & (hi64 >= 0)
-    zero_point = torch.where(spans_zero, torch.round(-lo64 / scale).clamp(0, levels), torch.zeros_like(scale))
-    offset = torch.where(spans_zero, torch.zeros_like(lo), lo.float())
-    return scale, zero_point.to(torch.int64), offset.contiguous(), constant
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = (hi64 - lo64) / levels
+        constant = ~(scale >= _MIN_SCALE)
+        scale = np.where(constant, 1.0, scale)
+        spans_zero = (lo64 <= 0) & (hi64 >= 0)
+        zero_point = np.where(spans_zero, np.clip(np.round(-lo64 / scale), 0, levels), 0.0)
+    offset = np.where(spans_zero, np.float32(0), lo.astype(np.float32)).astype(np.float32)
+    return scale, zero_point, offset, constant
 
 
 def channels_decode_finite(lo: np.ndarray, hi: np.ndarray, bits: int) -> bool:
@@ -131,34 +135,40 @@ def channels_decode_finite(lo: np.ndarray, hi: np.ndarray, bits: int) -> bool:
         return True  # (NaN compares False and takes the long way)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         return False
-    scale, zero_point, offset, _constant = channel_grids(torch.from_numpy(lo), torch.from_numpy(hi), bits)
-    step = scale.float().double()  # what the kernels multiply by; inf where the step overflows
-    first = offset.double() - zero_point.double() * step
-    last = offset.double() + ((1 << bits) - 1 - zero_point).double() * step
-    return bool((torch.maximum(first.abs(), last.abs()) <= SAFE_MAX).all())
+    scale, zero_point, offset, _constant = channel_grids(lo, hi, bits)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf where the step overflows; 0 * inf is NaN
+        step = scale.astype(np.float32).astype(np.float64)  # what the kernels multiply by
+        first = offset.astype(np.float64) - zero_point * step
+        last = offset.astype(np.float64) + ((1 << bits) - 1 - zero_point) * step
+        return bool((np.maximum(np.abs(first), np.abs(last)) <= SAFE_MAX).all())
 
 
-def as_float32_tensor(x: object) -> torch.Tensor:
-    """A contiguous float32 torch view or copy of a float tensor or array; ConfigError otherwise."""
+def as_float32_array(x: object) -> np.ndarray:
+    """A C-contiguous float32 numpy view or copy of a float array or (CPU or not) torch tensor;
+    ConfigError otherwise. torch is recognised by duck typing and never imported here."""
     if isinstance(x, np.generic):
         x = np.asarray(x)
     if isinstance(x, np.ndarray):
         if x.dtype.kind != "f":
             raise ConfigError(f"encode needs a float tensor, got numpy dtype {x.dtype}")
-        if x.dtype.byteorder == ">":
-            x = x.astype(x.dtype.newbyteorder("="))
-        t = torch.from_numpy(x if x.flags.c_contiguous else np.ascontiguousarray(x))
-    elif isinstance(x, torch.Tensor):
-        if not x.is_floating_point():
-            raise ConfigError(f"encode needs a float tensor, got torch dtype {x.dtype}")
-        t = x.detach()
+    elif _is_torch(x):
+        t: Any = x
+        if not t.is_floating_point():
+            raise ConfigError(f"encode needs a float tensor, got torch dtype {t.dtype}")
+        t = t.detach()
         if t.device.type != "cpu":
             t = t.cpu()
+        x = (t if str(t.dtype) == "torch.float32" else t.float()).numpy()
     else:
         raise ConfigError(f"encode needs a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
-    return t.contiguous()
+    assert isinstance(x, np.ndarray)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.startswith("torch") and all(hasattr(x, a) for a in ("detach", "numpy", "dtype"))
 
 
 def _check_clip(clip: Any) -> tuple[float, float] | None:
@@ -184,125 +194,100 @@ def _combine(mn: float, mx: float, nonnegative: bool, clip: tuple[float, float] 
     return lo, hi
 
 
-def tensor_range(x: torch.Tensor, nonnegative: bool = False, clip: object = None) -> tuple[float, float]:
-    """``(lo, hi)`` for a float32 tensor: its own min/max (``lo = 0`` if non-negative), clipped.
+def tensor_range(x: np.ndarray, nonnegative: bool = False, clip: object = None) -> tuple[float, float]:
+    """``(lo, hi)`` for a float32 array (any layout): its own min/max (``lo = 0`` if non-negative), clipped.
 
     Raises ConfigError for NaN or infinite values (they have no place on an affine grid).
     """
     clip_range = _check_clip(clip)
-    if x.numel() == 0:
+    if x.size == 0:
         return _combine(0.0, 0.0, nonnegative, clip_range)
-    mn, mx = (float(v) for v in torch.aminmax(x))
+    mn, mx = float(x.min()), float(x.max())
     if not (math.isfinite(mn) and math.isfinite(mx)):
         raise ConfigError("cannot quantise a tensor holding NaN or infinite values "
                           f"(min {mn}, max {mx}); fix the model or the input")
     return _combine(mn, mx, nonnegative, clip_range)
 
 
-def _container(bits: int) -> tuple[torch.dtype, np.dtype]:
-    return (torch.uint8, np.dtype(np.uint8)) if bits <= 8 else (torch.uint16, np.dtype("<u2"))
+def _codes(t: np.ndarray, zero_point: Any, levels: int, bits: int) -> np.ndarray:
+    """Codes from ``t`` = x * inv (float32, modified in place): clamp(rint(t + zp), 0, levels)."""
+    np.add(t, _MAGIC + np.asarray(zero_point, np.float32), out=t)
+    np.clip(t, _MAGIC, _MAGIC + np.float32(levels), out=t)
+    return t.view(np.uint32).astype(container(bits))  # M + code: its low bits are the code
 
 
-def quantize(x: torch.Tensor, lo: float, hi: float, bits: int) -> np.ndarray:
-    """Flat codes (uint8 for bits <= 8, else uint16) of a contiguous float32 tensor on grid(lo, hi)."""
+def quantize(x: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
+    """Codes (uint8 for bits <= 8, else uint16) of a float32 array on grid(lo, hi), in its shape and layout."""
     g = grid(lo, hi, bits)
-    flat = x.reshape(-1)
     if g.constant:  # everything is the range's one grid point
-        return np.zeros(flat.numel(), _container(bits)[1])
+        return np.zeros(x.shape, container(bits))
+    inv = _ONE / g.step
     if g.offset != 0.0:
-        flat = flat - g.offset
-    if _FUSED and bits <= 8:
-        codes = torch.quantize_per_tensor(flat, g.scale, g.zero_point, torch.quint8).int_repr()
-        if bits < 8:
-            codes.clamp_max_(g.levels)
-    elif _FUSED:
-        codes = torch.quantize_per_tensor(flat, g.scale, g.zero_point, torch.qint32).int_repr()
-        codes = codes.clamp_(0, g.levels).to(torch.uint16)
+        t = np.subtract(x, np.float32(g.offset))
+        np.multiply(t, inv, out=t)
     else:
-        codes = _plain_codes(flat, torch.tensor(g.scale, dtype=torch.float64), g.zero_point, g.levels, bits)
-    return codes.numpy()
+        t = np.multiply(x, inv)
+    return _codes(t, g.zero_point, g.levels, bits)
 
 
-def _plain_codes(flat: torch.Tensor, scale: torch.Tensor, zero_point: object, levels: int, bits: int
-                 ) -> torch.Tensor:
-    """Quantisation with plain torch ops (fallback when the fused quantized kernels are absent)."""
-    codes = torch.round(flat * (1.0 / scale).to(torch.float32))
-    codes += torch.as_tensor(zero_point, dtype=torch.float32)
-    codes.clamp_(0, levels)
-    return codes.to(_container(bits)[0])
-
-
-def dequantize(codes: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
-    """Float32 values (flat) of writable codes on grid(lo, hi, bits)."""
+def dequantize(codes: np.ndarray, lo: float, hi: float, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Float32 values of codes on grid(lo, hi, bits), in their shape (into ``out`` if given)."""
     g = grid(lo, hi, bits)
-    t = torch.from_numpy(codes)
-    if bits > 8:
-        t = t.to(torch.int32)
-    if g.offset != 0.0:  # value = lo + code * scale, one fused pass
-        return torch.add(torch.tensor(g.offset, dtype=torch.float32), t, alpha=g.scale).numpy()
-    if _FUSED:
-        return torch._make_per_tensor_quantized_tensor(t, g.scale, g.zero_point).dequantize().numpy()
-    out = t.to(torch.float32)
-    out -= g.zero_point
-    out *= g.scale
-    return out.numpy()
+    if g.offset != 0.0:  # value = lo + code * step
+        values = np.multiply(codes, g.step, dtype=np.float32, out=out)
+        return np.add(values, np.float32(g.offset), out=values)
+    if g.zero_point == 0:
+        return np.multiply(codes, g.step, dtype=np.float32, out=out)
+    values = np.subtract(codes, np.float32(g.zero_point), dtype=np.float32, out=out)
+    return np.multiply(values, g.step, out=values)
 
 
 # ------------------------------------------------------------------------------------ per channel
-def channel_ranges(x: torch.Tensor, nonnegative: bool = False, clip: object = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (axis 0) float32 ``lo`` and ``hi`` of a float32 tensor; ConfigError on NaN/inf."""
+def channel_ranges(x: np.ndarray, nonnegative: bool = False, clip: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 0) float32 ``lo`` and ``hi`` of a float32 array; ConfigError on NaN/inf."""
     clip_range = _check_clip(clip)
     channels = x.shape[0]
-    if x.numel() == 0:
-        mn = mx = torch.zeros(channels)
+    if x.size == 0:
+        mn = mx = np.zeros(channels, np.float32)
     else:
-        mn, mx = torch.aminmax(x.reshape(channels, -1), dim=1)
-        if channels and not bool(torch.isfinite(mn).all() and torch.isfinite(mx).all()):
+        flat = x.reshape(channels, -1)
+        mn, mx = flat.min(axis=1), flat.max(axis=1)
+        if channels and not (np.isfinite(mn).all() and np.isfinite(mx).all()):
             raise ConfigError("cannot quantise a tensor holding NaN or infinite values; "
                               "fix the model or the input")
-    lo = torch.zeros_like(mn) if nonnegative else mn
-    hi = mx.clamp_min(0.0) if nonnegative else mx
+    lo = np.zeros_like(mn) if nonnegative else mn
+    hi = np.maximum(mx, np.float32(0)) if nonnegative else mx
     if clip_range is not None:
-        lo = lo.clamp(clip_range[0], clip_range[1])
-        hi = hi.clamp(clip_range[0], clip_range[1])
-    return lo.contiguous(), hi.contiguous()
+        c0, c1 = np.float32(clip_range[0]), np.float32(clip_range[1])
+        lo, hi = np.clip(lo, c0, c1), np.clip(hi, c0, c1)
+    return np.ascontiguousarray(lo, np.float32), np.ascontiguousarray(hi, np.float32)
 
 
-def quantize_per_channel(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> np.ndarray:
+def quantize_per_channel(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """Flat codes with one range per entry of axis 0 (see ``channel_grids``)."""
     channels = x.shape[0]
-    if x.numel() == 0:
-        return np.empty(0, _container(bits)[1])
+    if x.size == 0:
+        return np.empty(0, container(bits))
     scale, zero_point, offset, constant = channel_grids(lo, hi, bits)
+    inv = (_ONE / scale.astype(np.float32))[:, None]
     x2 = x.reshape(channels, -1)
-    if bool(offset.any()):
-        x2 = x2 - offset[:, None]
-    levels = (1 << bits) - 1
-    if _FUSED:
-        qtype = torch.quint8 if bits <= 8 else torch.qint32
-        codes = torch.quantize_per_channel(x2, scale, zero_point, 0, qtype).int_repr()
-        codes = codes.clamp_max_(levels) if bits <= 8 else codes.clamp_(0, levels).to(torch.uint16)
+    if offset.any():
+        t = np.subtract(x2, offset[:, None])
+        np.multiply(t, inv, out=t)
     else:
-        codes = _plain_codes(x2, scale[:, None], zero_point[:, None], levels, bits)
-    array = codes.numpy()
+        t = np.multiply(x2, inv)
+    codes = _codes(t, zero_point[:, None], (1 << bits) - 1, bits)
     if constant.any():  # a constant channel: all its codes are 0
-        array[constant.numpy()] = 0
-    return array.reshape(-1)
+        codes[constant] = 0
+    return codes.reshape(-1)
 
 
 def dequantize_per_channel(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """Float32 values (flat) of per-channel codes; ``lo``/``hi`` are float32 arrays of the ranges."""
-    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
-    channels = lo_t.numel()
-    scale, zero_point, offset, _constant = channel_grids(lo_t, hi_t, bits)
-    t = torch.from_numpy(codes).reshape(channels, -1)
-    if bits > 8:
-        t = t.to(torch.int32)
-    if _FUSED:
-        out = torch._make_per_channel_quantized_tensor(t, scale, zero_point, 0).dequantize()
-    else:
-        out = (t.to(torch.float32) - zero_point[:, None].to(torch.float32)) * scale[:, None].to(torch.float32)
-    if bool(offset.any()):
-        out += offset[:, None]
-    return out.reshape(-1).numpy()
+    channels = lo.size
+    scale, zero_point, offset, _constant = channel_grids(lo, hi, bits)
+    values = np.subtract(codes.reshape(channels, -1), zero_point.astype(np.float32)[:, None], dtype=np.float32)
+    np.multiply(values, scale.astype(np.float32)[:, None], out=values)
+    if offset.any():
+        np.add(values, offset[:, None], out=values)
+    return values.reshape(-1)

@@ -3,16 +3,18 @@
 ``decode_frame(meta, payload, expected)`` is the receiver's one entry point. It judges a frame in this
 order and raises FrameError at the first failure:
 
-1. the fixed 9-byte header: magic, version, flags, mode / dtype / compressor numbers, ndim <= MAX_NDIM;
+1. the fixed 9-byte header: magic, version (1 or 2, and not older than its mode and compressor),
+   flags, mode / dtype / compressor numbers, ndim <= MAX_NDIM;
 2. the header against ``expected``: ndim, mode accepted, compressor valid for the mode, bits (the
-   accepted range for a quantised mode, 0 for fp16/fp32, 1..100 for jpeg/webp), per-channel ranges
-   wanted or not (and only for a quantised mode with a channel axis);
+   accepted range for a quantised mode, at most 8 for rans, 0 for fp16/fp32, 1..100 for jpeg/webp),
+   per-channel ranges wanted or not (and only for a quantised mode with a channel axis);
 3. the metadata's length against the one the *expected* shape implies, so a per-channel table is
    read only when it holds exactly the cut's channel count;
 4. the shape (at most MAX_NDIM uint32) equal to the expected shape;
 5. the declared payload size: possible for the expected shape (exact for fp16/fp32 and dense packing,
-   between a blosc2 header and dense packing for blosc2), within ``max_nbytes`` with the metadata, and
-   equal to the payload's length.
+   for an entropy coder between its smallest output - a blosc2 header, a zstd magic number, a rANS
+   table and one word - and dense packing), within ``max_nbytes`` with the metadata, and equal to the
+   payload's length.
 
 Steps 1-5 (``Expected.check_wire``) read at most 9 + 4 * MAX_NDIM + 4 bytes and allocate nothing whose
 size the frame declares: a frame declaring 900,000 ranges to a 32-channel cut costs what any other bad
@@ -22,9 +24,13 @@ header costs. Then:
 7. the crc32 of metadata and payload;
 8. quantised frames and float images: every code of the grid dequantises to a finite float32
    (arithmetic on lo, hi and bits, ``_quant.decodes_finite``; no pass over the data);
-9. the compressor's own header (blosc2: sizes, typesize, codec, filters; images: format, size, mode);
-10. decoding, into at most the expected tensor's memory; then no code above the bit width (blosc2
-    below 8 bits), or for fp16/fp32 one vectorised pass that every value is finite.
+9. the compressor's own header (blosc2: sizes, typesize, codec, filters; zstd: one frame, its content
+   size the expected codes', no dictionary, a window within it; rANS: a table that weighs some code;
+   images: format, size, mode);
+10. decoding, into at most the expected tensor's memory (rANS: its int32 symbols); then no code above
+    the bit width (blosc2 and zstd below 8 bits; rANS by its alphabet), a rANS stream that ends with
+    the expected count, or for fp16/fp32 one vectorised pass that every value is finite; centred
+    codes (``centre-zstd``) are unfolded by a table of the alphabet.
 
 A decoded tensor is therefore always finite, float32, of the expected shape.
 """
@@ -34,23 +40,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import sys
 from typing import Any
 
 import numpy as np
-import torch
 
-from dyno.codec import _image, _pack, _quant
+from dyno.codec import _coders, _image, _pack, _quant
 from dyno.codec._codec import Encoded
-from dyno.codec._meta import (
-    _HEAD,
-    _TAIL,
+from dyno.codec._meta import FrameMeta
+from dyno.codec._wire import (
     ALLOWED_COMPRESSORS,
     FLOAT_MODES,
+    HEAD,
     IMAGE_MODES,
     MODES,
     QUANT_MODES,
-    FrameMeta,
+    TAIL,
     Head,
+    bits_problem,
     check_payload_size,
     meta_nbytes,
     read_head,
@@ -115,8 +122,8 @@ class Expected:
         if len(meta) != size:
             raise FrameError(f"frame metadata is {len(meta)} bytes; a frame of the expected shape "
                              f"{self.shape} has {size}")
-        self._check_shape(struct.unpack_from(f"<{head.ndim}I", meta, _HEAD.size))
-        declared = struct.unpack_from("<I", meta, size - _TAIL.size)[0]
+        self._check_shape(struct.unpack_from(f"<{head.ndim}I", meta, HEAD.size))
+        declared = struct.unpack_from("<I", meta, size - TAIL.size)[0]
         bits = None if head.mode in FLOAT_MODES else head.bits
         check_payload_size(head.mode, head.compressor, bits, math.prod(self.shape), declared)
         self._check_nbytes(size + declared)
@@ -142,9 +149,9 @@ class Expected:
             raise FrameError(f"compressor {head.compressor!r} is not valid for mode {head.mode!r}")
         if head.mode in QUANT_MODES and not self.min_bits <= head.bits <= self.max_bits:
             raise FrameError(f"frame has {head.bits} bits; accepted {self.min_bits}..{self.max_bits}")
-        valid_bits = head.bits == 0 if head.mode in FLOAT_MODES else 1 <= head.bits <= 100
-        if not valid_bits:
-            raise FrameError(f"bits (or quality) {head.bits} is invalid for mode {head.mode!r}")
+        wrong = bits_problem(head.mode, head.bits)
+        if wrong:
+            raise FrameError(wrong)
         if head.per_channel and (head.mode not in QUANT_MODES or not self.shape):
             raise FrameError(f"per-channel ranges need a quantised mode and a channel axis "
                              f"(mode {head.mode!r}, expected shape {self.shape})")
@@ -217,11 +224,19 @@ def _decode_float(meta: FrameMeta, payload: bytes) -> np.ndarray:
     else:  # an all-ones exponent is infinity or NaN: on the raw bits, faster than np.isfinite on fp16
         bits = np.frombuffer(payload, "<u2", count=n)
         finite = n == 0 or int(np.bitwise_and(bits, 0x7C00).max()) != 0x7C00
-        half = np.frombuffer(payload, "<f2", count=n).copy()  # writable, for torch's fast conversion
-        values = torch.from_numpy(half).to(torch.float32).numpy()
+        values = _widen(np.frombuffer(payload, "<f2", count=n))
     if not finite:
         raise FrameError(f"{meta.mode} payload holds NaN or infinite values")
     return values.reshape(meta.shape)
+
+
+def _widen(half: np.ndarray) -> np.ndarray:
+    """float16 -> float32: torch's kernel when the process has torch already (several times faster than
+    numpy's), numpy's otherwise; both exact."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.from_numpy(half.copy()).to(torch.float32).numpy()  # a writable copy for torch
+    return half.astype(np.float32)
 
 
 def _decode_quantized(meta: FrameMeta, payload: bytes, nthreads: int | None) -> np.ndarray:
@@ -235,14 +250,29 @@ def _decode_quantized(meta: FrameMeta, payload: bytes, nthreads: int | None) -> 
         raise _beyond_float32(f"range [{meta.lo}, {meta.hi}]", bits)
     if n == 0:
         return np.zeros(shape, np.float32)
-    if meta.compressor == "bitpack":
-        codes = _pack.unpack_dense(payload, bits, n)
-    else:
-        codes = _pack.blosc2_decompress(payload, meta.compressor, bits, n, nthreads)
-        if bits not in (8, 16) and int(codes.max()) >> bits:
-            raise FrameError(f"frame holds codes above {(1 << bits) - 1}, impossible at {bits} bits")
+    codes = _codes(meta, payload, nthreads)
+    if meta.mode == "centre-zstd" and meta.compressor != "bitpack":
+        zero_points = (_quant.channel_grids(lo, hi, bits)[1].astype(np.int64) if meta.per_channel
+                       else _quant.grid(meta.lo, meta.hi, bits).zero_point)
+        codes = _coders.unfold(codes, zero_points, bits)
     if meta.per_channel:
         values = _quant.dequantize_per_channel(codes, lo, hi, bits)
     else:
         values = _quant.dequantize(codes, meta.lo, meta.hi, bits)
     return values.reshape(shape)
+
+
+def _codes(meta: FrameMeta, payload: bytes, nthreads: int | None) -> np.ndarray:
+    """The flat codes of a quantised frame's payload, none above the bit width."""
+    bits, n, compressor = meta.quant_bits, meta.numel, meta.compressor
+    if compressor == "bitpack":
+        return _pack.unpack_dense(payload, bits, n)
+    if compressor == "rans":
+        return _coders.rans_decode(payload, bits, n)  # its alphabet is 0..2**bits-1
+    if compressor == "zstd":
+        codes = _coders.zstd_decompress(payload, bits, n)
+    else:
+        codes = _pack.blosc2_decompress(payload, compressor, bits, n, nthreads)
+    if bits not in (8, 16) and int(codes.max()) >> bits:
+        raise FrameError(f"frame holds codes above {(1 << bits) - 1}, impossible at {bits} bits")
+    return codes

@@ -143,7 +143,12 @@ class Batcher:
         self._queues.setdefault(cut_id, collections.deque()).append(
             _Item(payload, future, time.perf_counter() if arrived is None else arrived))
         self._wake.set()
-        return await future
+        try:
+            return await future
+        finally:
+            # an error raised here would otherwise sit in a cycle (future -> error -> traceback -> this
+            # frame -> future) that also holds the caller's frame and its request, until the cyclic GC
+            del future
 
     async def close(self) -> None:
         """Run everything still queued, then stop the workers."""
@@ -186,9 +191,9 @@ class Batcher:
             queue = self._queues[cut_id]
             items = [queue.popleft() for _ in range(min(len(queue), self.config.max_batch))]
             items = self._in_time([i for i in items if not i.future.done()])
-            if not items:
-                continue
-            await self._run(index, cut_id, items)
+            if items:
+                await self._run(index, cut_id, items)
+            del items  # a batch's requests must not outlive it while this worker waits for the next
 
     def _in_time(self, items: list[_Item]) -> list[_Item]:
         """The items that have not waited past ``max_queue_s``; the others fail with ``Overdue``."""

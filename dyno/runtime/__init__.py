@@ -12,8 +12,10 @@
 - :func:`summarize` turns results into the ``{"n", "accuracy", "throughput", ...}`` summary.
 
 Modules, top down: ``client`` (the facade) over ``device_worker`` (the device thread) and
-``connection`` (the loop thread), sharing ``inflight``; ``harness`` over ``server`` over ``tails``
-and ``batching``; ``config``, ``metrics``, ``splits``, ``results`` and ``proto`` below them all.
+``connection`` (the loop thread, judging what comes back with ``replies``), sharing ``inflight``;
+``harness`` over ``server`` over ``streams`` (one Infer call), ``admission`` (who may send what),
+``tails`` and ``batching``; ``config``, ``metrics``, ``splits``, ``results`` and ``proto`` below them
+all. ``load`` sends raw ``dyno.v1`` traffic (devices, junk, idle streams) for benchmarks.
 """
 
 from dyno.runtime.batching import BatchConfig

@@ -25,10 +25,11 @@ Up to ``in_flight`` inferences are under way at once, so device compute, uplink 
 Every reply feeds the monitors (bandwidth, RTT, server time and load; device time from every head).
 
 Nothing is lost: when the server cannot be reached, refuses a request, or a reply is later than
-``timeout`` seconds, the affected inferences finish on the device (their tail runs locally from the
-activation already computed; ``Result.where == "fallback"``), and while the cloud is away the device
-runs whole inferences itself. The connection retries the cloud with exponential backoff and the client
-returns to it as soon as it answers.
+``timeout`` seconds or fails its checks, the affected inferences finish on the device (their tail runs
+locally from the activation already computed; ``Result.where == "fallback"``), and while the cloud is
+away the device runs whole inferences itself. The connection retries the cloud with exponential
+backoff and the client returns to it as soon as it answers; after an overload (RESOURCE_EXHAUSTED,
+UNAVAILABLE, no reply in time) it also waits a back-off before returning.
 """
 
 from __future__ import annotations
@@ -68,9 +69,13 @@ class Client:
     thread) with every ``Result`` as it is made.
 
     What callers read: ``config``, ``plan``, ``splits``, ``policy``, ``slo``, ``monitors``,
-    ``estimates()``, ``stats`` (results by where they finished, ``connects``, ``reconnects``,
-    ``timeouts``, ``unavailable``), ``errors`` (recent connection errors), ``connected`` (a
-    ``threading.Event``, set while a stream to the server is live) and ``served`` (the cuts it serves).
+    ``estimates()``, ``stats`` (a Counter: results by where they finished - ``cloud``, ``device``,
+    ``fallback`` -; ``replies``, the valid replies the cloud sent; ``bad_replies``; ``overloaded``,
+    ``timeouts``, ``unavailable``, ``connects``, ``reconnects``, ``reopened``), ``errors`` (the last
+    distinct reasons the cloud could not be used, in words: "cannot connect to HOST:PORT: connection
+    refused ...", "TLS handshake with HOST:PORT failed: ...", "RESOURCE_EXHAUSTED: ..."), ``connected``
+    (a ``threading.Event``, set while a stream to the server is live) and ``served`` (the cuts it serves).
+    A caller that wanted the cloud and got ``stats["replies"] == 0`` can print ``errors`` and fail.
     """
 
     def __init__(self, plan: Plan, model: nn.Module, config: ClientConfig | None = None, *,

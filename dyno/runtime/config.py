@@ -229,7 +229,8 @@ class ClientConfig:
     - ``timeout``: seconds a reply may take before its inference finishes on the device;
       ``connect_timeout``: seconds for the server to describe itself; ``stream_lifetime``: seconds a
       stream lives before a fresh one takes new requests (> 4 x ``timeout``).
-    - ``backoff``: (first, max) seconds between reconnection attempts, doubling, jittered.
+    - ``backoff``: (first, max) seconds between reconnection attempts, and before returning to a
+      server that said it is overloaded; doubling, jittered.
     - ``token``: bearer token sent on every call; ``tls``: ``ClientTLS`` (None: plaintext).
     - ``top_k``: classes per result; ``want_logits``: also return the logit vector.
     - ``max_message_bytes``: the largest gRPC message either way.

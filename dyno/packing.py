@@ -8,8 +8,14 @@ Light on purpose (no torch, no numpy).
     Packing.parse("jpeg:90")                # Packing(codec='jpeg', bits=90): bits is the quality
     Packing("fp16").label                   # 'fp16'
 
-``bits`` is the bit width (1..16) of a quantising codec, the image quality (1..100) of ``jpeg`` and
-``webp`` (the input cut only), and None for ``fp32``/``fp16``.
+``bits`` is the bit width (1..16; 1..8 for ``rans``) of a quantising codec, the image quality (1..100)
+of ``jpeg`` and ``webp`` (the input cut only), and None for ``fp32``/``fp16``.
+
+The quantising codecs (the coders of the same codes, so they share one accuracy per cut and width):
+``shuffle-lz4`` (bit-shuffle + LZ4, the fastest), ``shuffle-zstd`` (bit-shuffle + Zstandard level 1),
+``dense`` (exactly ``bits`` bits per value), ``centre-zstd`` (codes centred on the zero point,
+bit-shuffle, Zstandard level 3), ``zstd`` (Zstandard on the codes' bytes) and ``rans`` (order-0 rANS:
+the entropy of the codes). ``dyno.codec`` implements each under the same name (its ``MODES``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,14 @@ import dataclasses
 
 from dyno.errors import ConfigError
 
-__all__ = ["QUANT_CODECS", "FLOAT_CODECS", "IMAGE_CODECS", "CODECS", "BITS", "IMAGE_QUALITIES",
-           "Packing", "label", "problem"]
+__all__ = ["QUANT_CODECS", "FLOAT_CODECS", "IMAGE_CODECS", "CODECS", "BITS", "IMAGE_QUALITIES", "MAX_BITS",
+           "LZ4", "Packing", "label", "problem", "max_bits"]
 
-QUANT_CODECS: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense")
+QUANT_CODECS: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense", "centre-zstd", "zstd", "rans")
+#: The fast coder every plan lists at every width (the reference of the "LZ4 only" comparisons).
+LZ4 = "shuffle-lz4"
+#: The widest codes a quantising codec takes, where less than 16.
+MAX_BITS: dict[str, int] = {"rans": 8}
 FLOAT_CODECS: tuple[str, ...] = ("fp32", "fp16")
 IMAGE_CODECS: tuple[str, ...] = ("jpeg", "webp")
 #: Every codec, in the order plans list them.
@@ -37,6 +47,11 @@ def label(codec: str, bits: int | None) -> str:
     return codec if bits is None else f"{codec}:{bits}"
 
 
+def max_bits(codec: str) -> int:
+    """The widest bit width ``codec`` (a quantising codec) takes."""
+    return MAX_BITS.get(codec, BITS[-1])
+
+
 def problem(codec: object, bits: object) -> str | None:
     """What is wrong with the pair, or None if it names a valid packing (callers raise their own
     error type: a plan file says PlanError, an argument ConfigError)."""
@@ -44,7 +59,7 @@ def problem(codec: object, bits: object) -> str | None:
         return f"unknown codec {codec!r}; known: {', '.join(CODECS)}"
     if codec in FLOAT_CODECS:
         return None if bits is None else f"{codec} takes no bits"
-    top, what = (100, "image quality") if codec in IMAGE_CODECS else (16, "bits")
+    top, what = (100, "image quality") if codec in IMAGE_CODECS else (max_bits(str(codec)), "bits")
     if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= top):
         return f"{what} must be 1..{top} for {codec}, not {bits!r}"
     return None

@@ -9,18 +9,24 @@ measured bytes, accuracy and codec times.
   cloud-only is a priced option like any other; ``Plan.input_spec`` says how the device turns the
   input tensor into an 8-bit image and how the cloud turns it back.
 - The last cut (the output) is device-only: it has no options, nothing is sent.
-- Every other cut has ``fp32``, ``fp16`` and ``shuffle-lz4`` at bits 1..16 (``dyno analyze``).
+- Every other cut has ``fp32``, ``fp16`` and, at every width, ``shuffle-lz4`` and the stronger coders
+  (``centre-zstd``, ``zstd``, ``rans``) that are on the bytes/time front there (``dyno analyze``). The
+  coders of one width send the same codes, so they carry the same accuracy and differ in bytes and
+  codec times: the coder is the scheduler's third dimension beside the cut and the bits.
 - ``Option.measured`` is False for entries inferred rather than evaluated; ``Option.samples`` is how
   many samples a measured accuracy comes from (fewer than ``Plan.samples`` when the evaluation was
   stopped early because the width clearly failed); ``Option.note`` says how an entry was obtained.
 - ``Option.clip`` is the calibrated range an option quantises with (None: each tensor's own min/max).
 
 Loading validates the whole schema (missing or unknown fields, NaN, wrong types) and refuses a plan
-for another model or other weights::
+for another model or other weights. The file format is unchanged by the coders (still version 1): a plan
+written before them (LZ4 rows only) loads as it is, and a dyno that predates a coder refuses a plan
+naming it ("unknown codec"). ::
 
     plan = Plan.load("plan.json", model=model)   # PlanError if the weights differ
     plan.cuts[3].options[0].bytes
     plan.min_bits(plan.cuts[3], max_drop=0.01)   # the cheapest shuffle-lz4 option within 1 point
+    plan.restricted(("shuffle-lz4",))            # the same plan with LZ4 as its only coder
 """
 
 from __future__ import annotations
@@ -175,6 +181,11 @@ class CutPlan:
         """The option for ``codec`` at ``bits`` (quality for jpeg/webp), or None if the plan has none."""
         return next((o for o in self.options if o.codec == codec and o.bits == bits), None)
 
+    def coders(self, bits: int) -> tuple[Option, ...]:
+        """The quantising options at ``bits``: one per coder the plan lists there, fewest bytes first."""
+        return tuple(sorted((o for o in self.options if o.bits == bits and o.packing.is_quantised),
+                            key=lambda o: o.bytes))
+
     def cloud_ms_per_sample(self, batch: int = 1) -> float:
         """Tail time per sample at ``batch`` (nearest measured batch size at or below it)."""
         sizes = sorted(self.cloud_ms)
@@ -247,6 +258,16 @@ class Plan(DataFile):
         ok = [o for o in cut.options if o.codec == codec and o.bits is not None
               and self.drop(o) <= max_drop + 1e-12]
         return min(ok, key=lambda o: (o.bits, o.bytes)) if ok else None
+
+    def restricted(self, codecs: Iterable[str]) -> "Plan":
+        """This plan with only ``codecs`` among its quantising coders (float and image options stay):
+        ``plan.restricted(("shuffle-lz4",))`` is the plan as it was before the stronger coders."""
+        keep = set(codecs)
+        unknown = keep - set(packing.QUANT_CODECS)
+        _check(not unknown, f"restricted to unknown quantising codecs {sorted(unknown)}")
+        cuts = tuple(dataclasses.replace(c, options=tuple(o for o in c.options if not o.packing.is_quantised
+                                                          or o.codec in keep)) for c in self.cuts)
+        return dataclasses.replace(self, cuts=cuts, notes={**self.notes, "codecs": sorted(keep)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: Any = None, weights_sha256: str | None = None) -> "Plan":

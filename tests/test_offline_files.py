@@ -128,5 +128,9 @@ def test_the_saved_profiles_make_a_plan_with_their_times():
     for cut, d, c in zip(plan.cuts, device.cuts, cloud.cuts):
         assert cut.device_ms == d.head_ms and cut.cloud_ms == c.tail_ms
         for option in cut.options:
-            assert option.encode_ms == d.encode_ms[option.label] and option.decode_ms == c.decode_ms[option.label]
+            if option.label in d.encode_ms:  # the profiles' times where they hold the option
+                assert option.encode_ms == d.encode_ms[option.label] and option.decode_ms == c.decode_ms[option.label]
+            else:  # coders newer than the saved profiles: timed here, on the encodes that give the bytes
+                assert option.codec in ("centre-zstd", "zstd", "rans") and option.encode_ms > 0
+        assert {o.codec for o in cut.options if o.bits == 4} >= ({"shuffle-lz4"} if cut.options else set())
     assert plan.notes["device_profile"]["method"] == device.method

@@ -1,5 +1,6 @@
 """The plan file: round trip, validation of every field, refusal of other models and weights."""
 
+import dataclasses
 import json
 import math
 
@@ -138,7 +139,7 @@ def test_non_finite_numbers_are_refused(tmp_path, constant):
         Plan.load(_write(tmp_path, text))
 
 
-def test_nan_cannot_be_saved_either(tmp_path):
+def test_nan_cannot_be_saved_either():
     with pytest.raises(PlanError, match="accuracy"):
         Option(codec="fp32", bits=None, bytes=1.0, accuracy=math.nan)
     with pytest.raises(PlanError, match="device_ms"):
@@ -148,3 +149,61 @@ def test_nan_cannot_be_saved_either(tmp_path):
 def test_missing_file_says_how_to_make_one(tmp_path):
     with pytest.raises(PlanError, match="dyno analyze"):
         Plan.load(tmp_path / "none.json")
+
+
+# ------------------------------------------------------------------------------------------ coders
+def coder_plan() -> Plan:
+    """small_plan with every coder at 3 bits on the inner cut (the same codes: the same accuracy)."""
+    plan = small_plan()
+    coders = tuple(Option(codec=codec, bits=3, bytes=size, accuracy=0.893, clip=(0.0, 2.5), samples=40,
+                          encode_ms=enc, decode_ms=dec)
+                   for codec, size, enc, dec in (("centre-zstd", 250.0, 0.3, 0.2), ("zstd", 260.0, 0.25, 0.1),
+                                                 ("rans", 231.5, 0.9, 1.4)))
+    middle = dataclasses.replace(plan.cuts[1], options=plan.cuts[1].options + coders)
+    return dataclasses.replace(plan, cuts=(plan.cuts[0], middle, plan.cuts[2]))
+
+
+def test_coder_rows_round_trip_and_are_listed_per_width(tmp_path):
+    plan = coder_plan()
+    again = Plan.load(plan.save(tmp_path / "coders.json"))
+    assert again == plan and again.hash == plan.hash
+    middle = again.cuts[1]
+    assert [o.codec for o in middle.coders(3)] == ["rans", "centre-zstd", "zstd", "shuffle-lz4"]
+    assert {o.accuracy for o in middle.coders(3)} == {0.893}
+    assert middle.option("rans", 3).bytes == 231.5 and middle.coders(5)[0].codec == "shuffle-lz4"
+    assert [(c, o.label) for c, o in options_table(again.cuts) if o.codec == "rans"] == [(1, "rans:3")]
+
+
+def test_restricted_keeps_only_the_named_coders_and_every_float_and_image_option():
+    plan = coder_plan()
+    lz4 = plan.restricted(("shuffle-lz4",))
+    assert [o.label for o in lz4.cuts[1].options] == [o.label for o in small_plan().cuts[1].options]
+    assert [o.label for o in lz4.cuts[0].options] == [o.label for o in plan.cuts[0].options]
+    assert lz4.notes["codecs"] == ["shuffle-lz4"] and lz4.weights_sha256 == plan.weights_sha256
+    both = plan.restricted(("shuffle-lz4", "rans"))
+    assert {o.codec for o in both.cuts[1].options} == {"fp32", "shuffle-lz4", "rans"}
+    with pytest.raises(PlanError, match="unknown quantising codecs"):
+        plan.restricted(("gzip",))
+
+
+def test_rans_rows_are_at_most_8_bits(tmp_path):
+    data = coder_plan().to_dict()
+    data["cuts"][1]["options"][-1]["bits"] = 9
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="bits must be 1..8 for rans"):
+        Plan.load(path)
+
+
+def test_a_plan_written_before_the_coders_still_loads_and_schedules():
+    from pathlib import Path
+
+    from dyno.policy import SLO, Estimates, State, make
+
+    plan = Plan.load(Path(__file__).parent / "data" / "tiny-plan-v1.json")  # saved before the coders
+    quantised = {o.codec for c in plan.cuts for o in c.options if o.packing.is_quantised}
+    assert quantised == {"shuffle-lz4"}
+    assert plan.restricted(("shuffle-lz4",)).cuts == plan.cuts
+    for policy in (make("dyno"), make("dyno", codecs=("shuffle-lz4",))):
+        decision = policy.decide(State(plan, Estimates(bandwidth_bps=1e6), SLO.parse("throughput;drop<=1")))
+        assert decision.codec in (None, "fp32", "fp16", "shuffle-lz4", "jpeg", "webp")

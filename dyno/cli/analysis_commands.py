@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from dyno.cli._args import input_file, int_list, output_file, positive_int
+from dyno.cli._args import input_file, int_list, output_file, positive_int, str_list
 from dyno.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,6 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="also draw bytes, latency and the accuracy heat map")
     show.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     show.set_defaults(func=run_plan_show)
+    restrict = actions.add_parser(
+        "restrict", help="the plan with only some coders (e.g. LZ4 only, for comparisons)",
+        description="Write the plan with only the given quantising coders at every width (fp32, fp16 and "
+        "the input's image options stay): `dyno plan restrict P --codecs shuffle-lz4 --out P-lz4` is the plan "
+        "as DynO saw it before the stronger coders, for `dyno simulate --plan P-lz4`.")
+    restrict.add_argument("plan", type=input_file, help="a plan file")
+    restrict.add_argument("--codecs", type=str_list, required=True,
+                          help="comma-separated quantising coders to keep (shuffle-lz4, centre-zstd, zstd, rans)")
+    restrict.add_argument("--out", type=output_file, required=True, help="plan file to write")
+    restrict.set_defaults(func=run_plan_restrict)
     plan.set_defaults(func=lambda _args: (plan.print_help(), 2)[1])
 
 
@@ -142,6 +152,15 @@ def run_plan_show(args: argparse.Namespace) -> None:
     _print_table(plan)
     if args.plot:
         print(f"figure written to {args.plot}")
+
+
+def run_plan_restrict(args: argparse.Namespace) -> None:
+    from dyno.plan import Plan
+
+    plan = Plan.load(args.plan).restricted(args.codecs)
+    plan.save(args.out)
+    rows = sum(len(c.options) for c in plan.cuts)
+    print(f"{args.out}: {plan.model} with coders {', '.join(args.codecs)} only ({rows} options)")
 
 
 def _print_table(plan: Plan) -> None:

@@ -5,7 +5,8 @@
     device.cuts[5].head_ms, cloud.cuts[5].tail_ms[8], device.save("device.json")
 
 Both roles are measured with warm-up, repeats and medians, with ``threads`` torch threads (stated
-in the profile), and both record the median wire bytes of each option over real inputs.
+in the profile), and both record the median wire bytes of each option over real inputs (unless
+``codecs=False``: ``dyno analyze`` measures bytes and codec times itself, once for both roles).
 
 How heads and tails are timed
     Timing every head and every tail directly costs one model run per cut and batch size. Instead the
@@ -32,7 +33,7 @@ import torch.fx
 
 from dyno import graph, partition
 from dyno.errors import ConfigError
-from dyno.offline.codecs import codec_costs, codec_options, sample_activations
+from dyno.offline.codecs import codec_costs, codec_options, cut_activations
 from dyno.offline.machine import machine_info, repeats_for, time_call, torch_threads
 from dyno.offline.profile import BATCH_SIZES, ROLES, CutProfile, Profile
 from dyno.progress import NO_PROGRESS, Progress, Tick
@@ -51,7 +52,8 @@ def measure(role: str, model: torch.nn.Module, cuts: Sequence[partition.Cut], in
             model_name: str = "", name: str | None = None, threads: int | None = 1,
             batch_sizes: Sequence[int] = BATCH_SIZES,
             images: Sequence[np.ndarray] | None = None, codec_samples: int = 8, min_seconds: float = 0.5,
-            tolerance: float = 0.15, direct: bool = False, progress: Progress = NO_PROGRESS) -> Profile:
+            tolerance: float = 0.15, direct: bool = False, codecs: bool = True,
+            progress: Progress = NO_PROGRESS) -> Profile:
     """The profile of ``role`` for ``model`` at ``cuts``, measured on real ``inputs`` here.
 
     - ``"device"``: the head time per cut at batch size one (median of repeats of one input) and, per
@@ -61,7 +63,7 @@ def measure(role: str, model: torch.nn.Module, cuts: Sequence[partition.Cut], in
 
     The options are those of :func:`codec_options`; ``images`` (uint8, one per input) are what the
     jpeg/webp options of the input cut encode (none without them). ``direct`` times every head or tail
-    directly instead of by node timers.
+    directly instead of by node timers; ``codecs=False`` leaves the codec times and bytes out.
     """
     if role not in ROLES:
         raise ConfigError(f"role must be 'device' or 'cloud', not {role!r}")
@@ -77,14 +79,7 @@ def measure(role: str, model: torch.nn.Module, cuts: Sequence[partition.Cut], in
         else:
             tails, method = _tail_times(gm, cuts, inputs, tuple(sorted(batch_sizes)), min_seconds=min_seconds,
                                         tolerance=tolerance, direct=direct, progress=progress)
-        per_cut = sample_activations(gm, cuts, inputs[:codec_samples])
-        tick = progress.task(f"{role} profile: {'encode' if role == 'device' else 'decode'}", len(cuts))
-        costs = []
-        for i, cut in enumerate(cuts):
-            options = codec_options(first=i == 0, last=i == len(cuts) - 1, image=images is not None)
-            costs.append(codec_costs(per_cut[i], options, nonnegative=cut.nonnegative,
-                                     images=images[:codec_samples] if images is not None and i == 0 else None))
-            tick()
+        costs = _codec_costs(gm, cuts, inputs[:codec_samples], images, progress, role) if codecs else [{} for _ in cuts]
     if role == "device":
         profile_cuts = tuple(CutProfile(id=i, name=cut.name, head_ms=heads[i], encode_ms=_column(costs[i], "encode_ms"),
                                         bytes=_column(costs[i], "bytes")) for i, cut in enumerate(cuts))
@@ -96,6 +91,21 @@ def measure(role: str, model: torch.nn.Module, cuts: Sequence[partition.Cut], in
                    model=model_name, threads=used, cuts=profile_cuts, machine=machine_info(used), method=method,
                    samples=len(inputs[:codec_samples]),
                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _codec_costs(gm: torch.fx.GraphModule, cuts: Sequence[partition.Cut], inputs: torch.Tensor,
+                 images: Sequence[np.ndarray] | None, progress: Progress, role: str
+                 ) -> list[dict[str, dict[str, float]]]:
+    """Per cut, every option's median bytes and codec times over ``inputs`` (one cut held at a time)."""
+    tick = progress.task(f"{role} profile: {'encode' if role == 'device' else 'decode'}", len(cuts))
+    costs = []
+    for i, samples in cut_activations(gm, cuts, inputs):
+        options = codec_options(first=i == 0, last=i == len(cuts) - 1, image=images is not None)
+        costs.append(codec_costs(samples, options, nonnegative=cuts[i].nonnegative,
+                                 timed=None if role == "cloud" else 0,
+                                 images=images[:len(inputs)] if images is not None and i == 0 else None))
+        tick()
+    return costs
 
 
 def _column(costs: dict[str, dict[str, float]], key: str) -> dict[str, float]:

@@ -5,7 +5,10 @@
 
 ``analyze`` measures (or loads) a device and a cloud profile (:func:`dyno.offline.measure`), runs the
 precision analysis (:func:`dyno.offline.analyze_precision`), encodes a sample of real activations
-with every option for its bytes, and assembles a ``dyno.plan.Plan``.
+with every option (every coder of ``PLAN_CODECS`` at every width) for its bytes and codec times, keeps
+per width the coders on the bytes/time Pareto front (``dyno.offline.codecs.pareto``; shuffle-lz4
+always), and assembles a ``dyno.plan.Plan``. Codec times come from the profiles when they were
+measured elsewhere and hold the option, else from the same real encodes and decodes as the bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 from dyno import packing, partition
 from dyno.errors import DataError, PlanError
-from dyno.offline.codecs import QUANT_CODEC, codec_costs, codec_options, sample_activations
+from dyno.offline.codecs import codec_costs, codec_options, cut_activations, pareto
 from dyno.offline.infer import Entry, ladder
 from dyno.offline.measure import measure
 from dyno.offline.precision import analyze_precision
@@ -85,9 +88,10 @@ def analyze(model: str | nn.Module, *, data: Any = None, limit: int | None = Non
     inputs = x[spread(len(x), min(max(codec_samples, 1), len(x)))]
     samples = [images[i] for i in spread(len(x), min(codec_samples, len(x)))] if images is not None else None
 
-    def measured(role: str) -> Profile:
+    def measured(role: str) -> Profile:  # codec costs are measured below, once for both roles
         return measure(role, subject.module, cuts, inputs, model_name=subject.name, threads=threads,
-                       batch_sizes=batch_sizes, images=samples, codec_samples=codec_samples, progress=progress)
+                       batch_sizes=batch_sizes, images=samples, codec_samples=codec_samples, codecs=False,
+                       progress=progress)
 
     t = time.perf_counter()
     device = _profile("device", device_profile, cuts, measured)
@@ -101,7 +105,7 @@ def analyze(model: str | nn.Module, *, data: Any = None, limit: int | None = Non
     timings["precision"] = time.perf_counter() - t
     t = time.perf_counter()
     ladders = [ladder(c, result) for c in result.cuts[:-1]]
-    costs = _bytes(subject, ladders, bytes_samples, progress.task("bytes", len(cuts) - 1))
+    costs = _costs(subject, ladders, bytes_samples, max(1, codec_samples // 2), progress.task("bytes", len(cuts) - 1))
     timings["bytes"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - began
     plan = _assemble(subject, result, ladders, costs, device, cloud, timings)
@@ -146,20 +150,19 @@ def _profile(role: str, given: ProfileSource, cuts: Sequence[partition.Cut],
     return loaded
 
 
-def _bytes(subject: _Subject, ladders: list[dict[Any, Entry]], count: int, tick: Tick
+def _costs(subject: _Subject, ladders: list[dict[Any, Entry]], count: int, timed: int, tick: Tick
            ) -> list[dict[str, dict[str, float]]]:
-    """Median wire bytes per option over ``count`` real inputs, each option encoded as it is sent."""
+    """Per cut, every option's median wire bytes and encode time over ``count`` real inputs and decode
+    time over the first ``timed``, each option encoded as it is sent (its calibrated clip range); the
+    inputs walk the model together, one cut at a time."""
     cuts, x, images = subject.cuts, subject.x, subject.images
     index = spread(len(x), min(count, len(x)))
-    per_cut = sample_activations(partition.trace(subject.module), cuts, x[index])
     out = []
-    for i, cut in enumerate(cuts[:-1]):
-        clip = {packing.label(QUANT_CODEC, b): e.clip for b, e in ladders[i].items()
-                if isinstance(b, int) and e.clip is not None}
-        options = codec_options(first=i == 0, last=i == len(cuts) - 1, image=images is not None)
-        out.append(codec_costs(per_cut[i], options, nonnegative=cut.nonnegative, clip=clip,
-                               images=[images[j] for j in index] if images is not None and i == 0 else None,
-                               timing=False))
+    for i, samples in cut_activations(partition.trace(subject.module), cuts[:-1], x[index]):
+        clip = {b: e.clip for b, e in ladders[i].items() if isinstance(b, int) and e.clip is not None}
+        options = codec_options(first=i == 0, last=False, image=images is not None)
+        out.append(codec_costs(samples, options, nonnegative=cuts[i].nonnegative, clip=clip, timed=timed,
+                               images=[images[j] for j in index] if images is not None and i == 0 else None))
         tick(status=f"cut {i}")
     return out
 
@@ -180,18 +183,23 @@ def _entry(codec: str, bits: int | None, entries: dict[Any, Entry], result: Prec
 
 def _options(i: int, subject: _Subject, result: PrecisionResult, entries: dict[Any, Entry],
              costs: dict[str, dict[str, float]], device: Profile, cloud: Profile) -> tuple[Option, ...]:
+    """The cut's options: every float and image option, and the quantising coders on the Pareto front."""
     options = []
+    costs = {label: {**cost, "encode_ms": device.cuts[i].encode_ms.get(label, cost["encode_ms"]),
+                     "decode_ms": cloud.cuts[i].decode_ms.get(label, cost["decode_ms"])}
+             for label, cost in costs.items()}
+    kept = pareto(costs)
     for codec, bits in codec_options(first=i == 0, last=False, image=subject.spec is not None):
         label = packing.label(codec, bits)
-        entry = _entry(codec, bits, entries, result) if label in costs else None
+        entry = _entry(codec, bits, entries, result) if label in kept else None
         if entry is None:
             continue
         options.append(Option(
             codec=codec, bits=bits, bytes=costs[label]["bytes"], accuracy=entry.accuracy,
             agreement=entry.agreement, measured=entry.measured, samples=entry.samples,
             drop_se=None if entry.drop_se is None or not math.isfinite(entry.drop_se) else entry.drop_se,
-            encode_ms=device.cuts[i].encode_ms.get(label, 0.0), decode_ms=cloud.cuts[i].decode_ms.get(label, 0.0),
-            clip=entry.clip, note=entry.note))
+            encode_ms=costs[label]["encode_ms"], decode_ms=costs[label]["decode_ms"], clip=entry.clip,
+            note=entry.note))
     return tuple(options)
 
 

@@ -15,6 +15,11 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
 6. exploration: after ``probe_every`` device-only decisions in a row, offload one inference (the best
    offloading row that meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by
    the device's own transfers, cannot go stale forever. ``probe_every=0`` turns this off.
+
+The coder is a dimension of the rows like the cut and the bits: a plan lists each width with every
+coder on its bytes/time front, so a slow link picks a stronger coder and a fast one LZ4. ``codecs``
+restricts the quantising coders a policy may use (fp32, fp16 and the input's image codecs stay):
+``make("dyno", codecs=("shuffle-lz4",))`` is DynO with LZ4 only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from dyno.errors import PolicyError
+from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
 from dyno.policy.floor import FloorResolver
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
@@ -35,13 +41,17 @@ class DynoPolicy(Policy):
     """DynO: every (cut, bits) priced by the performance model, constrained and ordered by the SLO."""
 
     def __init__(self, *, margin: float = 0.05, probe_every: int = 20,
-                 power: DevicePower = DevicePower()) -> None:
+                 power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None) -> None:
         if margin < 0:
             raise PolicyError("hysteresis margin must be >= 0")
         if probe_every < 0:
             raise PolicyError("probe_every must be >= 0")
+        if codecs is not None and (isinstance(codecs, str) or not codecs or set(codecs) - set(QUANT_CODECS)):
+            raise PolicyError(f"codecs must name quantising codecs ({', '.join(QUANT_CODECS)}), got {codecs!r}")
         self.margin = margin
         self.probe_every = probe_every
+        self.codecs = None if codecs is None else tuple(codecs)
+        self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
         self._models = ModelCache(power)
         self._floors = FloorResolver()
         self.reset()
@@ -51,18 +61,30 @@ class DynoPolicy(Policy):
         self._last_model: PerfModel | None = None
         self._device_only_run = 0
 
+    def allowed(self, model: PerfModel) -> np.ndarray | None:
+        """The rows this policy may choose (None: all): those of its ``codecs``, floats, images, device-only."""
+        if self.codecs is None:
+            return None
+        if self._allowed[0] is not model:
+            quant = set(QUANT_CODECS) - set(self.codecs)
+            self._allowed = (model, np.array([r.codec not in quant for r in model.rows], dtype=bool))
+        return self._allowed[1]
+
     def choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
         """(row, meets_slo, model, evaluation, floor) without hysteresis or exploration: the pure rule."""
         model = self._models.get(state.plan)
         slo = state.slo
         ev = model.evaluate(state.estimates, state.batch, state.in_flight)
         floor = self._floors.floor(state, model, ev)
-        static = model.static_mask(slo)
+        allowed = self.allowed(model)
+        static = model.static_mask(slo, allowed)
         feasible = model.feasible(ev, slo, floor, static)
         candidates = np.flatnonzero(feasible)
         if len(candidates):
             return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), True, model, ev, floor
         v = model.violations(ev, slo, floor)
+        if allowed is not None:
+            v = np.where(allowed, v, np.inf)
         candidates = np.flatnonzero(v == v.min())
         return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor
 
@@ -75,7 +97,7 @@ class DynoPolicy(Policy):
         current = self._current
         if self.margin > 0 and current is not None and current != best:
             if ok:
-                still = bool(model.feasible(ev, slo, floor, model.static_mask(slo))[current])
+                still = bool(model.feasible(ev, slo, floor, model.static_mask(slo, self.allowed(model)))[current])
             else:  # both infeasible: only the violation decides, with the same margin
                 v = model.violations(ev, slo, floor)
                 still = v[current] <= v[best] * (1.0 + self.margin)
@@ -110,7 +132,8 @@ class DynoPolicy(Policy):
         return False
 
     def _probe_row(self, model: PerfModel, ev, slo: SLO, batch: int) -> int | None:
-        candidates = np.flatnonzero(model.static_mask(slo) & (model.offloaded > 0))
+        candidates = np.flatnonzero(model.static_mask(slo, self.allowed(model)) & (model.offloaded > 0))
         if not len(candidates):
             return None
         return model.select(ev, candidates, ("throughput", "bytes"), 0.0, batch)
+

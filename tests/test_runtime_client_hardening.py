@@ -22,6 +22,7 @@ from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
+from dyno.runtime.replies import WRITE_RACE
 
 
 class Fixed(Policy):
@@ -186,7 +187,9 @@ def test_overload_finishes_on_the_device_and_backs_off(model, plan, splits, inpu
             results = list(client.map(inputs))
             stats, errors = dict(client.stats), list(client.errors)
     assert [r.top1 for r in results] == expected  # nothing lost
-    assert stats["overloaded"] >= 1 and any(e.startswith("RESOURCE_EXHAUSTED") for e in errors), errors
+    # the refusal, or (if a write was under way as it arrived) grpc's INTERNAL, which the client takes
+    # as overload too and says so
+    assert stats["overloaded"] >= 1 and any(e.startswith(("RESOURCE_EXHAUSTED", WRITE_RACE)) for e in errors), errors
     assert stats.get("reconnects", 0) <= 1, stats  # it did not come straight back to be refused again
     assert stats["cloud"] >= 1 and stats["fallback"] + stats.get("unavailable", 0) >= 1
 

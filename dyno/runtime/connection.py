@@ -46,7 +46,7 @@ from dyno.runtime.config import ClientConfig, channel_options
 from dyno.runtime.inflight import Inference, OwnShare, Telemetry
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-from dyno.runtime.replies import check_reply, describe_failure, ending
+from dyno.runtime.replies import check_reply, describe_ending, describe_failure, ending
 from dyno.runtime.results import Result
 
 __all__ = ["CloudConnection"]
@@ -276,7 +276,7 @@ class CloudConnection:
                 code, details = error.code(), error.details() or ""
             else:  # it had ended already: its reader knows why
                 code, details = None, "the stream had ended"
-            self._break(stream, f"{code.name if code else 'write failed'}: {details}", ending(code, details))
+            self._break(stream, describe_ending(code, details), ending(code, details))
             if held:
                 self._fall_back(inference, "cloud unavailable")
 
@@ -289,7 +289,7 @@ class CloudConnection:
                 self._on_reply(stream, reply)
         except grpc.aio.AioRpcError as error:
             details = error.details() or ""
-            reason, kind = f"{error.code().name}: {details}", ending(error.code(), details)
+            reason, kind = describe_ending(error.code(), details), ending(error.code(), details)
         except asyncio.CancelledError:
             reason = "stream cancelled"
         self._break(stream, reason, kind)

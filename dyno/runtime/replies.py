@@ -21,11 +21,15 @@ from dyno.runtime.batching import MAX_BATCH
 from dyno.runtime.config import IDLE_CLOSE, LIFETIME_CLOSE
 from dyno.runtime.proto import inference_pb2 as pb
 
-__all__ = ["check_reply", "describe_failure", "ending", "GRPC_WRITE_RACE", "MAX_SERVER_MS"]
+__all__ = ["check_reply", "describe_failure", "describe_ending", "ending", "GRPC_WRITE_RACE", "WRITE_RACE",
+           "MAX_SERVER_MS"]
 
 #: The details grpc.aio gives a call whose write was under way when the server's status arrived; the
 #: real status is lost (the server lingers to avoid it, see ``dyno.runtime.streams``).
 GRPC_WRITE_RACE = "Internal error from Core"
+#: What the client says instead.
+WRITE_RACE = ("the server ended the stream while a request was being written (grpc then reports only "
+              f"'INTERNAL: {GRPC_WRITE_RACE}': the server's reason is lost); taken as overload")
 #: No reply's queue or compute time may claim more than this (about 3 hours).
 MAX_SERVER_MS = 1e7
 
@@ -66,6 +70,13 @@ def check_reply(reply: pb.Reply, *, top_k: int, classes: int, want_logits: bool)
         if len(reply.logits) != classes or not all(math.isfinite(v) for v in reply.logits):
             return f"logits must be {classes} finite numbers, got {len(reply.logits)}"
     return None
+
+
+def describe_ending(code: grpc.StatusCode | None, details: str) -> str:
+    """One line for a stream that ended with ``code`` and ``details``."""
+    if code == grpc.StatusCode.INTERNAL and details == GRPC_WRITE_RACE:
+        return WRITE_RACE
+    return f"{code.name if code else 'stream ended'}: {details[:300]}"
 
 
 def ending(code: grpc.StatusCode | None, details: str) -> str:

@@ -20,6 +20,9 @@ after the refusal - at most ``LINGER_S`` after it, and for at most ``MAX_LINGERI
 grpc.aio client whose write is under way when the status arrives reports ``INTERNAL: Internal error
 from Core`` instead of the status, and never learns the real one (measured with grpcio 1.85: 45 of
 48 streams writing 50 requests back to back, refused at a stream limit, saw INTERNAL; none since).
+Lingering cannot help a client that writes just as the status arrives (one paced by its device, say,
+whose event loop is late to see the status): ``dyno.runtime.replies`` makes the device client take
+that INTERNAL as overload too.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ __all__ = ["StreamHandler", "ServerSide", "SETTLE_S", "QUIET_S", "LINGER_S", "MA
 
 log = logging.getLogger("dyno.server")
 
-SETTLE_S = 0.03
+SETTLE_S = 0.1
 QUIET_S = 0.5
 LINGER_S = 2.0
 MAX_LINGERING = 256

@@ -7,7 +7,6 @@ zstd, rANS and Pillow); it is not authentication, which is the transport's job.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
@@ -233,7 +232,8 @@ class FrameMeta:
 
     def with_crc(self, payload: bytes | memoryview) -> FrameMeta:
         """This metadata with ``crc32`` set for ``payload`` (every other field as validated here)."""
-        sealed = copy.copy(self)
+        sealed = object.__new__(FrameMeta)
+        sealed.__dict__.update(self.__dict__)
         sealed.__dict__.pop("_bytes", None)
         object.__setattr__(sealed, "crc32", self.checksum(payload))
         return sealed

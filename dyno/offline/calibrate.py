@@ -33,6 +33,15 @@ def calibration_batches(acts: list[torch.Tensor], config: SearchConfig) -> list[
     return out
 
 
+def _order_statistics(flat: torch.Tensor, percentiles: tuple[float, ...]) -> np.ndarray:
+    """The values the percentiles pick, at their places in sorted order (a partition, not a sort)."""
+    values = flat.double().numpy()
+    last = len(values) - 1
+    places = sorted({min(last, int(round(p / 100 * last))) for p in percentiles}
+                    | {int(round((1 - p / 100) * last)) for p in percentiles})
+    return np.partition(values, places)
+
+
 def calibrate(acts: list[torch.Tensor], bits: int, nonnegative: bool, config: SearchConfig,
               generator: torch.Generator) -> tuple[tuple[float, float] | None, dict[str, Any]]:
     """A clip range among percentiles of the activations, by quantisation error at ``bits``.
@@ -48,10 +57,10 @@ def calibrate(acts: list[torch.Tensor], bits: int, nonnegative: bool, config: Se
         drawn.append(flat[torch.randint(flat.numel(), (min(per_batch, flat.numel()),), generator=generator)])
     flat = torch.cat(drawn)
     candidates: dict[str, tuple[float, float] | None] = {"minmax": None}
-    values = flat.double().sort().values
+    values = _order_statistics(flat, config.clip_percentiles)
     for p in config.clip_percentiles:
-        hi = float(values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))])
-        lo = 0.0 if nonnegative else float(values[int(round((1 - p / 100) * (len(values) - 1)))])
+        hi = float(values[min(len(flat) - 1, int(round(p / 100 * (len(flat) - 1))))])
+        lo = 0.0 if nonnegative else float(values[int(round((1 - p / 100) * (len(flat) - 1)))])
         lo, hi = float(np.float32(lo)), float(np.float32(hi))
         if lo < hi:
             candidates[f"p{p:g}"] = (min(lo, 0.0), max(hi, 0.0))

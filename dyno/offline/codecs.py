@@ -51,11 +51,12 @@ def codec_options(*, first: bool, last: bool, image: bool = True, codecs: Sequen
 
 def codec_costs(samples: Sequence[np.ndarray], options: Sequence[tuple[str, int | None]], *,
                 nonnegative: bool, clip: Mapping[int, Clip | None] | None = None,
-                images: Sequence[np.ndarray] | None = None, timed: int | None = None
-                ) -> dict[str, dict[str, float]]:
+                images: Sequence[np.ndarray] | None = None, timed: int | None = None,
+                coder_samples: int | None = None) -> dict[str, dict[str, float]]:
     """Encode every sample with every option for real: per option label, the median ``bytes`` and
     ``encode_ms`` over the samples and the median ``decode_ms`` over the first ``timed`` (default all;
-    0: no decodes, ``decode_ms`` then 0).
+    0: no decodes, ``decode_ms`` then 0). The quantising coders other than ``QUANT_CODEC`` encode only
+    the first ``coder_samples`` (default all): their sizes follow LZ4's closely, and they are slower.
 
     ``clip`` maps a bit width to the range its quantising options use. Image options (jpeg/webp) encode
     ``images`` (uint8 H x W x C, one per sample) instead of the activations; without ``images`` they
@@ -69,6 +70,8 @@ def codec_costs(samples: Sequence[np.ndarray], options: Sequence[tuple[str, int 
         data = images if codec in packing.IMAGE_CODECS else samples
         if data is None:
             continue
+        if codec in packing.QUANT_CODECS and codec != QUANT_CODEC:
+            data = data[:coder_samples]
         kwargs = _encode_kwargs(codec, bits, nonnegative=nonnegative, clip=clip.get(bits or 0))
         sizes, enc, dec = [], [], []
         for k, x in enumerate(data):

@@ -152,9 +152,9 @@ def _profile(role: str, given: ProfileSource, cuts: Sequence[partition.Cut],
 
 def _costs(subject: _Subject, ladders: list[dict[Any, Entry]], count: int, timed: int, tick: Tick
            ) -> list[dict[str, dict[str, float]]]:
-    """Per cut, every option's median wire bytes and encode time over ``count`` real inputs and decode
-    time over the first ``timed``, each option encoded as it is sent (its calibrated clip range); the
-    inputs walk the model together, one cut at a time."""
+    """Per cut, every option's median wire bytes and encode time over ``count`` real inputs (the coders
+    beyond LZ4: over half of them) and decode time over the first ``timed``, each option encoded as it
+    is sent (its calibrated clip range); the inputs walk the model together, one cut at a time."""
     cuts, x, images = subject.cuts, subject.x, subject.images
     index = spread(len(x), min(count, len(x)))
     out = []
@@ -162,6 +162,7 @@ def _costs(subject: _Subject, ladders: list[dict[Any, Entry]], count: int, timed
         clip = {b: e.clip for b, e in ladders[i].items() if isinstance(b, int) and e.clip is not None}
         options = codec_options(first=i == 0, last=False, image=images is not None)
         out.append(codec_costs(samples, options, nonnegative=cuts[i].nonnegative, clip=clip, timed=timed,
+                               coder_samples=max(1, count // 2),
                                images=[images[j] for j in index] if images is not None and i == 0 else None))
         tick(status=f"cut {i}")
     return out

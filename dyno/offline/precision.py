@@ -66,7 +66,11 @@ __all__ = ["analyze_precision"]
 Normalize = Callable[[np.ndarray], torch.Tensor]
 
 #: Seconds between two choices of the thread count (other processes come and go).
-RETHREAD_SECONDS = 120
+RETHREAD_SECONDS = 300
+#: Samples a choice of the thread count times the model on (each thread count: a warm-up and two runs).
+#: A choice costs ~6 forward passes of these: 16 keep it a second or two (50-100 cost a quarter of the
+#: analysis on a loaded machine), and the ratio of one to two threads does not need more.
+THREAD_PROBE = 16
 
 
 def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.Tensor, y: torch.Tensor, *,
@@ -104,14 +108,15 @@ class _Threads:
         self.model, self.x, self.batch = model, x, batch
         self.most = torch.get_num_threads()
         self.auto = threads is None
-        self.count = faster_threads(model, x[: 2 * batch], batch, self.most) if threads is None else threads
+        self.probe = min(batch, THREAD_PROBE)
+        self.count = faster_threads(model, x[: self.probe], self.probe, self.most) if threads is None else threads
         self.checked = time.perf_counter()
         self.switches: list[list[int]] = []
 
     def recheck(self, index: int) -> None:
         if not self.auto or time.perf_counter() - self.checked < RETHREAD_SECONDS:
             return
-        best = faster_threads(self.model, self.x[: self.batch], self.batch, self.most)
+        best = faster_threads(self.model, self.x[: self.probe], self.probe, self.most)
         if best != torch.get_num_threads():
             torch.set_num_threads(best)
             self.switches.append([index, best])

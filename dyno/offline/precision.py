@@ -204,6 +204,8 @@ class _Run:
                   and any(k[0] in SHARED_KINDS for k in previous.measured)
                   and shareable(self.gm, self.walk.nodes[index], cuts[index - 1].name, cuts[index].name))
         live = []
+        previous_acts: list[torch.Tensor | None] = list(self.acts)
+        self.acts = []  # the previous cut's batches are released one by one below, not all at the end
         for k, w in enumerate(self.walks):
             got, values = next(w)
             if got != index:
@@ -214,6 +216,7 @@ class _Run:
                                      self.quantize)
             if self.live:
                 self.live[k] = None
+                previous_acts[k] = before = None
             live.append(values)
         self.live = list(live)
         self.acts = [values[cuts[index].name] for values in live]

@@ -193,3 +193,17 @@ def test_a_plan_file_is_never_torn_by_a_crash_mid_write(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["plan.json"]
     with pytest.raises(PlanError):
         Plan.load(tmp_path / "missing.json")
+
+
+def test_a_bad_pem_file_is_named_not_a_failed_bind(files, tmp_path, capsys):
+    plan_path, weights, _ = files
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    code, _, err = run(["serve", "--plan", str(plan_path), "--weights", str(weights), "--port", "0",
+                        "--tls-cert", str(bad), "--tls-key", str(bad)], capsys)
+    assert code == 1 and "not a PEM certificate" in err and str(bad) in err and "Failed to bind" not in err
+
+
+def test_bench_runtime_abuse_flags_are_checked(capsys):
+    code, _, err = run(["bench-runtime", "--what", "abuse", "--junk", "-1"], capsys)
+    assert code == 2 and "--junk: expected an integer >= 0" in err

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyno.bench.load import abuse_load, resign
 from dyno.runtime import BatchConfig, ClientConfig, ServerConfig, ServerProcess
 from dyno.runtime.config import channel_options
-from dyno.runtime.load import abuse_load, resign
 from dyno.runtime.metrics import parse_text
 
 __all__ = ["PayloadNet", "run_bench", "PAYLOADS"]

@@ -13,6 +13,7 @@ from dyno.cli._args import (
     input_file,
     int_list,
     nonnegative_float,
+    nonnegative_int,
     output_file,
     port,
     positive_float,
@@ -60,6 +61,29 @@ def _optional_output(text: str) -> Path | None:
 
 # ---------------------------------------------------------------------------------------- serve
 
+#: ServerConfig's limits, each a flag whose default is the config's own (one home for the numbers).
+_LIMITS = {
+    "max_streams": (positive_int, "open Infer streams, whole server"),
+    "max_streams_per_client": (positive_int, "open streams per client (bearer token, IP)"),
+    "max_in_flight_per_client": (positive_int, "requests accepted and not yet answered, per client"),
+    "max_queued_requests": (positive_int, "requests accepted and not yet answered, whole server"),
+    "max_queue_ms": (positive_float, "longest a request may wait for its compute; longer is refused"),
+    "idle_timeout_s": (positive_float, "close a stream with nothing in flight for this long"),
+    "max_stream_lifetime_s": (positive_float, "close a stream this old once it has answered its requests"),
+}
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    from dyno.runtime import ServerConfig
+
+    defaults = ServerConfig()
+    for name, (kind, text) in _LIMITS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name),
+                       help=f"{text} (default %(default)s)")
+    p.add_argument("--max-queued-mb", type=positive_float, default=defaults.max_queued_bytes / 2**20,
+                   help="bytes of requests queued across all clients, MiB (default %(default)g)")
+
+
 def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="run the cloud server for a plan",
@@ -79,9 +103,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=bounded_int(-1, 65535), default=0,
                    help="Prometheus metrics HTTP port (0: any free port; -1: off)")
     p.add_argument("--max-message-mb", type=positive_float, default=8.0, help="largest message (default 8 MiB)")
-    p.add_argument("--max-streams", type=positive_int, default=256, help="concurrent streams, whole server")
-    p.add_argument("--max-streams-per-client", type=positive_int, default=16)
-    p.add_argument("--max-in-flight-per-client", type=positive_int, default=64)
+    _add_limits(p)
     _add_token(p)
     p.add_argument("--tls-cert", type=input_file, help="server certificate chain (PEM); enables TLS")
     p.add_argument("--tls-key", type=input_file, help="server private key (PEM)")
@@ -100,10 +122,13 @@ def _serve(args: argparse.Namespace) -> None:
     tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca) if args.tls_cert else None
     config = ServerConfig(
         batching=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers),
-        max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_streams=args.max_streams,
-        max_streams_per_client=args.max_streams_per_client,
-        max_in_flight_per_client=args.max_in_flight_per_client, token=_token(args), tls=tls,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port, torch_threads=args.threads)
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024), token=_token(args), tls=tls,
+        max_queued_bytes=int(args.max_queued_mb * 1024 * 1024),
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port, torch_threads=args.threads,
+        **{name: getattr(args, name) for name in _LIMITS})
+    warning = config.exposure_warning(f"{args.host}:{args.port}")
+    if warning:
+        print(f"dyno serve: warning: {warning}", file=sys.stderr)
     plan, model = from_plan_file(args.plan, args.weights)
     serve(plan, model, config, address=f"{args.host}:{args.port}", ready_file=args.ready_file,
           grace=args.grace)
@@ -231,9 +256,15 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
         "batching) against calling the tail in-process, for fp32 payloads of 1 KB..1 MB; "
         "(2) server throughput on fmnist-resnet tails with dynamic batching against batch size 1, "
         "64 concurrent streams, in the same run. The server runs in a child process.")
-    p.add_argument("--what", choices=("all", "overhead", "throughput"), default="all")
-    p.add_argument("--requests", type=positive_int, default=300, help="sequential requests per payload size")
-    p.add_argument("--streams", type=bounded_int(1, 4096), default=64, help="concurrent streams for throughput")
+    p.add_argument("--what", choices=("all", "overhead", "throughput", "abuse"), default="all",
+                   help="all (overhead and throughput), one of them, or abuse: STREAMS x REQUESTS legitimate "
+                   "requests beside --junk malformed and --idle silent streams")
+    p.add_argument("--requests", type=positive_int, default=None,
+                   help="sequential requests per payload size (default 300); abuse: per stream (default 100)")
+    p.add_argument("--streams", type=bounded_int(1, 4096), default=None,
+                   help="concurrent streams for throughput (default 64); abuse: legitimate streams (default 512)")
+    p.add_argument("--junk", type=nonnegative_int, default=32, help="abuse: streams of malformed requests")
+    p.add_argument("--idle", type=nonnegative_int, default=256, help="abuse: streams that never send")
     p.add_argument("--seconds", type=positive_float, default=5.0, help="seconds per throughput measurement")
     p.add_argument("--rounds", type=positive_int, default=2, help="alternating rounds per throughput setting")
     p.add_argument("--cuts", type=int_list, default=None,
@@ -247,7 +278,9 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from dyno.bench.runtime import run_bench
 
-    report = run_bench(what=args.what, requests=args.requests, streams=args.streams,
+    abuse = args.what == "abuse"
+    report = run_bench(what=args.what, requests=args.requests or (100 if abuse else 300),
+                       streams=args.streams or (512 if abuse else 64), junk=args.junk, idle=args.idle,
                        seconds=args.seconds, rounds=args.rounds,
                        cuts=list(args.cuts) if args.cuts else None,
                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, verbose=not args.json)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,23 @@ def _read(*paths: Path | None) -> list[bytes | None]:
         raise ConfigError(f"cannot read TLS file: {error}") from error
 
 
+def _check_pem(cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    """Load the PEM files the way OpenSSL will, so that a wrong file is a ConfigError naming it rather
+    than gRPC's "Failed to bind" (or a handshake that fails later)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if cert is not None:
+            context.load_cert_chain(certfile=cert, keyfile=key)
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+    except (ssl.SSLError, ValueError) as error:
+        files = ", ".join(str(p) for p in (cert, key, ca) if p is not None)
+        raise ConfigError(f"TLS files {files}: not a PEM certificate and matching private key (or CA) "
+                          f"OpenSSL can load ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read TLS file: {error}") from error
+
+
 def _token_problem(token: object) -> str | None:
     if token is None:
         return None
@@ -92,6 +110,7 @@ class TLSConfig:
     client_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
+        _check_pem(self.cert, self.key, self.client_ca)
         chain, key, ca = _read(self.cert, self.key, self.client_ca)
         assert chain is not None and key is not None
         return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca,
@@ -214,6 +233,7 @@ class ClientTLS:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
+        _check_pem(self.cert, self.key, self.ca)
         ca, cert, key = _read(self.ca, self.cert, self.key)
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 

@@ -189,3 +189,19 @@ def test_golden_rans_payload():
     assert payload.hex() == GOLDEN_RANS
     assert np.array_equal(_coders.rans_decode(bytes.fromhex(GOLDEN_RANS), 2, codes.size), codes)
     assert _coders.weight(np.frombuffer(payload[:4], np.uint8)).tolist() == [160, 48, 32, 16]
+
+
+def test_skipping_the_clamp_when_the_ends_land_inside_changes_no_code():
+    """quantize(..., span) skips the clamp when the min and the max code inside 0..L: the codes are
+    those of the clamped kernel, whatever the range form, clip or width."""
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        x = (rng.standard_normal(257) * 10.0 ** rng.uniform(-3, 3) + rng.choice([0, 1, -1]) * rng.uniform(0, 5))
+        x = x.astype(np.float32)
+        if trial % 3 == 0:
+            x = np.maximum(x, 0)
+        bits = int(rng.integers(1, 17))
+        span = _quant.minmax(x)
+        clip = None if trial % 2 else tuple(sorted(rng.uniform(span[0], span[1], 2).tolist()))
+        lo, hi = _quant.span_range(span, bool(trial % 3 == 0), clip)
+        assert np.array_equal(_quant.quantize(x, lo, hi, bits, span), _quant.quantize(x, lo, hi, bits))

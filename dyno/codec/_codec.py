@@ -252,10 +252,11 @@ def _encode_quantized(dtype: str, x: np.ndarray, bits: int, mode: str, nonnegati
         table = tuple(zip(lo_c.tolist(), hi_c.tolist()))
         zero_points = _quant.channel_grids(lo_c, hi_c, bits)[1].astype(np.int64)
     else:
-        lo, hi = _quant.tensor_range(x, nonnegative, clip)
+        span = _quant.minmax(x)
+        lo, hi = _quant.span_range(span, nonnegative, clip)
         if not _quant.decodes_finite(lo, hi, bits):
             raise _overflow(f"tensor range [{lo}, {hi}]", bits)
-        codes = _quant.quantize(x.reshape(-1), lo, hi, bits)
+        codes = _quant.quantize(x.reshape(-1), lo, hi, bits, span)
         zero_points = _quant.grid(lo, hi, bits).zero_point
     payload, compressor = pack_codes(codes, bits, mode, nthreads, zero_points)
     meta = FrameMeta(mode=mode, bits=bits, shape=shape, dtype=dtype, lo=lo, hi=hi,

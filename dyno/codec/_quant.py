@@ -38,7 +38,8 @@ import numpy as np
 
 from dyno.errors import ConfigError
 
-__all__ = ["Grid", "grid", "channel_grids", "tensor_range", "channel_ranges", "quantize", "dequantize",
+__all__ = ["Grid", "grid", "channel_grids", "tensor_range", "minmax", "span_range", "channel_ranges", "quantize",
+           "dequantize",
            "quantize_per_channel", "dequantize_per_channel", "as_float32_array", "decodes_finite",
            "channels_decode_finite", "container", "SAFE_MAX"]
 
@@ -194,19 +195,29 @@ def _combine(mn: float, mx: float, nonnegative: bool, clip: tuple[float, float] 
     return lo, hi
 
 
+def minmax(x: np.ndarray) -> tuple[float, float]:
+    """The min and max of a float32 array (0, 0 when empty); ConfigError for NaN or infinite values."""
+    if x.size == 0:
+        return 0.0, 0.0
+    mn, mx = float(x.min()), float(x.max())
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        raise ConfigError("cannot quantise a tensor holding NaN or infinite values "
+                          f"(min {mn}, max {mx}); fix the model or the input")
+    return mn, mx
+
+
+def span_range(span: tuple[float, float], nonnegative: bool = False, clip: object = None) -> tuple[float, float]:
+    """``(lo, hi)`` from a tensor's ``(min, max)``: ``lo = 0`` if non-negative, intersected with ``clip``."""
+    return _combine(span[0], span[1], nonnegative, _check_clip(clip))
+
+
 def tensor_range(x: np.ndarray, nonnegative: bool = False, clip: object = None) -> tuple[float, float]:
     """``(lo, hi)`` for a float32 array (any layout): its own min/max (``lo = 0`` if non-negative), clipped.
 
     Raises ConfigError for NaN or infinite values (they have no place on an affine grid).
     """
     clip_range = _check_clip(clip)
-    if x.size == 0:
-        return _combine(0.0, 0.0, nonnegative, clip_range)
-    mn, mx = float(x.min()), float(x.max())
-    if not (math.isfinite(mn) and math.isfinite(mx)):
-        raise ConfigError("cannot quantise a tensor holding NaN or infinite values "
-                          f"(min {mn}, max {mx}); fix the model or the input")
-    return _combine(mn, mx, nonnegative, clip_range)
+    return _combine(*minmax(x), nonnegative, clip_range)
 
 
 def _codes(t: np.ndarray, zero_point: Any, levels: int, bits: int) -> np.ndarray:
@@ -216,8 +227,22 @@ def _codes(t: np.ndarray, zero_point: Any, levels: int, bits: int) -> np.ndarray
     return t.view(np.uint32).astype(container(bits))  # M + code: its low bits are the code
 
 
-def quantize(x: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
-    """Codes (uint8 for bits <= 8, else uint16) of a float32 array on grid(lo, hi), in its shape and layout."""
+def _lands_inside(span: tuple[float, float], g: Grid, inv: np.float32) -> bool:
+    """Whether the values ``span`` (min, max) take codes 0..L before any clamp: the same float32
+    operations as the kernel, on two scalars."""
+    offset, shift = np.float32(g.offset), _MAGIC + np.float32(g.zero_point)
+    ends = [((np.float32(v) - offset) * inv if g.offset else np.float32(v) * inv) + shift for v in span]
+    return bool(_MAGIC <= ends[0] and ends[1] <= _MAGIC + np.float32(g.levels))
+
+
+def quantize(x: np.ndarray, lo: float, hi: float, bits: int, span: tuple[float, float] | None = None
+             ) -> np.ndarray:
+    """Codes (uint8 for bits <= 8, else uint16) of a float32 array on grid(lo, hi), in its shape and layout.
+
+    ``span``: the array's own (min, max), when the caller has it. A value's pre-clamp code is monotone
+    in the value (each float32 rounding is), so when the min and the max land on codes 0..L, every
+    value does, and the clamp pass is skipped (the codes are the same).
+    """
     g = grid(lo, hi, bits)
     if g.constant:  # everything is the range's one grid point
         return np.zeros(x.shape, container(bits))
@@ -227,6 +252,9 @@ def quantize(x: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
         np.multiply(t, inv, out=t)
     else:
         t = np.multiply(x, inv)
+    if span is not None and _lands_inside(span, g, inv):
+        np.add(t, _MAGIC + np.float32(g.zero_point), out=t)
+        return t.view(np.uint32).astype(container(bits))
     return _codes(t, g.zero_point, g.levels, bits)
 
 

@@ -51,11 +51,12 @@ def fake_quant(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
     for i in range(src.shape[0]):
         sample = src[i]
         try:
-            lo, hi = _quant.tensor_range(sample, nonnegative, clip)
+            span = _quant.minmax(sample)
         except ConfigError as error:
             raise DataError(f"an activation holds NaN or infinite values; the model or the input is broken "
                             f"({error})") from None
-        _quant.dequantize(_quant.quantize(sample, lo, hi, bits), lo, hi, bits, out=dst[i])
+        lo, hi = _quant.span_range(span, nonnegative, clip)
+        _quant.dequantize(_quant.quantize(sample, lo, hi, bits, span), lo, hi, bits, out=dst[i])
     return out
 
 

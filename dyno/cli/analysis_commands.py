@@ -175,7 +175,7 @@ def _print_table(plan: Plan) -> None:
                   f"of {plan.data}; device {plan.device_profile}, cloud {plan.cloud_profile}",
                   header_style="bold")
     columns = ("id", "node", "shape", "fp32 KiB", "bits ≤0.5pt", "bits ≤1pt", "KiB @≤1pt", "reduction",
-               "device ms", "cloud ms b=1", f"cloud ms/sample b={big}", "measured")
+               "best coder", "its reduction", "device ms", "cloud ms b=1", f"cloud ms/sample b={big}", "measured")
     for column in columns:
         table.add_column(column, justify="left" if column in ("node", "shape") else "right")
     for c, cut in zip(info["cuts"], plan.cuts):
@@ -184,6 +184,8 @@ def _print_table(plan: Plan) -> None:
             _bits(plan, cut, c["min_bits_05pt"], 0.005), _bits(plan, cut, c["min_bits_1pt"], 0.01),
             "-" if c["bytes_at_min_bits_1pt"] is None else f"{c['bytes_at_min_bits_1pt'] / 1024:,.2f}",
             "-" if c["reduction_1pt"] is None else f"{c['reduction_1pt']:,.1f}×",
+            c["best_coder_1pt"] or "-",
+            "-" if c["best_reduction_1pt"] is None else f"{c['best_reduction_1pt']:,.1f}×",
             f"{c['device_ms']:.2f}", f"{c['cloud_ms']:.2f}", f"{cut.cloud_ms_per_sample(big):.2f}",
             f"{c['measured']}/{c['options']}" if c["options"] else "-")
     stdout_console().print(table)
@@ -193,6 +195,10 @@ def _print_table(plan: Plan) -> None:
         print(f"largest reduction within 1 point: {top['reduction_1pt']:.1f}× at cut {top['id']} ({top['name']}, "
               f"{top['min_bits_1pt']} bits, {top['bytes_at_min_bits_1pt']:.0f} B vs {top['fp32_bytes']:.0f} B fp32). "
               "± is the paired standard error of the drop, in points.")
+        strong = max(best, key=lambda c: c["best_reduction_1pt"] or 0)
+        if strong["best_reduction_1pt"]:
+            print(f"with the strongest coder: {strong['best_reduction_1pt']:.1f}× at cut {strong['id']} "
+                  f"({strong['best_coder_1pt']}, {strong['min_bits_1pt']} bits, {strong['best_bytes_1pt']:.0f} B)")
 
 
 def _bits(plan: Plan, cut: CutPlan, value: int | None, max_drop: float) -> str:

@@ -23,11 +23,13 @@ __all__ = ["summary", "plot"]
 
 def summary(plan: Plan) -> dict[str, Any]:
     """The figures ``dyno plan show --json`` prints: per cut, fp32 bytes, the fewest bits within
-    one point (and 0.5), their bytes, device and cloud latency."""
+    one point (and 0.5), their bytes (shuffle-lz4, and the coder with the fewest bytes at that width),
+    device and cloud latency."""
     cuts = []
     for cut in plan.cuts:
         one, half = plan.min_bits(cut, 0.01), plan.min_bits(cut, 0.005)
         fp32 = cut.option("fp32")
+        best = cut.coders(one.bits)[0] if one is not None and one.bits is not None else None
         cuts.append({
             "id": cut.id, "name": cut.name, "shape": list(cut.shape),
             "fp32_bytes": fp32.bytes if fp32 else cut.fp32_bytes,
@@ -37,6 +39,9 @@ def summary(plan: Plan) -> dict[str, Any]:
             "min_bits_05pt": half.bits if half else None,
             "bytes_at_min_bits_05pt": half.bytes if half else None,
             "reduction_1pt": (fp32.bytes / one.bytes) if (one and fp32) else None,
+            "best_coder_1pt": best.codec if best else None,
+            "best_bytes_1pt": best.bytes if best else None,
+            "best_reduction_1pt": (fp32.bytes / best.bytes) if (best and fp32) else None,
             "device_ms": cut.device_ms,
             "cloud_ms": cut.cloud_ms.get(1, cut.cloud_ms[min(cut.cloud_ms)]),
             "cloud_ms_per_batch": {str(b): t for b, t in sorted(cut.cloud_ms.items())},

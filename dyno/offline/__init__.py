@@ -6,7 +6,8 @@
     plan = dyno.offline.nominal_plan(model)                        # nominal figures, nothing measured
 
 The modules, from the bottom up: ``machine`` (threads, timing, the heap), ``sample`` (the labelled
-sample and the images behind it), ``codecs`` (each cut's options and their real bytes and times),
+sample and the images behind it), ``codecs`` (each cut's options - every coder of ``PLAN_CODECS`` at
+every width - their real bytes and times, and the coders on the bytes/time front),
 ``profile`` (the profile file) and ``measure`` (measuring one), ``quant`` (fake quantisation),
 ``search`` (measurements and the knee search), ``calibrate`` (clip ranges), ``share`` (identical
 cuts), ``infer`` (entries for unmeasured widths), ``precision`` (the analysis driver), ``pipeline``
@@ -14,7 +15,15 @@ cuts), ``infer`` (entries for unmeasured widths), ``precision`` (the analysis dr
 """
 
 from dyno.offline.calibrate import calibrate
-from dyno.offline.codecs import QUANT_CODEC, codec_costs, codec_options, sample_activations
+from dyno.offline.codecs import (
+    PLAN_CODECS,
+    QUANT_CODEC,
+    codec_costs,
+    codec_options,
+    cut_activations,
+    pareto,
+    sample_activations,
+)
 from dyno.offline.infer import Entry, ladder
 from dyno.offline.machine import time_call, torch_threads
 from dyno.offline.measure import measure
@@ -40,7 +49,7 @@ __all__ = [
     "input_spec", "input_images", "summary", "plot", "nominal_plan",
     # profiles
     "Profile", "CutProfile", "measure", "BATCH_SIZES", "codec_options", "codec_costs", "sample_activations",
-    "QUANT_CODEC", "time_call", "torch_threads",
+    "cut_activations", "pareto", "QUANT_CODEC", "PLAN_CODECS", "time_call", "torch_threads",
     # precision
     "analyze_precision", "SearchConfig", "Search", "Measurement", "CutPrecision", "PrecisionResult", "THRESHOLDS",
     "ladder", "Entry", "calibrate", "fake_quant", "fake_quant_reference", "fake_fp16",

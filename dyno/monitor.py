@@ -14,7 +14,8 @@
   good news only when it lasts.
 - ``Monitors``: the bundle the device client and the simulator feed. Device slowdown is the median of
   observed / profiled head time; server time factor the median of observed / profiled per-sample
-  tail time; server load an EWMA; RTT the median of recent samples.
+  tail time; queueing the median of recent waits; cloud capacity this device's own use of the cloud
+  plus the server's reported headroom; RTT the median of recent samples.
 
     monitors = Monitors(plan, initial_bandwidth_bps=2e6)
     monitors.record_transfer(nbytes=12_000, seconds=0.05)
@@ -34,7 +35,7 @@ from dyno.errors import ConfigError, PolicyError
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["Estimates", "BandwidthEstimator", "Monitors"]
+__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +45,24 @@ class Estimates:
     - ``bandwidth_bps``: uplink bits per second.
     - ``rtt_ms``: round-trip time added once per offloaded inference.
     - ``device_slowdown``: k_d, device time / profiled (plan) device time.
-    - ``server_ms_factor``: observed / profiled server time per sample.
-    - ``server_load``: server utilisation in [0, 1] by other clients; the model scales the server's
-      per-sample time for this client by 1 / (1 - load) (clamped at load 0.95), an M/M/1 reading.
+    - ``server_ms_factor``: observed / profiled server time per sample (at the batch size it ran).
+    - ``queue_ms``: how long a request waits at the server before its batch starts: *waiting*, which
+      lengthens latency and takes no capacity.
+    - ``cloud_capacity``: the cloud's compute this device can use, in worker-seconds per second: what
+      it uses now plus the headroom the server reports (``1.0``: one whole worker). Load the device
+      causes itself is in both terms, so it never reads its own load as lost capacity; load from
+      others shrinks the headroom, and so what this device can grow into.
     """
 
     bandwidth_bps: float
     rtt_ms: float = 1.0
     device_slowdown: float = 1.0
     server_ms_factor: float = 1.0
-    server_load: float = 0.0
+    queue_ms: float = 0.0
+    cloud_capacity: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "server_load"):
+        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
@@ -83,7 +89,7 @@ class BandwidthEstimator:
         """Samples after a step change until the estimate equals the new rate (the window length)."""
         return self.window
 
-    def update(self, nbytes: int, seconds: float) -> None:
+    def update(self, nbytes: float, seconds: float) -> None:
         if not (nbytes > 0 and seconds > 0 and math.isfinite(seconds)):
             return
         self._inverse.append(seconds / (8.0 * nbytes))
@@ -104,41 +110,54 @@ class BandwidthEstimator:
         self._sum = 0.0
 
 
+#: The window over which the server reports its utilisation and headroom (``dyno.runtime``); a
+#: device sums its own use of the cloud over the same span.
+CLOUD_WINDOW_S = 1.0
+#: The least capacity a device prices the cloud at, so that a saturated cloud is very slow, not impossible.
+MIN_CLOUD_CAPACITY = 0.01
+
+
 class Monitors:
     """All run-time estimates for one device and plan, fed by the client's own traffic.
 
     - ``record_transfer(nbytes, seconds)``: one uplink transfer (wire bytes, seconds on the link).
     - ``record_device(cut_id, head_ms)``: observed head time at a cut; slowdown = head_ms / plan's
       ``device_ms`` (cuts profiled below 0.05 ms, e.g. the input cut, are ignored).
-    - ``record_server(cut_id, server_ms, load, batch)``: from a reply; ``server_ms`` is the tail time of
-      the batch the request ran in and ``batch`` that batch's size, so per-sample time is
-      ``server_ms / batch``, compared with the plan's ``cloud_ms_per_sample(batch)``. ``load`` is the
-      server's utilisation in [0, 1]; a value above 1 is read as a queue length q and mapped to q/(q+1).
+    - ``record_reply(cut_id, compute_ms, batch, queue_ms, headroom, at=..., decode_ms=...)``: one
+      reply. ``compute_ms`` is the tail time of the batch the request ran in and ``batch`` its size, so
+      the per-sample time is ``compute_ms / batch``, compared with the plan's
+      ``cloud_ms_per_sample(batch)``; ``queue_ms`` is the request's wait; ``headroom`` the server's
+      spare worker-seconds per second (None: a server that does not say; one idle worker assumed) and
+      ``pressure`` how far above its target utilisation it runs (1: at or below; then each device
+      takes back its share of the excess);
+      ``at`` the time in seconds on any clock the caller keeps (the simulator's or the wall's).
+      This device's own use of the cloud (per-sample compute plus decode) is summed over the last
+      ``CLOUD_WINDOW_S``: capacity = (own use + headroom) / pressure.
     - ``record_rtt(ms)``: a round-trip time sample.
     """
 
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
-                 initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0,
-                 load_alpha: float = 0.3) -> None:
+                 initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0) -> None:
         if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0):
             raise ConfigError("initial bandwidth and slowdown must be > 0, initial RTT >= 0")
-        if not 0 < load_alpha <= 1:
-            raise ConfigError("load_alpha must be in (0, 1]")
         self.plan = plan
         self.window = window
         self.initial_bandwidth_bps = float(initial_bandwidth_bps)
         self.initial_rtt_ms = float(initial_rtt_ms)
         self.initial_slowdown = float(initial_slowdown)
-        self.load_alpha = load_alpha
         self.bandwidth = BandwidthEstimator(window)
         self._slowdown: collections.deque[float] = collections.deque(maxlen=window)
         self._server: collections.deque[float] = collections.deque(maxlen=window)
         self._rtt: collections.deque[float] = collections.deque(maxlen=window)
-        self._load = 0.0
+        self._queue: collections.deque[float] = collections.deque(maxlen=window)
+        self._own: collections.deque[tuple[float, float]] = collections.deque()   # (at, seconds of cloud)
+        self._own_sum = 0.0
+        self._headroom: float | None = None
+        self._pressure = 1.0
         self._cached: Estimates | None = None
         self._profiled: dict[tuple[int, int], float] = {}
 
-    def record_transfer(self, nbytes: int, seconds: float) -> None:
+    def record_transfer(self, nbytes: float, seconds: float) -> None:
         self.bandwidth.update(nbytes, seconds)
         self._cached = None
 
@@ -148,17 +167,37 @@ class Monitors:
             self._slowdown.append(head_ms / profiled)
             self._cached = None
 
-    def record_server(self, cut_id: int, server_ms: float, load: float, batch: int = 1) -> None:
+    def record_reply(self, cut_id: int, compute_ms: float, batch: int, queue_ms: float,
+                     headroom: float | None, *, at: float, decode_ms: float = 0.0, pressure: float = 1.0) -> None:
         batch = max(1, int(batch))
         profiled = self._profiled.get((cut_id, batch))
         if profiled is None:
             profiled = self._profiled[(cut_id, batch)] = self.plan.cuts[cut_id].cloud_ms_per_sample(batch)
-        if profiled > 0 and server_ms > 0 and math.isfinite(server_ms):
-            self._server.append((server_ms / batch) / profiled)
-        if load is not None and math.isfinite(load) and load >= 0:
-            utilisation = load if load <= 1 else load / (load + 1)
-            self._load += self.load_alpha * (utilisation - self._load)
+        if profiled > 0 and compute_ms > 0 and math.isfinite(compute_ms):
+            self._server.append((compute_ms / batch) / profiled)
+        if math.isfinite(queue_ms) and queue_ms >= 0:
+            self._queue.append(queue_ms)
+        if headroom is not None and math.isfinite(headroom) and headroom >= 0:
+            self._headroom = headroom
+        if math.isfinite(pressure) and pressure >= 1:
+            self._pressure = pressure
+        share = (max(compute_ms, 0.0) / batch + max(decode_ms, 0.0)) / 1000.0
+        self._own.append((at, share))
+        self._own_sum += share
+        self._expire(at)
         self._cached = None
+
+    def _expire(self, now: float) -> None:
+        own = self._own
+        while own and own[0][0] <= now - CLOUD_WINDOW_S:
+            self._own_sum -= own.popleft()[1]
+        if not own:
+            self._own_sum = 0.0   # no drift
+
+    @property
+    def own_cloud_use(self) -> float:
+        """Worker-seconds per second of the cloud this device used over the last window."""
+        return max(self._own_sum, 0.0) / CLOUD_WINDOW_S
 
     def record_rtt(self, ms: float) -> None:
         if ms >= 0 and math.isfinite(ms):
@@ -168,19 +207,22 @@ class Monitors:
     def estimates(self) -> Estimates:
         if self._cached is None:
             bandwidth = self.bandwidth.estimate_bps
+            capacity = 1.0 if self._headroom is None else (self.own_cloud_use + self._headroom) / self._pressure
             self._cached = Estimates(
                 bandwidth_bps=self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                 rtt_ms=statistics.median(self._rtt) if self._rtt else self.initial_rtt_ms,
                 device_slowdown=statistics.median(self._slowdown) if self._slowdown else self.initial_slowdown,
                 server_ms_factor=statistics.median(self._server) if self._server else 1.0,
-                server_load=min(self._load, 1.0),
+                queue_ms=statistics.median(self._queue) if self._queue else 0.0,
+                cloud_capacity=max(capacity, MIN_CLOUD_CAPACITY),
             )
         return self._cached
 
     def reset(self) -> None:
         self.bandwidth.reset()
-        self._slowdown.clear()
-        self._server.clear()
-        self._rtt.clear()
-        self._load = 0.0
+        for samples in (self._slowdown, self._server, self._rtt, self._queue, self._own):
+            samples.clear()
+        self._own_sum = 0.0
+        self._headroom = None
+        self._pressure = 1.0
         self._cached = None

@@ -76,12 +76,19 @@ def test_monitors_estimates():
     assert m.estimates().device_slowdown == pytest.approx(4.0)
     m.record_device(0, 5.0)                             # input cut: profiled 0 ms, ignored
     assert m.estimates().device_slowdown == pytest.approx(4.0)
-    m.record_server(2, server_ms=cut.cloud_ms[8] * 1.5, load=0.5, batch=8)   # batch time of 8 samples
-    e = m.estimates()
-    assert e.server_ms_factor == pytest.approx(1.5)
-    assert e.server_load == pytest.approx(0.3 * 0.5)    # EWMA, alpha 0.3, from 0
-    m.record_server(2, server_ms=cut.cloud_ms[1], load=3, batch=1)           # queue of 3 -> 0.75
-    assert m.estimates().server_load == pytest.approx(0.15 + 0.3 * (0.75 - 0.15))
+    m.record_reply(2, compute_ms=cut.cloud_ms[8] * 1.5, batch=8, queue_ms=12.0, headroom=0.4, at=10.0)
+    e = m.estimates()                                   # compute_ms: the batch of 8 samples' tail time
+    assert e.server_ms_factor == pytest.approx(1.5) and e.queue_ms == 12.0
+    own = cut.cloud_ms[8] * 1.5 / 8 / 1000              # this device's share of that batch, seconds
+    assert m.own_cloud_use == pytest.approx(own)
+    assert e.cloud_capacity == pytest.approx(own + 0.4)     # what it uses plus what is left
+    m.record_reply(2, compute_ms=cut.cloud_ms[1], batch=1, queue_ms=2.0, headroom=0.0, at=10.5, decode_ms=1.0)
+    assert m.own_cloud_use == pytest.approx(own + (cut.cloud_ms[1] + 1.0) / 1000)
+    assert m.estimates().queue_ms == pytest.approx(7.0)     # the median of 12 and 2
+    m.record_reply(2, compute_ms=cut.cloud_ms[1], batch=1, queue_ms=2.0, headroom=0.0, at=11.2)
+    assert m.own_cloud_use == pytest.approx(cut.cloud_ms[1] * 2 / 1000 + 1.0 / 1000)   # the first left the window
+    m.record_reply(2, compute_ms=0.001, batch=1, queue_ms=0.0, headroom=0.0, at=20.0)
+    assert m.estimates().cloud_capacity >= 0.01             # a saturated cloud is slow, never impossible
     m.record_rtt(50)
     m.record_rtt(70)
     m.record_rtt(60)

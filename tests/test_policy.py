@@ -59,21 +59,27 @@ def test_model_request_window_bounds_throughput():
     assert make("dyno").decide(State(plan, EST, SLO.parse("throughput"))).cut == 1
 
 
-def test_model_server_factor_and_load():
+def test_model_server_factor_queue_and_capacity():
     plan = tiny_plan()
     m = PerfModel(plan)
-    loaded = dataclasses.replace(EST, server_load=0.5, server_ms_factor=2.0)
-    p = predict(plan, row(m, 0, "jpeg", 90), loaded)
-    # server 10 ms * factor 2 / (1 - 0.5) = 40 ms per sample for this client; cost counts compute only
-    assert p.throughput == pytest.approx(25.0)
-    assert p.latency_ms == pytest.approx(0 + 8 + 40 + 10)
-    assert p.cloud_s == pytest.approx(0.020)
+    slow = dataclasses.replace(EST, server_ms_factor=2.0)
+    p = predict(plan, row(m, 0, "jpeg", 90), slow)
+    assert p.throughput == pytest.approx(50.0) and p.cloud_s == pytest.approx(0.020)   # 10 ms x 2
+    # waiting at the server lengthens latency, takes no throughput
+    waiting = dataclasses.replace(slow, queue_ms=30.0)
+    q = predict(plan, row(m, 0, "jpeg", 90), waiting)
+    assert q.latency_ms == pytest.approx(p.latency_ms + 30) and q.throughput == p.throughput
+    # half a worker left to this device: the cloud stage takes twice as long; cost is compute only
+    half = dataclasses.replace(slow, cloud_capacity=0.5)
+    h = predict(plan, row(m, 0, "jpeg", 90), half)
+    assert h.throughput == pytest.approx(25.0) and h.latency_ms == p.latency_ms and h.cloud_s == p.cloud_s
 
 
 def test_model_vector_equals_scalar_reference():
     plan = make_plan(12, seed=3)
     m = PerfModel(plan)
-    est = Estimates(bandwidth_bps=3.3e5, rtt_ms=17.0, device_slowdown=7.0, server_ms_factor=1.3, server_load=0.2)
+    est = Estimates(bandwidth_bps=3.3e5, rtt_ms=17.0, device_slowdown=7.0, server_ms_factor=1.3, queue_ms=9.0,
+                    cloud_capacity=0.6)
     ev = m.evaluate(est, batch=8)
     ev4 = m.evaluate(est, batch=8, in_flight=4)
     for i, r in enumerate(m.rows):
@@ -198,7 +204,7 @@ slos = st.builds(
 estimates = st.builds(
     Estimates,
     bandwidth_bps=st.floats(1e4, 5e7), rtt_ms=st.floats(0, 150), device_slowdown=st.floats(0.5, 40),
-    server_ms_factor=st.floats(0.5, 3), server_load=st.floats(0, 0.99))
+    server_ms_factor=st.floats(0.5, 3), queue_ms=st.floats(0, 200), cloud_capacity=st.floats(0.01, 2))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -381,3 +387,54 @@ def test_jalad_chooses_once_for_the_accuracy_constraint_then_stays():
     assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
     jalad2.reset()
     assert jalad2.decide(State(plan, est, SLO.parse("throughput;drop<=10"))).bits == 2
+
+
+# ------------------------------------------------------------------------------------- the cloud model
+
+def _fed(plan, *, own_per_s: float, headroom: float, cut: int = 0) -> Estimates:
+    """Monitors after one second of replies at ``cut``: this device used ``own_per_s`` worker-seconds
+    per second of the cloud, and the server reported ``headroom`` left."""
+    from dyno.monitor import Monitors
+
+    monitors = Monitors(plan, initial_bandwidth_bps=1e6, initial_rtt_ms=10.0, initial_slowdown=4.0)
+    tail_ms = plan.cuts[cut].cloud_ms[1]
+    n = round(own_per_s * 1000 / tail_ms)
+    for k in range(n):
+        monitors.record_reply(cut, tail_ms, 1, 0.0, headroom, at=k / n)
+    return monitors.estimates()
+
+
+def test_a_device_saturating_the_cloud_alone_keeps_its_cut():
+    plan = tiny_plan()   # at k_d 4: device-only 40 ms, cut 1 16 ms on the device, cut 0 bound by 10 ms of cloud
+    alone = _fed(plan, own_per_s=1.0, headroom=0.0)        # the cloud is busy, all of it with this device
+    assert alone.cloud_capacity == pytest.approx(1.0)
+    d = make("dyno").decide(State(plan, alone, SLO.parse("throughput")))
+    assert d.cut == 0 and d.predicted.throughput == pytest.approx(100.0)
+
+
+def test_load_from_others_moves_work_to_the_device_only_as_far_as_the_slo_allows():
+    plan = tiny_plan()
+    crowded = _fed(plan, own_per_s=0.2, headroom=0.0)      # others use the rest of the cloud
+    assert crowded.cloud_capacity == pytest.approx(0.2)
+    d = make("dyno").decide(State(plan, crowded, SLO.parse("throughput")))
+    assert d.cut == 1                                      # 5 ms of cloud a frame at 0.2: 40/s, beats 20 and 25
+    # all on the device would be 25/s but take 40 ms; with latency <= 35 ms it must keep offloading
+    d = make("dyno").decide(State(plan, crowded, SLO.parse("cloud_cost;latency<=35")))
+    assert d.cut != 2 and d.predicted.meets_slo
+    d = make("dyno").decide(State(plan, crowded, SLO.parse("cloud_cost")))
+    assert d.cut == 2                                      # nothing binds: onload it all
+
+
+def test_headroom_lets_a_device_grow_into_an_idle_cloud():
+    plan = tiny_plan()
+    idle = _fed(plan, own_per_s=0.2, headroom=0.8)
+    assert idle.cloud_capacity == pytest.approx(1.0)
+    assert make("dyno").decide(State(plan, idle, SLO.parse("throughput"))).cut == 0
+
+
+def test_the_onload_preset_and_more_constraints():
+    slo = SLO.parse("onload")
+    assert slo == SLO.parse("cloud_cost,throughput;throughput>=cloud-only;drop<=1")
+    tight = SLO.parse("onload;latency<=200;drop<=0.5")
+    assert (tight.objectives, tight.max_latency_ms, tight.max_accuracy_drop, tight.min_throughput_of) == (
+        ("cloud_cost", "throughput"), 200.0, 0.5, "cloud-only")

@@ -543,3 +543,18 @@ def test_a_client_that_cannot_start_leaves_no_thread_behind(model, plan, splits,
         Client(plan, model, server="localhost:1", splits=splits, tls=ClientTLS(ca=tmp_path / "missing.pem"))
     time.sleep(0.1)
     assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("dyno-")]
+
+
+def test_the_server_tells_a_client_its_cloud_capacity(model, plan, splits, inputs):
+    """One client alone prices the cloud at about one worker (its own use plus the headroom); a
+    server asked to stay under 5% utilisation pushes back (pressure), and the client's capacity falls."""
+    capacity = {}
+    for target in (1.0, 0.05):
+        with ServerThread(plan, model, ServerConfig(target_utilisation=target), splits=splits) as running, \
+                Client(plan, model, server=running.address, policy="cloud-only-raw", splits=splits,
+                       in_flight=8) as client:
+            results = list(client.map(inputs.repeat(10, 1, 1, 1)))
+            assert {r.where for r in results} == {"cloud"}
+            capacity[target] = client.estimates().cloud_capacity
+    assert 0.3 < capacity[1.0] < 1.5
+    assert capacity[0.05] < 0.5 * capacity[1.0]

@@ -138,6 +138,9 @@ BAD = {
     "negative compute_ms": dict(compute_ms=-5.0),
     "load above 1": dict(load=7.0),
     "load NaN": dict(load=math.nan),
+    "negative headroom": dict(headroom=-1.0),
+    "headroom NaN": dict(headroom=math.nan),
+    "pressure below 1": dict(pressure=0.5),
     "batch 0": dict(batch=0),
     "more classes than top_k": dict(classes=[0, 1, 2, 3, 4, 5], scores=[0.2] * 6),
     "scores shorter than classes": dict(scores=[0.5, 0.2]),
@@ -169,7 +172,7 @@ def test_a_reply_that_fails_its_checks_is_not_used(model, plan, splits, inputs, 
     assert [r.top1 for r in results] == expected[:4]
     assert stats["bad_replies"] == 4 and stats.get("replies", 0) == 0
     assert errors and errors[0].startswith(f"bad reply from 127.0.0.1:{port}: ")
-    for value in (estimates.server_load, estimates.rtt_ms, estimates.server_ms_factor):
+    for value in (estimates.queue_ms, estimates.cloud_capacity, estimates.rtt_ms, estimates.server_ms_factor):
         assert math.isfinite(value), (case, estimates)
 
 

@@ -150,3 +150,14 @@ def test_listening_beyond_loopback_without_tls_or_token_is_warned_about(tmp_path
         assert warning is None
     else:
         assert warning is not None and address in warning and missing in warning
+
+
+def test_the_cloud_signal_is_headroom_below_the_target_and_pressure_above_it():
+    from dyno.runtime import BatchConfig
+
+    config = ServerConfig(batching=BatchConfig(workers=2), target_utilisation=0.8)
+    assert config.cloud_signal(0.3) == pytest.approx((1.0, 1.0))      # (0.8 - 0.3) x 2 workers free
+    assert config.cloud_signal(0.8) == pytest.approx((0.0, 1.0))
+    assert config.cloud_signal(1.0) == pytest.approx((0.0, 1.25))     # each device sheds a fifth
+    with pytest.raises(ConfigError, match="target_utilisation"):
+        ServerConfig(target_utilisation=1.5)

@@ -32,6 +32,6 @@ from dyno.policy.dyno_policy import DynoPolicy
 from dyno.policy.model import DevicePower, PerfModel, predict
 from dyno.policy.registry import make, names, register
 
-__all__ = ["DEFAULT_SLO", "FEEDS", "OBJECTIVES", "ONLOADING_SLO", "SLO", "Decision", "Estimates", "Policy",
+__all__ = ["DEFAULT_SLO", "FEEDS", "OBJECTIVES", "ONLOADING_SLO", "PRESETS", "SLO", "Decision", "Estimates", "Policy",
            "Prediction", "State", "make", "names", "register", "DynoPolicy", "DeviceOnly", "CloudOnly",
            "CloudOnlyRaw", "Neurosurgeon", "SpinnStyle", "JaladStyle", "PerfModel", "predict", "DevicePower"]

@@ -15,7 +15,7 @@ import abc
 import dataclasses
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dyno.errors import PolicyError
 from dyno.monitor import Estimates
@@ -24,14 +24,17 @@ from dyno.packing import label
 if TYPE_CHECKING:  # the plan module is light, but the policy interface needs only its name
     from dyno.plan import Plan
 
-__all__ = ["OBJECTIVES", "FEEDS", "DEFAULT_SLO", "ONLOADING_SLO", "Prediction", "Decision", "Estimates", "SLO",
+__all__ = ["OBJECTIVES", "FEEDS", "DEFAULT_SLO", "ONLOADING_SLO", "PRESETS", "Prediction", "Decision", "SLO",
            "State", "Policy"]
 
 #: The SLO of the demo, ``dyno run`` and ``dyno simulate``: the most throughput losing at most one point
 #: of top-1 against the fp32 model (without an accuracy bound any scheduler sends 1-bit noise).
 DEFAULT_SLO = "throughput;drop<=1"
-#: The onloading view: the least cloud compute per inference at no less throughput than cloud-only.
+#: The onloading view (the paper's): the least cloud compute per inference at no less throughput
+#: than cloud-only; ``SLO.parse("onload")`` names it, and more constraints may follow it.
 ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
+#: Named SLOs: ``SLO.parse("onload;latency<=200")`` is ONLOADING_SLO with a latency bound.
+PRESETS = {"onload": ONLOADING_SLO}
 
 #: What a policy's estimates are fed from, in the simulator as on a device (``Policy.feed``):
 #: ``own``: the device's own monitors; ``probe``: a bandwidth probe at start and periodically (as
@@ -149,8 +152,12 @@ class SLO:
     @classmethod
     def parse(cls, text: str) -> "SLO":
         """``"OBJ[,OBJ...][;CONSTRAINT...]"``; constraints ``latency<=MS``, ``drop<=POINTS``,
-        ``bytes<=N``, ``throughput>=N`` (inferences/s), ``throughput>=[R*]POLICY``, ``tol=0.05``."""
+        ``bytes<=N``, ``throughput>=N`` (inferences/s), ``throughput>=[R*]POLICY``, ``tol=0.05``; or a
+        preset (``onload``) followed by more constraints. A later constraint of a kind replaces one
+        given earlier."""
         parts = [p.strip() for p in text.split(";") if p.strip()]
+        if parts and parts[0] in PRESETS:
+            parts = [p.strip() for p in PRESETS[parts[0]].split(";")] + parts[1:]
         if not parts:
             raise PolicyError("empty SLO; e.g. 'throughput,cloud_cost;drop<=1;latency<=200'")
         kwargs: dict = {}
@@ -163,31 +170,7 @@ class SLO:
             parts = parts[1:]
         kwargs["objectives"] = objectives
         for part in parts:
-            if part.replace(" ", "").startswith("tol="):
-                kwargs["tolerance"] = _number(part.split("=", 1)[1], part)
-                continue
-            match = _CONSTRAINT.match(part)
-            if not match:
-                raise PolicyError(f"cannot read SLO constraint {part!r}; use latency<=MS, drop<=POINTS, "
-                                  f"bytes<=N, throughput>=N or throughput>=[R*]POLICY")
-            what, op, value = match.groups()
-            want = ">=" if what == "throughput" else "<="
-            if op != want:
-                raise PolicyError(f"SLO constraint {part!r}: {what} takes {want}")
-            if what == "latency":
-                kwargs["max_latency_ms"] = _number(value, part)
-            elif what == "drop":
-                kwargs["max_accuracy_drop"] = _number(value, part)
-            elif what == "bytes":
-                kwargs["max_bytes"] = _number(value, part)
-            else:
-                try:
-                    kwargs["min_throughput"] = float(value)
-                except ValueError:
-                    ratio, _, name = value.rpartition("*")
-                    kwargs["min_throughput_of"] = name.strip()
-                    if ratio:
-                        kwargs["min_throughput_ratio"] = _number(ratio, part)
+            kwargs.update(_constraint(part))
         return cls(**kwargs)
 
     def __str__(self) -> str:
@@ -206,6 +189,28 @@ class SLO:
         if self.tolerance != 0.02:
             parts.append(f"tol={self.tolerance:g}")
         return ";".join(parts)
+
+
+def _constraint(part: str) -> dict[str, Any]:
+    """The SLO fields one constraint text sets."""
+    if part.replace(" ", "").startswith("tol="):
+        return {"tolerance": _number(part.split("=", 1)[1], part)}
+    match = _CONSTRAINT.match(part)
+    if not match:
+        raise PolicyError(f"cannot read SLO constraint {part!r}; use latency<=MS, drop<=POINTS, "
+                          f"bytes<=N, throughput>=N or throughput>=[R*]POLICY")
+    what, op, value = match.groups()
+    want = ">=" if what == "throughput" else "<="
+    if op != want:
+        raise PolicyError(f"SLO constraint {part!r}: {what} takes {want}")
+    if what != "throughput":
+        field = {"latency": "max_latency_ms", "drop": "max_accuracy_drop", "bytes": "max_bytes"}[what]
+        return {field: _number(value, part)}
+    try:
+        return {"min_throughput": float(value)}
+    except ValueError:
+        ratio, _, name = value.rpartition("*")
+        return {"min_throughput_of": name.strip(), "min_throughput_ratio": _number(ratio, part) if ratio else 1.0}
 
 
 def _number(text: str, part: str) -> float:

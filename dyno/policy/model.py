@@ -1,20 +1,27 @@
 """The performance model the scheduler optimises (DESIGN.md, "Performance model").
 
 For cut c, option (codec, bits) with measured wire bytes D and codec times T_enc/T_dec, device slowdown
-k_d, uplink bandwidth B, RTT, server per-sample time S = plan.cloud_ms_per_sample(batch) * f (f the
-observed/profiled server factor) and server utilisation u (clamped at 0.95)::
+k_d, uplink bandwidth B, RTT, the cloud's per-sample time S = plan.cloud_ms_per_sample(b) * f at the
+batch size b it runs (f the observed/profiled server factor), the queueing wait Q and the cloud
+capacity K this device can use (worker-seconds per second: its own use plus the server's headroom)::
 
     device stage   T_d = k_d * T_dev(c) + T_enc            (T_dev: the plan's device_ms, this process)
     link stage     T_l = 8 * D / B
-    cloud stage    T_c = T_dec + S / (1 - u)               (decode and tail run in the cloud)
-    latency        L   = T_d + T_l + RTT + T_c
-    throughput     X   = min(1 / max(T_d, T_l, T_c),        (three-stage pipeline)
-                             W / L)                        (W: the client's request window, if bounded)
-    cloud cost     C   = (T_dec + S) seconds per inference (compute, without queueing)
+    cloud cost     C   = T_dec + S                        (cloud compute seconds per inference)
+    cloud stage    T_c = C / K                            (capacity: load from others shrinks K)
+    intrinsic      L0  = T_d + T_l + RTT + T_dec + b * S  (no waiting: the whole batch's compute)
+    latency        L   = L0 + Q                          (waiting at the server)
+    throughput     X   = min(1 / max(T_d, T_l, T_c),       (three-stage pipeline)
+                             W / L0)                      (W: the client's request window, if bounded)
     energy         E   = P_compute * T_d + P_radio * T_l
     accuracy       A(c, option)  from the plan's precision table
 
-The last cut (device-only) has T_l = T_c = RTT = 0, D = 0, C = 0 and the plan's fp32 accuracy.
+Capacity and waiting are kept apart: a queue at the server lengthens latency (Q) but takes no
+throughput (the window bound uses L0: a queue is what saturation causes, not a cause of it); only load
+from *others* (a smaller headroom, so a smaller K) takes capacity, and a device's own load is in K on
+both sides (``dyno.monitor``), so it never reads its own load as lost capacity.
+
+The last cut (device-only) has T_l = T_c = RTT = Q = 0, D = 0, C = 0 and the plan's fp32 accuracy.
 
 Assumptions (stated because the plan is measured on this CPU, not on the paper's GPU server): the cloud
 is the native-speed process that produced the plan's ``cloud_ms``; the device is that process slowed by
@@ -44,10 +51,9 @@ from dyno.policy.base import OBJECTIVES, SLO, Estimates, Prediction
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict", "meets", "violation", "MAX_LOAD",
+__all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict", "meets", "violation",
            "MIN_BANDWIDTH_BPS"]
 
-MAX_LOAD = 0.95
 MIN_BANDWIDTH_BPS = 1.0   # a zero estimate would make every offload infinitely slow; clamp it
 _EPS = 1e-9
 
@@ -113,6 +119,10 @@ def _cloud_ms(plan: "Plan", cut: int, batch: int) -> float:
     return float(c.cloud_ms_per_sample(batch if c.batchable else 1))
 
 
+def _batch_of(plan: "Plan", cut: int, batch: int) -> int:
+    return batch if plan.cuts[cut].batchable else 1
+
+
 def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
             power: DevicePower = DevicePower(), slo: SLO | None = None,
             floor: float | None = None, in_flight: int | None = None) -> Prediction:
@@ -121,18 +131,20 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
     device = kd * row.device_ms + row.encode_ms
     if row.offloaded:
         link = (row.bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
-        s = _cloud_ms(plan, row.cut, batch)
-        scale = estimates.server_ms_factor / (1.0 - min(estimates.server_load, MAX_LOAD))
-        cloud = row.decode_ms + s * scale
-        cloud_s = (row.decode_ms + s * estimates.server_ms_factor) / 1000.0
-        rtt = estimates.rtt_ms
+        s = _cloud_ms(plan, row.cut, batch) * estimates.server_ms_factor
+        cost = row.decode_ms + s
+        cloud = cost / estimates.cloud_capacity
+        wait = estimates.rtt_ms + row.decode_ms + _batch_of(plan, row.cut, batch) * s
+        queue = estimates.queue_ms
+        cloud_s = cost / 1000.0
     else:
-        link = cloud = cloud_s = rtt = 0.0
-    latency = device + link + cloud + rtt
+        link = cloud = cloud_s = wait = queue = 0.0
+    intrinsic = device + link + wait
+    latency = intrinsic + queue
     stage = max(device, link, cloud)
     throughput = 1000.0 / stage if stage > 0 else math.inf
-    if in_flight is not None and latency > 0:
-        throughput = min(throughput, (in_flight * 1000.0) / latency)
+    if in_flight is not None and intrinsic > 0:
+        throughput = min(throughput, (in_flight * 1000.0) / intrinsic)
     energy = (power.compute_w * device + power.radio_w * link) / 1000.0
     prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True)
     if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor):
@@ -169,32 +181,35 @@ class Evaluation:
     """Every row's figures under one set of estimates (numpy arrays; latency, cloud cost and energy
     computed on first use)."""
 
-    __slots__ = ("model", "device", "link", "cloud", "throughput", "est", "_latency", "_cloud_s", "_energy")
+    __slots__ = ("model", "device", "link", "cost", "cloud", "wait", "throughput", "est", "_latency", "_energy")
 
-    def __init__(self, model: "PerfModel", device, link, cloud, throughput, est: Estimates) -> None:
+    def __init__(self, model: "PerfModel", device: np.ndarray, link: np.ndarray, cost: np.ndarray,
+                 cloud: np.ndarray, wait: np.ndarray, throughput: np.ndarray, est: Estimates) -> None:
         self.model = model
-        self.device = device
-        self.link = link
-        self.cloud = cloud
+        self.device = device        # device stage, ms
+        self.link = link            # link stage, ms
+        self.cost = cost            # cloud compute per inference, ms
+        self.cloud = cloud          # cloud stage at this device's capacity, ms
+        self.wait = wait            # RTT + decode + the batch's compute, ms (latency only; no queueing)
         self.throughput = throughput
         self.est = est
         self._latency: np.ndarray | None = None
-        self._cloud_s: np.ndarray | None = None
         self._energy: np.ndarray | None = None
+
+    @property
+    def intrinsic(self) -> np.ndarray:
+        """Latency without waiting at the server, ms."""
+        return self.device + self.link + self.wait
 
     @property
     def latency(self) -> np.ndarray:
         latency = self._latency
         if latency is None:
-            latency = self._latency = self.device + self.link + self.cloud + self.est.rtt_ms * self.model.offloaded
+            latency = self._latency = self.intrinsic + self.model.offloaded * self.est.queue_ms
         return latency
 
-    def cloud_s(self, batch: int) -> np.ndarray:
-        cloud_s = self._cloud_s
-        if cloud_s is None:
-            m = self.model
-            cloud_s = self._cloud_s = (m.decode_ms + m.cloud_ps(batch) * self.est.server_ms_factor) / 1000.0
-        return cloud_s
+    def cloud_s(self, batch: int) -> np.ndarray:  # noqa: ARG002 (the batch is the evaluation's)
+        return self.cost / 1000.0
 
     def energy(self) -> np.ndarray:
         energy = self._energy
@@ -239,6 +254,7 @@ class PerfModel:
         self.drop = (plan.accuracy_fp32 - self.accuracy) * 100.0
         self._zero_stage = bool(np.any((self.device_ms == 0) & (self.encode_ms == 0) & (self.bytes == 0)))
         self._cloud_cache: dict[int, np.ndarray] = {}
+        self._batch_cache: dict[int, np.ndarray] = {}
         self._static_cache: dict[tuple, np.ndarray] = {}
 
     def cloud_ps(self, batch: int) -> np.ndarray:
@@ -249,21 +265,31 @@ class PerfModel:
             self._cloud_cache[batch] = cached
         return cached
 
+    def batch_sizes(self, batch: int) -> np.ndarray:
+        """Per row, the batch size its cut runs at (1 where the cut is not batchable)."""
+        cached = self._batch_cache.get(batch)
+        if cached is None:
+            cached = np.array([_batch_of(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
+            self._batch_cache[batch] = cached
+        return cached
+
     def evaluate(self, est: Estimates, batch: int = 1, in_flight: int | None = None) -> Evaluation:
         device = self.encode_ms + est.device_slowdown * self.device_ms
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
-        scale = est.server_ms_factor / (1.0 - min(est.server_load, MAX_LOAD))
-        cloud = self.decode_ms + self.cloud_ps(batch) * scale
+        s = self.cloud_ps(batch) * est.server_ms_factor
+        cost = self.decode_ms + s
+        cloud = cost / est.cloud_capacity
+        wait = self.offloaded * est.rtt_ms + self.decode_ms + self.batch_sizes(batch) * s
         stage = np.maximum(np.maximum(device, link), cloud)
         if self._zero_stage:        # only a degenerate plan has a row with no time at all (inf/s)
             with np.errstate(divide="ignore"):
                 throughput = 1000.0 / stage
         else:
             throughput = 1000.0 / stage
-        ev = Evaluation(self, device, link, cloud, throughput, est)
+        ev = Evaluation(self, device, link, cost, cloud, wait, throughput, est)
         if in_flight is not None:
             with np.errstate(divide="ignore"):
-                ev.throughput = np.minimum(throughput, (in_flight * 1000.0) / ev.latency)
+                ev.throughput = np.minimum(throughput, (in_flight * 1000.0) / ev.intrinsic)
         return ev
 
     def static_mask(self, slo: SLO, allowed: np.ndarray | None = None) -> np.ndarray:

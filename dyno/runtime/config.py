@@ -153,8 +153,18 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 0            # None: no metrics endpoint; 0: any free port
     torch_threads: int | None = None        # torch intra-op threads for the tails (None: leave)
+    target_utilisation: float = 1.0         # above it, devices are asked to take work back (pressure)
+
+    def cloud_signal(self, load: float) -> tuple[float, float]:
+        """(headroom, pressure) for a reply (``dyno.monitor``): worker-seconds per second the server can
+        still take before ``target_utilisation``, and how far above the target it runs (>= 1)."""
+        target = self.target_utilisation
+        return max(0.0, target - load) * self.batching.workers, max(1.0, load / target)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.target_utilisation, (int, float)) and 0.05 <= self.target_utilisation <= 1.0):
+            raise ConfigError("ServerConfig.target_utilisation must be in 0.05..1, got "
+                              f"{self.target_utilisation!r}")
         if not isinstance(self.batching, BatchConfig):
             raise ConfigError(f"ServerConfig.batching must be a BatchConfig, got {self.batching!r}")
         self._check_limits()

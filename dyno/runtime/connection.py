@@ -43,7 +43,7 @@ import numpy as np
 from dyno.errors import ServerUnavailable
 from dyno.plan import Plan
 from dyno.runtime.config import ClientConfig, channel_options
-from dyno.runtime.inflight import Inference, OwnShare, Telemetry
+from dyno.runtime.inflight import Inference, Telemetry
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.replies import check_reply, describe_ending, describe_failure, ending
@@ -82,7 +82,6 @@ class CloudConnection:
         self.connected = threading.Event()
         self.served: set[int] = set()
         self._closing = False
-        self._own = OwnShare()
         self._classes = plan.cuts[-1].numel
         self._overload_delay = config.backoff[0]   # the next back-off after an overload
         self._hold_off = 0.0                        # seconds to wait before returning to the cloud
@@ -313,15 +312,14 @@ class CloudConnection:
         now = time.perf_counter()
         server_s = (reply.queue_ms + reply.compute_ms) / 1000
         network_s = max(now - inference.written - server_s, 0.0)
-        batch = reply.batch
-        own = self._own.add(now, reply.compute_ms / 1000 / batch)
-        self.telemetry.record_reply(inference.cut, reply.compute_ms, max(0.0, reply.load - own), batch,
-                                    network_s * 1000, None if self.link is not None else
-                                    (inference.nbytes, network_s))
+        decision = inference.decision
+        assert decision is not None and decision.codec is not None
+        option = self.plan.cuts[decision.cut].option(decision.codec, decision.bits)
+        self.telemetry.record_reply(decision.cut, reply, at=now, decode_ms=option.decode_ms if option else 0.0,
+                                    rtt_ms=network_s * 1000,
+                                    wire=None if self.link is not None else (inference.nbytes, network_s))
         if self.link is None:  # no emulated link: the wire time is all we can see
             inference.transfer_ms = network_s * 1000
-        decision = inference.decision
-        assert decision is not None
         self._deliver(inference, Result(
             index=inference.index, classes=tuple(reply.classes), scores=tuple(reply.scores),
             cut=decision.cut, codec=decision.codec, bits=decision.bits, where="cloud",

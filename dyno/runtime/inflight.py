@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dyno.runtime.batching import LOAD_WINDOW_S
-
 if TYPE_CHECKING:
     import asyncio
 
@@ -28,7 +26,7 @@ if TYPE_CHECKING:
     from dyno.policy import Decision, Estimates
     from dyno.runtime.proto import inference_pb2 as pb
 
-__all__ = ["Inference", "OwnShare", "Telemetry"]
+__all__ = ["Inference", "Telemetry"]
 
 log = logging.getLogger("dyno.client")
 
@@ -92,16 +90,19 @@ class Telemetry:
         with self._monitor_lock:
             self.monitors.record_transfer(nbytes, seconds)
 
-    def record_reply(self, cut_id: int, compute_ms: float, others_load: float, batch: int, rtt_ms: float,
+    def record_reply(self, cut_id: int, reply: pb.Reply, *, at: float, decode_ms: float, rtt_ms: float,
                      wire: tuple[int, float] | None) -> None:
-        """One reply: the server's compute and load, the round trip, and (without an emulated link)
-        the wire transfer ``(nbytes, seconds)``."""
+        """One (checked) reply: the server's compute, wait and headroom, the round trip, and (without an
+        emulated link) the wire transfer ``(nbytes, seconds)``."""
+        headroom = reply.headroom if reply.HasField("headroom") else None
+        pressure = reply.pressure if reply.HasField("pressure") else 1.0
         with self._monitor_lock:
-            self.monitors.record_server(cut_id, compute_ms, others_load, batch)
+            self.monitors.record_reply(cut_id, reply.compute_ms, reply.batch, reply.queue_ms, headroom,
+                                       pressure=pressure, at=at, decode_ms=decode_ms)
             self.monitors.record_rtt(rtt_ms)
             if wire is not None:
                 self.monitors.record_transfer(*wire)
-        self.batches.append(batch)
+        self.batches.append(reply.batch)
 
     def count(self, key: str) -> None:
         with self._stats_lock:
@@ -113,17 +114,3 @@ class Telemetry:
             self.errors.append(message)
 
 
-class OwnShare:
-    """This client's share of the server's compute over the last ``LOAD_WINDOW_S`` seconds."""
-
-    def __init__(self) -> None:
-        self._spans: collections.deque[tuple[float, float]] = collections.deque()
-        self._sum = 0.0
-
-    def add(self, now: float, busy_s: float) -> float:
-        """Count ``busy_s`` seconds of server compute for this client at ``now``; the share in [0, 1]."""
-        self._spans.append((now, busy_s))
-        self._sum += busy_s
-        while self._spans and self._spans[0][0] < now - LOAD_WINDOW_S:
-            self._sum -= self._spans.popleft()[1]
-        return min(1.0, max(0.0, self._sum))

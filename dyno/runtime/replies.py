@@ -32,6 +32,8 @@ WRITE_RACE = ("the server ended the stream while a request was being written (gr
               f"'INTERNAL: {GRPC_WRITE_RACE}': the server's reason is lost); taken as overload")
 #: No reply's queue or compute time may claim more than this (about 3 hours).
 MAX_SERVER_MS = 1e7
+MAX_WORKERS = 4096        # headroom is in worker-seconds per second
+MAX_PRESSURE = 20.0       # load / target utilisation: the target is at least 0.05
 
 
 def _finite_in(value: float, low: float, high: float) -> bool:
@@ -55,6 +57,10 @@ def check_reply(reply: pb.Reply, *, top_k: int, classes: int, want_logits: bool)
             return f"{name} {getattr(reply, name)!r} is not a time in 0..{MAX_SERVER_MS:g} ms"
     if not _finite_in(reply.load, 0.0, 1.0):
         return f"load {reply.load!r} is not in [0, 1]"
+    if reply.HasField("headroom") and not _finite_in(reply.headroom, 0.0, MAX_WORKERS):
+        return f"headroom {reply.headroom!r} is not in 0..{MAX_WORKERS} worker-seconds per second"
+    if reply.HasField("pressure") and not _finite_in(reply.pressure, 1.0, MAX_PRESSURE):
+        return f"pressure {reply.pressure!r} is not in 1..{MAX_PRESSURE:g}"
     if not 1 <= reply.batch <= MAX_BATCH:
         return f"batch {reply.batch} is not in 1..{MAX_BATCH}"
     n = len(reply.classes)

@@ -233,9 +233,11 @@ class Server:
         load = self.batcher.meter.load()
         self.metrics.load.set(load)
         self.metrics.queue.observe(outcome.queue_s, cut=cut.id)
+        headroom, pressure = self.config.cloud_signal(load)
         return pb.Reply(request_id=request.request_id, classes=classes, scores=scores, logits=logits,
                         queue_ms=outcome.queue_s * 1000, compute_ms=outcome.compute_s * 1000,
-                        batch=outcome.batch, load=load, queued=self.batcher.queued)
+                        batch=outcome.batch, load=load, queued=self.batcher.queued, headroom=headroom,
+                        pressure=pressure)
 
     async def infer(self, requests: AsyncIterator[pb.Request], context: grpc.aio.ServicerContext) -> None:
         """One Infer call (``dyno.runtime.streams``)."""

@@ -52,7 +52,6 @@ class SimConfig:
     rtt_ms: float = 40.0
     batch: int = 1
     max_inflight: int = 8
-    server_load: float = 0.0
     initial_bandwidth_bps: float = 1e6
     window: int = 8
     probe_bytes: int = 64_000
@@ -67,8 +66,8 @@ class SimConfig:
             raise ConfigError("duration must be > 0 seconds")
         if self.max_inflight < 1 or self.batch < 1:
             raise ConfigError("max_inflight and batch must be >= 1")
-        if self.rtt_ms < 0 or not 0 <= self.server_load < 1:
-            raise ConfigError("rtt must be >= 0 and server load in [0, 1)")
+        if self.rtt_ms < 0:
+            raise ConfigError("rtt must be >= 0")
 
 
 @dataclasses.dataclass
@@ -126,14 +125,14 @@ class _Feed:
         self.feed, self.trace, self.config = feed, trace, config
         self.monitors = Monitors(plan, initial_bandwidth_bps=config.initial_bandwidth_bps, window=config.window,
                                  initial_rtt_ms=config.rtt_ms, initial_slowdown=config.slowdown)
-        self.pending: list[tuple[float, int, str, float, float]] = []   # (time, seq, kind, a, b)
+        self.pending: list[tuple[float, int, str, tuple]] = []   # (time, seq, kind, what was observed)
         self._seq = 0
         self._probe: Estimates | None = None
         self._next_probe = 0.0
 
-    def later(self, when: float, kind: str, a: float, b: float) -> None:
+    def later(self, when: float, kind: str, *observed: float) -> None:
         """An observation the device makes at ``when``: a transfer, a head time, a reply."""
-        heapq.heappush(self.pending, (when, self._seq, kind, a, b))
+        heapq.heappush(self.pending, (when, self._seq, kind, observed))
         self._seq += 1
 
     def at(self, t: float, link_free: float) -> Estimates:
@@ -144,18 +143,19 @@ class _Feed:
         start = max(t, link_free)
         c = self.config
         return Estimates(bandwidth_bps=self.trace.mean_rate(start, start + c.oracle_horizon_s),
-                         rtt_ms=c.rtt_ms, device_slowdown=c.slowdown, server_load=c.server_load)
+                         rtt_ms=c.rtt_ms, device_slowdown=c.slowdown)
 
     def _own(self, t: float) -> Estimates:
         monitors, pending, c = self.monitors, self.pending, self.config
         while pending and pending[0][0] <= t:
-            _, _, kind, a, b = heapq.heappop(pending)
+            when, _, kind, observed = heapq.heappop(pending)
             if kind == "x":
-                monitors.record_transfer(a, b)  # type: ignore[arg-type]  # median bytes are fractional
+                monitors.record_transfer(*observed)
             elif kind == "d":
-                monitors.record_device(int(a), b)
-            else:
-                monitors.record_server(int(a), b, c.server_load, c.batch)
+                monitors.record_device(int(observed[0]), observed[1])
+            else:  # a reply; this device is the cloud's only client, so no headroom is reported
+                cut, compute_ms, queue_ms, decode_ms = observed
+                monitors.record_reply(int(cut), compute_ms, c.batch, queue_ms, None, at=when, decode_ms=decode_ms)
                 monitors.record_rtt(c.rtt_ms)
         return monitors.estimates()
 
@@ -200,7 +200,6 @@ class _Pipeline:
     def __init__(self, model: PerfModel, trace: Trace, config: SimConfig, feed: _Feed) -> None:
         self.trace, self.config, self.feed = trace, config, feed
         self.cloud_ps = model.cloud_ps(config.batch).tolist()
-        self.load_scale = 1.0 / (1.0 - config.server_load)
         self.half_rtt = config.rtt_ms / 2000.0
         self.device_free = self.link_free = self.cloud_free = 0.0
 
@@ -218,10 +217,12 @@ class _Pipeline:
         self.link_free = link_start + seconds
         self.feed.later(self.link_free, "x", row.bytes, seconds)
         server_ms = self.cloud_ps[i]
-        cloud_start = max(self.link_free + self.half_rtt, self.cloud_free)
-        self.cloud_free = cloud_start + (row.decode_ms + server_ms * self.load_scale) / 1000.0
+        arrival = self.link_free + self.half_rtt
+        cloud_start = max(arrival, self.cloud_free)
+        self.cloud_free = cloud_start + (row.decode_ms + server_ms) / 1000.0
         done = self.cloud_free + self.half_rtt
-        self.feed.later(done, "s", row.cut, server_ms * self.config.batch)
+        self.feed.later(done, "s", row.cut, server_ms * self.config.batch, (cloud_start - arrival) * 1000.0,
+                        row.decode_ms)
         return done, (row.decode_ms + server_ms) / 1000.0
 
 

@@ -20,7 +20,10 @@ _COMMAND_MODULES = (
     "dyno.cli.codec_commands",
     "dyno.cli.analysis_commands",
     "dyno.cli.simulate_command",
-    "dyno.cli.runtime_commands",
+    "dyno.cli.serve_command",
+    "dyno.cli.run_command",
+    "dyno.cli.demo_command",
+    "dyno.cli.bench_commands",
 )
 
 

@@ -14,7 +14,6 @@ as the client takes them, and records every result for the live display, the sum
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from typing import Any, Iterator
 
@@ -23,11 +22,10 @@ import torch
 
 from dyno.errors import ConfigError
 from dyno.packing import label
-from dyno.progress import NO_PROGRESS, Progress
 from dyno.runtime import Client, ClientConfig
 from dyno.runtime.results import Result, summarize
 
-__all__ = ["Workload", "Point", "SystemRun", "labelled", "run_system", "run_client", "choice_label"]
+__all__ = ["Workload", "Point", "SystemRun", "labelled", "run_system", "choice_label"]
 
 
 def labelled(model_name: str, data: str | None, n: int) -> tuple[torch.Tensor, list[int]]:
@@ -153,42 +151,3 @@ def _record(state: SystemRun, workload: Workload, result: Result, initial_bps: f
         where=result.where, correct=result.top1 == workload.ys[result.index % len(workload.ys)],
         rate_bps=link.rate_bps() if link is not None else float("nan"),
         estimate_bps=client.estimates().bandwidth_bps if client is not None else initial_bps, nbytes=result.bytes))
-
-
-def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n: int = 500,
-               policy: str = "dyno", slo: str | None = None, in_flight: int = 8, timeout: float = 2.0,
-               tier: str | float | None = None, device_emulation: str = "pad", trace: str | None = None,
-               token: str | None = None, tls: Any = None, progress: Progress = NO_PROGRESS) -> SystemRun:
-    """``dyno run``: ``n`` labelled inputs through a client against ``server``; returns the run (its
-    ``summary``, ``errors`` and ``cloud_replies``)."""
-    from dyno.emulate.device import Device
-    from dyno.emulate.traces import load_trace
-    from dyno.runtime.splits import Splits
-
-    device = Device.tier(tier, mode=device_emulation) if tier is not None else None
-    if device is not None:
-        torch.set_num_threads(1)
-    xs, ys = labelled(plan.model, data, n)
-    state = SystemRun(policy, 0.0)
-    tick = progress.task(f"{policy} via {server}", len(xs))
-    stop = threading.Event()
-
-    def show() -> None:
-        shown = 0
-        while not stop.wait(0.25):
-            tick(len(state.points) - shown)
-            shown = len(state.points)
-
-    shower = threading.Thread(target=show, daemon=True)
-    shower.start()
-    try:
-        config = ClientConfig(server=server, policy=policy, slo=slo, in_flight=in_flight, timeout=timeout,
-                              token=token, tls=tls)
-        run_system(state, plan, model, Workload(xs=xs, ys=ys, n=len(xs)), config,
-                   trace=load_trace(trace) if trace else None, device=device, splits=Splits(model, plan))
-        return state
-    finally:
-        stop.set()
-        shower.join(2)
-        if device is not None:
-            device.close()

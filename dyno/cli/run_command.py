@@ -52,7 +52,7 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from dyno.bench.console import RichProgress
-    from dyno.bench.session import run_client
+    from dyno.bench.run import run_client
     from dyno.runtime import ClientTLS, from_plan_file
 
     tls = None

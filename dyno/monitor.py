@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import statistics
 from typing import TYPE_CHECKING
 
 from dyno.errors import ConfigError, PolicyError
@@ -117,6 +116,16 @@ CLOUD_WINDOW_S = 1.0
 MIN_CLOUD_CAPACITY = 0.01
 
 
+def _median(samples: collections.deque[float], default: float) -> float:
+    """The median of a short window (``statistics.median``'s value, without its overhead)."""
+    n = len(samples)
+    if not n:
+        return default
+    ordered = sorted(samples)
+    half = n // 2
+    return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2.0
+
+
 class Monitors:
     """All run-time estimates for one device and plan, fed by the client's own traffic.
 
@@ -137,14 +146,17 @@ class Monitors:
     """
 
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
-                 initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0) -> None:
-        if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0):
-            raise ConfigError("initial bandwidth and slowdown must be > 0, initial RTT >= 0")
+                 initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0,
+                 initial_server_factor: float = 1.0) -> None:
+        if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0
+                and initial_server_factor > 0):
+            raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT >= 0")
         self.plan = plan
         self.window = window
         self.initial_bandwidth_bps = float(initial_bandwidth_bps)
         self.initial_rtt_ms = float(initial_rtt_ms)
         self.initial_slowdown = float(initial_slowdown)
+        self.initial_server_factor = float(initial_server_factor)   # the cloud's speed against the plan
         self.bandwidth = BandwidthEstimator(window)
         self._slowdown: collections.deque[float] = collections.deque(maxlen=window)
         self._server: collections.deque[float] = collections.deque(maxlen=window)
@@ -155,6 +167,8 @@ class Monitors:
         self._headroom: float | None = None
         self._pressure = 1.0
         self._cached: Estimates | None = None
+        self._previous: Estimates | None = None
+        self._values: tuple[float, ...] = ()
         self._profiled: dict[tuple[int, int], float] = {}
 
     def record_transfer(self, nbytes: float, seconds: float) -> None:
@@ -205,17 +219,19 @@ class Monitors:
             self._cached = None
 
     def estimates(self) -> Estimates:
+        """The current estimates (the same object until an observation changes them)."""
         if self._cached is None:
             bandwidth = self.bandwidth.estimate_bps
             capacity = 1.0 if self._headroom is None else (self.own_cloud_use + self._headroom) / self._pressure
-            self._cached = Estimates(
-                bandwidth_bps=self.initial_bandwidth_bps if bandwidth is None else bandwidth,
-                rtt_ms=statistics.median(self._rtt) if self._rtt else self.initial_rtt_ms,
-                device_slowdown=statistics.median(self._slowdown) if self._slowdown else self.initial_slowdown,
-                server_ms_factor=statistics.median(self._server) if self._server else 1.0,
-                queue_ms=statistics.median(self._queue) if self._queue else 0.0,
-                cloud_capacity=max(capacity, MIN_CLOUD_CAPACITY),
-            )
+            values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
+                      _median(self._rtt, self.initial_rtt_ms), _median(self._slowdown, self.initial_slowdown),
+                      _median(self._server, self.initial_server_factor), _median(self._queue, 0.0),
+                      max(capacity, MIN_CLOUD_CAPACITY))
+            cached = self._previous
+            if cached is None or values != self._values:   # unchanged figures: the same object
+                cached = self._previous = Estimates(*values)
+                self._values = values
+            self._cached = cached
         return self._cached
 
     def reset(self) -> None:

@@ -198,7 +198,7 @@ slos = st.builds(
     st.none() | st.floats(0, 5),
     st.none() | st.floats(100, 20000),
     st.none() | st.floats(1, 200),
-    st.none() | st.sampled_from(["cloud-only", "device-only", "cloud-only-raw", "spinn", "neurosurgeon"]),
+    st.none() | st.sampled_from(["cloud-only", "device-only", "cloud-only-raw", "split-int8", "neurosurgeon"]),
     st.sampled_from([0.0, 0.02, 0.1]),
 )
 estimates = st.builds(
@@ -252,7 +252,7 @@ def test_dyno_never_loses_to_cloud_only_in_the_model():
         for kd in (2, 8, 33):
             state = State(plan, Estimates(bandwidth_bps=bw, device_slowdown=kd), slo)
             dyno = make("dyno").decide(state).predicted.throughput
-            for other in ("cloud-only", "device-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad"):
+            for other in ("cloud-only", "device-only", "cloud-only-raw", "neurosurgeon", "split-int8", "jalad"):
                 assert dyno >= make(other).decide(state).predicted.throughput * (1 - 1e-12)
 
 
@@ -294,18 +294,26 @@ def test_hysteresis_does_not_hold_an_option_that_broke_the_slo():
 
 def test_probe_after_a_run_of_device_only_decisions():
     plan = tiny_plan()
-    policy = DynoPolicy(probe_every=3)
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
     state = State(plan, Estimates(bandwidth_bps=1e3, device_slowdown=2.0), SLO.parse("throughput"))
     cuts = [policy.decide(state) for _ in range(9)]
     assert [d.cut for d in cuts] == [2, 2, 2, 1, 2, 2, 2, 1, 2]   # cut 1 sends fewest bytes
     assert cuts[3].note.startswith("probe")
+    # and after at least probe_interval_s of device time: 20 ms a decision, 90 ms -> every fifth
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.09)
+    assert [policy.decide(state).cut for _ in range(10)] == [2, 2, 2, 2, 1, 2, 2, 2, 2, 1]
+    # a fast device (0.2 ms a decision) probes no more often than every 0.5 s of its time
+    fast = State(plan, Estimates(bandwidth_bps=1e3, device_slowdown=0.02), SLO.parse("throughput"))
+    policy = DynoPolicy()
+    probes = [i for i in range(6000) if policy.decide(fast).cut != 2]
+    assert probes == [2500, 5001]
 
 
 # ------------------------------------------------------------------------------------------ baselines
 
 def test_registry():
     assert names() == sorted(["dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon",
-                              "spinn", "jalad"])
+                              "split-int8", "jalad"])
     with pytest.raises(PolicyError, match="unknown policy 'nope'; known: cloud-only"):
         make("nope")
     with pytest.raises(PolicyError, match="bad arguments"):
@@ -357,36 +365,54 @@ def test_neurosurgeon_is_min_latency_over_fp32_splits():
     assert make("neurosurgeon", objective="energy").objectives == ("energy",)
 
 
-def test_spinn_uses_8_bits_and_maximises_throughput():
+def test_split_int8_uses_8_bits_and_maximises_throughput():
     plan = _three_way_plan()
     slo = SLO.parse("throughput")
-    d = make("spinn").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo))
+    d = make("split-int8").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo))
     # 1 Mbit/s: cut 1 8-bit: stages 4 / 16 / 8 ms -> 62.5/s; input fp32 320 ms; device 20 ms (50/s)
     assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
     assert d.predicted.throughput == pytest.approx(62.5)
-    # DynO may go to 2 bits when the SLO allows the drop; SPINN-style stays at 8
+    # DynO may go to 2 bits when the SLO allows the drop; split-int8 stays at 8
     assert make("dyno").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo)).bits == 2
     # an accuracy constraint it cannot meet at 8 bits is reported
     strict = SLO.parse("throughput;drop<=0.05")
-    d = make("spinn").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), strict))
+    d = make("split-int8").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), strict))
     assert d.cut in (0, 2) and d.predicted.meets_slo
 
 
-def test_jalad_chooses_once_for_the_accuracy_constraint_then_stays():
+def test_jalad_decouples_again_after_a_bandwidth_step():
     plan = _three_way_plan()
     slo = SLO.parse("throughput;drop<=1")
     jalad = make("jalad", nominal_bandwidth_bps=1e6)
-    est = Estimates(bandwidth_bps=1e8, device_slowdown=2, rtt_ms=1)
-    d = jalad.decide(State(plan, est, slo))
-    # at the nominal 1 Mbit/s, kd 2: cut 1 8-bit: 4 + 16 + 8 + 1 = 29 ms; 2-bit breaks the drop; device 20 ms
-    assert d.cut == 2
-    for bw in (1e4, 1e9):   # whatever the link does later, the choice is fixed
-        assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=bw), slo)).cut == 2
-    jalad2 = make("jalad", nominal_bandwidth_bps=1e7)   # 10 Mbit/s: cut 1 8-bit = 4 + 1.6 + 8 + 1 < 20
-    d = jalad2.decide(State(plan, est, slo))
-    assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
-    jalad2.reset()
-    assert jalad2.decide(State(plan, est, SLO.parse("throughput;drop<=10"))).bits == 2
+    est = Estimates(bandwidth_bps=1e6, device_slowdown=2, rtt_ms=1)
+    # at 1 Mbit/s, kd 2: cut 1 8-bit: 4 + 16 + 8 + 1 = 29 ms; 2-bit breaks the drop; device 20 ms
+    assert jalad.decide(State(plan, est, slo)).cut == 2
+    assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=1.2e6), slo)).cut == 2
+    assert jalad.choices == 1                               # a 20% change is within its 25%: no new choice
+    # a step to 100 Mbit/s: cut 1 8-bit = 4 + 0.16 + 8 + 1 = 13.2 ms beats the input (14.2) and the device
+    d = jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=1e8), slo))
+    assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8) and jalad.choices == 2
+    # it stays while the estimate stays near what it chose for, not near the first nominal figure
+    assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=0.9e8), slo)).cut == 1
+    # and steps back down with the link
+    assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=1e5), slo)).cut == 2
+    assert jalad.choices == 3
+    # JALAD prices the cloud from its profile: the server's queue does not move it (Neurosurgeon's does)
+    busy = dataclasses.replace(est, bandwidth_bps=1e5, queue_ms=500.0)
+    assert make("jalad").decide(State(plan, dataclasses.replace(busy, bandwidth_bps=1e8), slo)).cut == 1
+    jalad.reset()
+    assert jalad.decide(State(plan, dataclasses.replace(est, bandwidth_bps=1e8), SLO.parse("throughput;drop<=10"))
+                        ).bits == 2
+
+
+def test_neurosurgeon_moves_towards_the_device_when_the_server_is_loaded():
+    plan = _three_way_plan()
+    slo = SLO.parse("throughput;drop<=1")
+    idle = Estimates(bandwidth_bps=1e8, rtt_ms=1, device_slowdown=2)
+    assert make("neurosurgeon").decide(State(plan, idle, slo)).cut == 0     # 14.2 ms to the cloud, 20 on device
+    loaded = dataclasses.replace(idle, queue_ms=30.0, cloud_capacity=0.3)   # requests wait 30 ms there
+    d = make("neurosurgeon").decide(State(plan, loaded, slo))
+    assert d.cut == 2 and d.predicted.latency_ms == pytest.approx(20.0)
 
 
 # ------------------------------------------------------------------------------------- the cloud model
@@ -438,3 +464,58 @@ def test_the_onload_preset_and_more_constraints():
     tight = SLO.parse("onload;latency<=200;drop<=0.5")
     assert (tight.objectives, tight.max_latency_ms, tight.max_accuracy_drop, tight.min_throughput_of) == (
         ("cloud_cost", "throughput"), 200.0, 0.5, "cloud-only")
+
+
+# ------------------------------------------------------------------------------ the accuracy bound
+
+def _bound_plan(measured: tuple[tuple[int, float, float], ...]) -> Plan:
+    """cut 1 offers lz4 at 2..8 bits, 100 bytes a bit; ``measured`` (bits, drop points, se
+    points) are measured, the rest inferred lossless. The input sends only a huge fp32 tensor."""
+    rows = {b: (0.0, None, False) for b in range(2, 9)}
+    for bits, drop, se in measured:
+        rows[bits] = (drop, se, True)
+    options = tuple(Option(codec="shuffle-lz4", bits=b, bytes=100.0 * b, accuracy=0.9 - drop / 100,
+                           measured=m, drop_se=None if se is None else se / 100, samples=500 if m else 0)
+                    for b, (drop, se, m) in rows.items())
+    cuts = (
+        CutPlan(id=0, name="input", shape=INPUT_SHAPE, nonnegative=True, device_ms=0.0, cloud_ms={1: 1.0},
+                options=(Option(codec="fp32", bits=None, bytes=1e9, accuracy=0.9),)),
+        CutPlan(id=1, name="mid", shape=(16, 16, 16), nonnegative=True, device_ms=1.0, cloud_ms={1: 1.0},
+                options=options),
+        CutPlan(id=2, name="out", shape=(10,), nonnegative=False, device_ms=1000.0, cloud_ms={1: 0.0}),
+    )
+    return Plan(model="bound", weights_sha256="0" * 64, input_shape=INPUT_SHAPE, num_classes=10,
+                accuracy_fp32=0.9, samples=500, device_profile="t", cloud_profile="t", cuts=cuts)
+
+
+def test_the_drop_is_bounded_with_its_standard_error():
+    est = Estimates(bandwidth_bps=1e5, device_slowdown=1.0)   # the link binds: fewest bits win
+    plan = _bound_plan(((3, 0.5, 0.4), (4, 0.2, 0.1)))
+    # 3 bits: 0.5 + 1.645 * 0.4 = 1.16 > 1 point at 95%; 4 bits: 0.2 + 0.16 meets it
+    assert make("dyno").decide(State(plan, est, SLO.parse("throughput;drop<=1"))).bits == 4
+    # at 50% confidence the point estimate decides, as before: 3 bits
+    assert make("dyno").decide(State(plan, est, SLO.parse("throughput;drop<=1;conf=0.5"))).bits == 3
+    assert SLO.parse("throughput;drop<=1;conf=0.9").confidence == 0.9
+    assert str(SLO.parse("throughput;conf=0.9")) == "throughput;conf=0.9"
+    with pytest.raises(PolicyError, match="confidence"):
+        SLO.parse("throughput;conf=1.5")
+
+
+def test_an_inferred_width_needs_a_measured_width_at_or_below_it_that_meets_the_bound():
+    est = Estimates(bandwidth_bps=1e5, device_slowdown=1.0)
+    slo = SLO.parse("throughput;drop<=1")
+    # only 6 bits is measured, and its bound fails: 2..5 (below it) and 7, 8 (no measured width at or
+    # below them meets it) are all out; the input at 8 bits (lossless for an 8-bit image) is chosen
+    plan = _bound_plan(((6, 0.9, 0.5),))
+    model = PerfModel(plan)
+    d = make("dyno").decide(State(plan, est, slo))
+    assert (d.cut, d.codec, d.bits) == (0, "shuffle-lz4", 8)
+    bounds = {model.rows[i].bits: model.drop_bound(0.95)[i] for i in range(len(model.rows)) if model.rows[i].cut == 1}
+    assert all(math.isinf(bounds[b]) for b in (2, 3, 4, 5)) and bounds[6] == pytest.approx(0.9 + 1.645 * 0.5, 1e-3)
+    assert bounds[7] == bounds[8] == bounds[6]
+    # a measured 5-bit that meets the bound makes 5 and every inferred width above it usable
+    plan = _bound_plan(((5, 0.3, 0.1), (6, 0.9, 0.5)))
+    d = make("dyno").decide(State(plan, est, slo))
+    assert (d.cut, d.bits) == (1, 5)
+    bounds = {r.bits: b for r, b in zip(PerfModel(plan).rows, PerfModel(plan).drop_bound(0.95)) if r.cut == 1}
+    assert bounds[7] == pytest.approx(0.3 + 1.645 * 0.1, 1e-3) and math.isinf(bounds[4])

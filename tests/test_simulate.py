@@ -15,7 +15,7 @@ from dyno.emulate.traces import Trace
 from dyno.policy import DEFAULT_SLO as MAIN_SLO
 from dyno.policy import ONLOADING_SLO, SLO, make
 from dyno.policy.model import PerfModel
-from dyno.simulate import SimConfig, simulate_policy
+from dyno.simulate import CloudConfig, SimConfig, simulate_policy
 
 SLO_T = SLO.parse("throughput")
 
@@ -36,7 +36,7 @@ def test_device_bound_split_by_hand():
     # cut 1 (the only option besides the input's): device 2*4 = 8 ms, link 500 B at 1 Mbit/s = 4 ms,
     # cloud 5 ms, RTT 10 ms. Device-bound: starts every 8 ms, 125 starts in [0, 1 s), latency 27 ms.
     plan = tiny_plan(bytes_=(1e9, 500.0))                     # the input is too big to ever send
-    r = sim("spinn", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0)
+    r = sim("split-int8", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0)
     assert r.inferences == 125
     assert r.latencies_ms == pytest.approx([27.0] * 125)
     assert r.makespan_s == pytest.approx(0.992 + 0.027)
@@ -47,19 +47,20 @@ def test_device_bound_split_by_hand():
 def test_request_window_limits_the_pipeline():
     # one inference in flight at a time: a new one every 27 ms; 38 starts in [0, 1 s)
     plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))
-    r = sim("spinn", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0, max_inflight=1)
+    r = sim("split-int8", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0, max_inflight=1)
     assert r.inferences == 38 and r.makespan_s == pytest.approx(38 * 0.027)
 
 
 def test_link_bound_queue_and_cloud_bound_throughput():
     plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))   # device-only never pays
     # 100 kbit/s: 40 ms per transfer: link-bound at 25/s (within the warm-up of a 20 s run)
-    r = sim("spinn", plan, Trace.constant(1e5), slowdown=2.0, duration_s=20.0, rtt_ms=10.0, max_inflight=4)
+    r = sim("split-int8", plan, Trace.constant(1e5), slowdown=2.0, duration_s=20.0, rtt_ms=10.0, max_inflight=4)
     assert r.throughput == pytest.approx(25.0, rel=0.01)
     # the window fills: 4 in flight, each waits for the link: steady latency = 4 * 40 ms
     assert r.latencies_ms[-1] == pytest.approx(160.0, rel=0.01)
-    # cloud-only at a fast link: the 10 ms cloud stage bounds it at 100/s
-    r = sim("cloud-only", tiny_plan(), Trace.constant(1e8), slowdown=2.0, duration_s=20.0)
+    # cloud-only at a fast link: the 10 ms cloud stage bounds it at 100/s (batches of one: a FIFO)
+    r = sim("cloud-only", tiny_plan(), Trace.constant(1e8), slowdown=2.0, duration_s=20.0,
+            cloud=CloudConfig(max_batch=1))
     assert r.throughput == pytest.approx(100.0, rel=0.01)
 
 
@@ -67,7 +68,7 @@ def test_transfers_follow_a_time_varying_trace():
     # 1 Mbit/s for 1 s then 0.1 Mbit/s for 1 s, looped; cut 1 sends 12.5 kB (100 kbit)
     trace = Trace([0.0, 1.0, 2.0], [1e6, 1e5])
     plan = tiny_plan(bytes_=(1e9, 12_500.0), device_ms=(0.0, 0.5, 10_000.0), cloud_ms=(1e4, 5.0, 0.0))
-    r = sim("spinn", plan, trace, slowdown=1.0, duration_s=4.0, rtt_ms=0.0, max_inflight=1, timeline=True)
+    r = sim("split-int8", plan, trace, slowdown=1.0, duration_s=4.0, rtt_ms=0.0, max_inflight=1, timeline=True)
     # one at a time: 0.5 ms device + 100 ms link + 5 ms cloud while the link is fast
     starts = r.timeline["t"]
     assert starts[1] == pytest.approx(0.1055)
@@ -77,7 +78,7 @@ def test_transfers_follow_a_time_varying_trace():
         assert b - a == pytest.approx(0.0005 + trace.transfer_time(12_500, a + 0.0005) + 0.005)
 
 
-def test_dyno_adapts_and_neurosurgeon_trusts_its_probe():
+def test_dyno_and_neurosurgeon_adapt_on_their_own_transfers():
     # 10 Mbit/s for 10 s, then 50 kbit/s for 10 s. kd 2: device-only 20 ms (50/s).
     trace = Trace([0.0, 10.0, 20.0], [1e7, 5e4])
     plan = tiny_plan(bytes_=(2000.0, 500.0))
@@ -88,15 +89,14 @@ def test_dyno_adapts_and_neurosurgeon_trusts_its_probe():
     slow = [c for x, c in zip(t, cuts) if x > 12]
     assert max(set(fast), key=fast.count) == 1          # cut 1: 8 ms device stage, 125/s
     assert slow.count(2) > 0.9 * len(slow)              # device-only once its own transfers say so
-    # Neurosurgeon probed once at start (fast link) and keeps sending fp32 into the slow link
-    ns = sim("neurosurgeon", plan, trace, probe_every_s=None, **cfg)
-    ns_slow = [c for x, c in zip(ns.timeline["t"], ns.timeline["cut"]) if x > 12]
-    assert ns_slow and all(c != 2 for c in ns_slow)
-    # ... while a periodic probe lets it recover
-    ns2 = sim("neurosurgeon", plan, trace, probe_every_s=1.0, **cfg)
-    assert ns2.throughput > ns.throughput
-    for other in ("device-only", "cloud-only", "spinn", "jalad"):
-        assert dyno.throughput >= sim(other, plan, trace, **cfg).throughput
+    # Neurosurgeon (minimum latency, fp32 activations) sees the same monitors: it offloads on the fast
+    # link and goes to the device once its transfers show the slow one
+    ns = sim("neurosurgeon", plan, trace, **cfg)
+    ns_cuts = list(zip(ns.timeline["t"], ns.timeline["cut"]))
+    assert {c for x, c in ns_cuts if 2 < x < 10} - {2} and [c for x, c in ns_cuts if x > 12].count(2) > 0
+    for other in ("device-only", "cloud-only", "split-int8", "jalad", "neurosurgeon"):
+        # split-int8's only inner option is DynO's best here: they tie but for DynO's hysteresis and probes
+        assert dyno.throughput >= 0.99 * sim(other, plan, trace, **cfg).throughput
     oracle = run(plan, [trace], tiers={"k2": 2.0}, policies=("dyno", "oracle"), slo=SLO_T,
                  config={"duration_s": 20.0, "rtt_ms": 1.0})
     res = oracle.results["k2"][trace.name]
@@ -106,7 +106,7 @@ def test_dyno_adapts_and_neurosurgeon_trusts_its_probe():
 def test_violations_counted_from_what_happened():
     plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))
     slo = SLO.parse("throughput;latency<=100")
-    r = simulate_policy(make("spinn"), PerfModel(plan), Trace.constant(1e5), slo,
+    r = simulate_policy(make("split-int8"), PerfModel(plan), Trace.constant(1e5), slo,
                         SimConfig(slowdown=2.0, duration_s=5.0, rtt_ms=10.0, max_inflight=4))
     # latencies climb from 57 ms to 160 ms as the link queue fills: the ones over 100 ms are violations
     assert r.violations == int((r.latencies_ms > 100).sum()) and 0 < r.violations < r.inferences
@@ -125,7 +125,8 @@ def test_run_and_summary_shapes():
     assert set(low["speedup"]) == set(DEFAULT_POLICIES) - {"dyno"}
     assert low["speedup"]["device-only"]["min"] > 10          # 33x slower device: offloading wins big
     assert {"median", "min", "max"} <= set(low["regret"])
-    assert low["onloading"]["cloud_s_reduction"] >= 1.0
+    # the same cloud cost at best (the cloud's batches make cloud-only's per-sample cost a little lower)
+    assert low["onloading"]["cloud_s_reduction"] >= 0.95
     doc = main.to_json()
     assert set(doc["policies"]["dyno"]) >= {"throughput", "p50_ms", "p95_ms", "bytes_mean", "accuracy",
                                             "cloud_s", "violations"}
@@ -157,7 +158,7 @@ def test_simulate_command_over_a_directory(tmp_path, capsys):
                       "--no-progress"]) == 0
     assert "k5" in capsys.readouterr().out
     assert dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces), "--tier", "huge"]) == 1
-    assert "unknown tier 'huge'" in capsys.readouterr().err
+    assert "unknown device tier 'huge'" in capsys.readouterr().err
     (traces / "bad.tsv").write_text("0\t1\n1\tx\n")
     assert dyno_main(["simulate", "--plan", str(plan_path), "--trace", str(traces)]) == 1
     assert "bad.tsv:2" in capsys.readouterr().err

@@ -144,3 +144,40 @@ def test_shared_traces_load():
     assert all(t.period > 0 and t.mean_bps > 0 for t in norway + fcc)
     bus = next(t for t in norway if t.name == "norway_bus_1")
     assert bus.rate_bps(0.1) == pytest.approx(4.03768755221e6)
+
+
+def test_a_mahimahi_directory_gives_its_uplink_files(tmp_path):
+    from dyno.emulate.patterns import trace_set
+
+    for name, up_every, down_every in (("Verizon-LTE", 2, 1), ("TMobile-UMTS", 4, 3)):
+        (tmp_path / f"{name}.up").write_text("".join(f"{ms}\n" for ms in range(0, 1000, up_every)))
+        (tmp_path / f"{name}.down").write_text("".join(f"{ms}\n" for ms in range(0, 1000, down_every)))
+    traces = trace_set(tmp_path)
+    assert [t.name for t in traces] == ["TMobile-UMTS", "Verizon-LTE"]
+    # one 1500-byte opportunity every 4 ms (the uplink), not every 3 ms (the downlink): 3 Mbit/s
+    assert traces[0].mean_bps == pytest.approx(1500 * 8 / 0.004, rel=0.01)
+    assert traces[1].mean_bps == pytest.approx(1500 * 8 / 0.002, rel=0.01)
+    down_only = tmp_path / "down"
+    down_only.mkdir()
+    (down_only / "x.down").write_text("1\n2\n")
+    with pytest.raises(TraceFileError, match=r"\.down\) only"):
+        trace_set(down_only)
+
+
+def test_synthetic_patterns_are_fast_bursty_and_seeded():
+    from dyno.emulate.patterns import PATTERNS, synthetic, trace_set
+
+    traces = trace_set("synthetic")
+    assert len(traces) == 3 * len(PATTERNS)
+    assert [t.name for t in trace_set("synthetic:burst")] == ["burst-0", "burst-1", "burst-2"]
+    assert [t.rates_bps for t in synthetic(("step",), seeds=2)] == [t.rates_bps for t in synthetic(("step",), seeds=2)]
+    for trace in traces:
+        assert trace.period == pytest.approx(60.0)
+        changes = len(trace.rates_bps) / trace.period
+        assert changes >= 1 / 12                      # the rate changes within seconds
+    onoff = trace_set("synthetic:onoff")[0]
+    assert min(onoff.rates_bps) < 0.3e6 and max(onoff.rates_bps) > 5e6
+    burst = trace_set("synthetic:burst")[0]
+    assert max(burst.rates_bps) / min(burst.rates_bps) >= 5 and burst.mean_bps > 2e6   # LTE-class
+    with pytest.raises(TraceFileError, match="unknown synthetic pattern"):
+        trace_set("synthetic:nope")

@@ -1,11 +1,13 @@
 """Every policy side by side on the same traces and device tiers, and the closing-note figures.
 
-Device tiers are slowdowns of the device relative to the cloud process that produced the plan (the
-plan's device_ms and cloud_ms are both measured on this CPU): ``low`` = 33 (Raspberry Pi 4 CPU),
-``mid`` = 8 (Pixel 4 CPU), ``high`` = 2 (Jetson AGX Xavier class). The server is the native-speed
-process (DESIGN.md, "Emulation"): the paper's GPU server is not modelled beyond that.
+Tiers are absolute (``dyno.emulate.device``, ``dyno.bench.reference``): ``tiers`` maps a tier's name to
+its slowdown k_d against the plan's device profile (the tier's reference-model latency over the
+reference model's latency on the machine that profiled the plan), and ``cloud.scale`` does the same for
+the cloud (the GPU tier by default, or 1.0: the plan's measured cloud). The cloud batches as the runtime
+does (``dyno.simulate.cloud``).
 
-    report = run(plan, traces, tiers={"low": 33.0}, policies=DEFAULT_POLICIES, slo=SLO.parse(DEFAULT_SLO))
+    report = run(plan, traces, tiers={"low": 1.28}, policies=DEFAULT_POLICIES, slo=SLO.parse(DEFAULT_SLO),
+                 cloud=CloudConfig(scale=0.039))
     report.aggregate()["low"]["dyno"]["throughput"]
 """
 
@@ -19,19 +21,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from dyno.emulate.device import TIERS
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
 from dyno.plan import Plan
 from dyno.policy import ONLOADING_SLO, SLO, Policy, make, names
 from dyno.policy.model import PerfModel
 from dyno.progress import NO_PROGRESS, Progress, Tick
+from dyno.simulate.cloud import DEFAULT_CLOUD, CloudConfig
 from dyno.simulate.engine import OracleDyno, SimConfig, SimResult, simulate_policy
 
-__all__ = ["TIERS", "DEFAULT_POLICIES", "Report", "build_policy", "run", "summary", "experiment"]
+__all__ = ["DEFAULT_POLICIES", "Report", "build_policy", "run", "summary", "experiment"]
 
 #: Every compared system, DynO first: the default of ``dyno simulate``.
-DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "spinn", "jalad")
+DEFAULT_POLICIES = ("dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon", "split-int8", "jalad")
 
 
 def build_policy(name: str, *, nominal_bandwidth_bps: float | None = None) -> Policy:
@@ -54,6 +56,7 @@ class Report:
     config: dict[str, Any]
     results: dict[str, dict[str, dict[str, SimResult]]]
     seconds: float = 0.0
+    cloud: CloudConfig = DEFAULT_CLOUD
 
     def aggregate(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per tier and policy, pooled over traces: throughput = all inferences / all time; latency
@@ -88,16 +91,18 @@ class Report:
         agg = self.aggregate()
         first = next(iter(agg.values()), {})
         return {"plan": self.plan_model, "slo": str(self.slo), "tiers": self.tiers, "config": self.config,
-                "policies": first, "by_tier": agg, "per_trace": self.per_trace(), "seconds": self.seconds}
+                "cloud": dataclasses.asdict(self.cloud), "policies": first, "by_tier": agg,
+                "per_trace": self.per_trace(), "seconds": self.seconds}
 
 
 def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Iterable[str],
         slo: SLO, config: dict[str, Any] | None = None, timeline_for: tuple[str, str] | None = None,
-        progress: Callable[[str], None] | None = None) -> Report:
+        progress: Callable[[str], None] | None = None, cloud: CloudConfig = DEFAULT_CLOUD) -> Report:
     """Simulate every policy on every trace at every tier (same trace, same tier, side by side).
 
-    ``config`` holds ``SimConfig`` fields other than ``slowdown``; ``timeline_for`` = (tier, trace name)
-    keeps per-inference timelines for that run (for the plot); ``progress(label)`` is called per trace.
+    ``config`` holds ``SimConfig`` fields other than ``slowdown`` and ``cloud``; ``timeline_for`` =
+    (tier, trace name) keeps per-inference timelines for that run (for the plot); ``progress(label)`` is
+    called per trace.
     """
     policies = tuple(policies)
     known = set(names()) | {"oracle"}
@@ -117,7 +122,7 @@ def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Ite
         built = {name: build_policy(name, nominal_bandwidth_bps=nominal) for name in policies}
         for trace in traces:
             keep = timeline_for is not None and timeline_for == (tier, trace.name)
-            cfg = SimConfig(slowdown=slowdown, timeline=keep, **config)
+            cfg = SimConfig(slowdown=slowdown, timeline=keep, cloud=cloud, **config)
             results[tier][trace.name] = {
                 name: simulate_policy(policy, model, trace, slo, cfg)
                 for name, policy in built.items()}
@@ -125,7 +130,7 @@ def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Ite
                 progress(f"{tier} {trace.name}")
     return Report(plan_model=plan.model, slo=slo, tiers=dict(tiers), policies=policies,
                   config={"nominal_bandwidth_bps": nominal, **config}, results=results,
-                  seconds=time.perf_counter() - start)
+                  seconds=time.perf_counter() - start, cloud=cloud)
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -198,7 +203,8 @@ def _status(tick: Tick, label: str, what: str) -> None:
 
 def experiment(plan: Plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Sequence[str],
                slo: SLO, config: dict[str, Any], closing: bool = False, plot: str | None = None,
-               plot_trace: str | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+               plot_trace: str | None = None, progress: Progress = NO_PROGRESS,
+               cloud: CloudConfig = DEFAULT_CLOUD, speeds: dict[str, Any] | None = None) -> dict[str, Any]:
     """``dyno simulate``: every policy on every trace at every tier; returns the JSON document.
 
     ``closing`` adds DynO and the oracle if missing, the closing-note ``summary`` and an onloading run
@@ -219,8 +225,10 @@ def experiment(plan: Plan, traces: Sequence[Trace], *, tiers: dict[str, float], 
     for label, run_slo, run_policies in runs:
         reports[label] = run(plan, traces, tiers=tiers, policies=run_policies, slo=run_slo, config=config,
                              timeline_for=(next(iter(tiers)), plot_trace) if plot and label == "main" else None,
-                             progress=functools.partial(_status, tick, label))
+                             progress=functools.partial(_status, tick, label), cloud=cloud)
     document: dict[str, Any] = reports["main"].to_json()
+    if speeds is not None:
+        document["speeds"] = speeds
     if closing:
         document["summary"] = summary(reports["main"], reports["onloading"])
         document["onloading"] = reports["onloading"].to_json()["by_tier"]
@@ -229,6 +237,6 @@ def experiment(plan: Plan, traces: Sequence[Trace], *, tiers: dict[str, float], 
 
         trace = next(t for t in traces if t.name == plot_trace)
         tier = next(iter(tiers))
-        title = f"{plan.model}: trace {trace.name}, tier {tier} (slowdown {tiers[tier]:g}), SLO {slo}"
+        title = f"{plan.model}: trace {trace.name}, tier {tier} (slowdown {tiers[tier]:.3g}), SLO {slo}"
         document["plot"] = str(plot_timeline(reports["main"].results[tier][trace.name], trace, plot, title))
     return document

@@ -41,7 +41,7 @@ def plot_timeline(per_policy: dict[str, SimResult], trace: Trace, path: str | Pa
     for name, r in per_policy.items():
         if r.timeline and name in ("dyno", "neurosurgeon"):
             ax.plot(r.timeline["t"], [b / 1e6 for b in r.timeline["bw_est"]], lw=0.9,
-                    label=f"{name} estimate" + (" (probe)" if name == "neurosurgeon" else " (own transfers)"))
+                    label=f"{name} estimate (own transfers)")
     ax.set_ylabel("Mbit/s")
     ax.set_xlim(0, duration)
     ax.legend(loc="upper right", fontsize=8)

@@ -26,8 +26,13 @@ def print_decide(results: list[dict[str, Any]]) -> None:
 def print_report(document: dict[str, Any]) -> None:
     """The tables of a ``dyno simulate`` document: per tier, every policy; then the summary figures."""
     console = stdout_console()
+    if document.get("speeds"):
+        from dyno.bench.fleet_report import speeds_line
+
+        console.print(speeds_line(document["speeds"], document["tiers"], document.get("cloud", {})),
+                      highlight=False, soft_wrap=True)
     for tier, policies in document["by_tier"].items():
-        table = Table(title=f"{document['plan']}, tier {tier} (slowdown {document['tiers'][tier]:g}), "
+        table = Table(title=f"{document['plan']}, tier {tier} (slowdown {document['tiers'][tier]:.3g}), "
                       f"SLO {document['slo']}, {len({p['trace'] for p in document['per_trace']})} trace(s)",
                       header_style="bold")
         for column in ("policy", "inf/s", "median inf/s", "p50 ms", "p95 ms", "bytes/inf", "bytes/offloaded",
@@ -70,7 +75,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     console.print(table)
     for tier in tiers:
         t = s["tiers"][tier]
-        lines = [f"[bold]{tier}[/] (slowdown {t['slowdown']:g}):"]
+        lines = [f"[bold]{tier}[/] (slowdown {t['slowdown']:.3g}):"]
         if t.get("bytes_ratio_neurosurgeon"):
             r = t["bytes_ratio_neurosurgeon"]
             b = t["bytes_per_offloaded"]

@@ -13,12 +13,23 @@ Two mechanisms, both real compute on this machine's CPU:
   access to ``/sys/fs/cgroup/cpu``; the group is removed on ``close()``. Coarser: a short head may
   run at full speed and the next one wait out the period; the average is k_d.
 
-Tiers, from published EfficientNet-Lite0 latencies against a server GPU (~1.5 ms)::
+Tiers are absolute: a tier names the whole-model latency of the reference model (EfficientNet-Lite0,
+one inference, from published figures) on the device (``TIER_MS``) and on the cloud (``CLOUD_MS``)::
 
-    low = 33 (Raspberry Pi 4 CPU)   mid = 8 (Pixel 4 CPU)   high = 2 (Jetson AGX Xavier)
+    low = 49 ms (Raspberry Pi 4 CPU)   mid = 12 ms (Pixel 4 CPU)
+    high = 3 ms (Jetson AGX Xavier class, ~2x the GPU server)   cloud gpu = 1.5 ms
 
-    device = Device.tier("low")            # or Device(slowdown=12.5, mode="cgroup")
+A plan's profiles give the per-cut *shape*; the *scale* is ``tier_ms / reference_ms`` where
+``reference_ms`` is the reference model's latency on the machine that profiled the plan
+(``slowdown_for``). A tier faster than this machine cannot be emulated by slowing it down:
+``Device.absolute`` then runs at native speed and says so (``requested`` keeps the wanted slowdown).
+
+    device = Device.absolute("low", reference_ms=38.2)   # k_d = 49 / 38.2 = 1.28
+    device = Device(slowdown=12.5, mode="cgroup")
     value, ms = device.run(head, x)        # ms is the emulated device time
+
+``TIERS`` (33 / 8 / 2, relative to this machine) and ``Device.tier`` are the older relative tiers,
+kept for callers that have not moved to absolute ones.
 """
 
 from __future__ import annotations
@@ -31,10 +42,38 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["TIERS", "Device", "cgroup_available"]
+__all__ = ["TIERS", "TIER_MS", "CLOUD_MS", "REFERENCE_MODEL", "Device", "cgroup_available", "slowdown_for",
+           "tier_ms"]
 
-#: Device tiers: slowdowns against the cloud (DESIGN.md, "Emulation"). ``native`` (1.0) is also accepted.
+#: The model tier latencies are quoted for (its whole-model latency, one inference, one thread).
+REFERENCE_MODEL = "efficientnet-lite0"
+#: Device tiers: the reference model's latency on the device, ms (DESIGN.md, "Emulation").
+TIER_MS: dict[str, float] = {"low": 49.0, "mid": 12.0, "high": 3.0}
+#: Cloud tiers: the reference model's latency on the cloud, ms (the paper's GPU server).
+CLOUD_MS: dict[str, float] = {"gpu": 1.5}
+#: The older relative tiers: slowdowns against this machine (``Device.tier``).
 TIERS: dict[str, float] = {"low": 33.0, "mid": 8.0, "high": 2.0}
+
+
+def tier_ms(tier: str | float) -> float:
+    """The reference model's latency (ms) a device tier names; a number is taken as that latency."""
+    if isinstance(tier, str) and tier in TIER_MS:
+        return TIER_MS[tier]
+    try:
+        value = float(tier)
+    except (TypeError, ValueError):
+        raise ConfigError(f"unknown device tier {tier!r}; known: {', '.join(TIER_MS)} (reference-model "
+                          "latencies in ms), or a latency in ms") from None
+    if not (0 < value < 1e6):
+        raise ConfigError(f"a tier's latency must be > 0 ms, got {tier!r}")
+    return value
+
+
+def slowdown_for(tier: str | float, reference_ms: float) -> float:
+    """k = tier latency / the reference model's latency on the machine that profiled the plan."""
+    if not (reference_ms > 0):
+        raise ConfigError(f"the reference latency must be > 0 ms, got {reference_ms!r}")
+    return tier_ms(tier) / reference_ms
 _CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 
 
@@ -55,6 +94,8 @@ class Device:
             raise ConfigError("cgroup device emulation needs a writable cgroup v1 cpu controller at "
                               f"{_CGROUP_ROOT}; use mode='pad'")
         self.slowdown = float(slowdown)
+        self.requested = float(slowdown)   # the slowdown the tier asked for (Device.absolute may clamp it)
+        self.tier_name: str | None = None
         self.mode = mode
         self._group: Path | None = None
         self._members: set[int] = set()
@@ -73,10 +114,23 @@ class Device:
             raise ConfigError(f"unknown device tier {name!r}; known: {', '.join(TIERS)}, native, or a number "
                               ">= 1 (the slowdown k_d)") from None
 
+    @classmethod
+    def absolute(cls, tier: str | float, *, reference_ms: float, mode: str = "pad") -> "Device":
+        """A device of an absolute tier (``TIER_MS`` name or a latency in ms) on a machine whose reference
+        model takes ``reference_ms``. Faster than this machine: native speed (``requested`` < 1 says so)."""
+        wanted = slowdown_for(tier, reference_ms)
+        device = cls(max(1.0, wanted), mode=mode)
+        device.requested = wanted
+        device.tier_name = str(tier)
+        return device
+
     @property
     def description(self) -> str:
         how = "padding each head run" if self.mode == "pad" else "cgroup v1 CPU quota"
-        return f"k_d={self.slowdown:g} ({how})"
+        text = f"k_d={self.slowdown:.3g} ({how})"
+        if self.requested < 1.0:
+            text += f"; the tier wants k_d={self.requested:.3g}, faster than this machine: run at native speed"
+        return text
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
         """``fn(*args, **kwargs)`` as the device; returns (its value, emulated milliseconds)."""

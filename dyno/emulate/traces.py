@@ -237,15 +237,32 @@ def load_trace(path: str | Path, *, format: str = "auto") -> Trace:
 
 def load_traces(path: str | Path, *, format: str = "auto",
                 suffixes: Iterable[str] = (".tsv", ".txt", ".log", ".trace", ".mahi", "")) -> list[Trace]:
-    """A trace file, or every trace file in a directory (sorted by name; hidden files and README skipped)."""
+    """A trace file, or every trace file in a directory (sorted by name; hidden files and README skipped).
+
+    A directory of Mahimahi traces as the Mahimahi project publishes them (``NAME.up`` and
+    ``NAME.down`` per link) gives its uplink files, each named ``NAME``: the traces are the device's
+    uplink capacity. A directory with only ``.down`` files is refused (no uplink to replay)."""
     path = Path(path)
     if path.is_dir():
+        visible = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and not p.stem.upper().startswith("README")]
+        up = sorted(p for p in visible if p.suffix == ".up")
+        if up:
+            return [_named(load_trace(p, format=format), p.stem) for p in up]
+        if any(p.suffix == ".down" for p in visible):
+            raise TraceFileError(f"{path}: Mahimahi downlink traces (.down) only; the uplink is replayed "
+                                 "from NAME.up files")
         suffixes = tuple(suffixes)
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and not p.stem.upper().startswith("README") and p.suffix in suffixes)
+        files = sorted(p for p in visible if p.suffix in suffixes)
         if not files:
-            raise TraceFileError(f"{path}: no trace files in this directory")
+            raise TraceFileError(f"{path}: no trace files in this directory (two-column .tsv/.txt/.log, "
+                                 "Mahimahi files, or Mahimahi NAME.up/NAME.down pairs)")
         return [load_trace(p, format=format) for p in files]
     if not path.exists():
         raise TraceFileError(f"no trace file or directory at {path}")
     return [load_trace(path, format=format)]
+
+
+def _named(trace: Trace, name: str) -> Trace:
+    trace.name = name
+    return trace

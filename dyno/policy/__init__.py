@@ -7,8 +7,9 @@
     decision = policy.decide(state)        # Decision(cut, codec, bits, predicted, note)
 
 Registered names: ``dyno``, ``device-only``, ``cloud-only`` (JPEG q90), ``cloud-only-raw`` (fp32 input),
-``neurosurgeon``, ``spinn`` (SPINN-style transfer: 8-bit + lossless, no early exits), ``jalad``
-(JALAD-style: fixed offline choice). The performance model is ``dyno.policy.model``.
+``neurosurgeon`` (minimum latency, fp32, sees the server's load), ``split-int8`` (SPINN's transfer, 8-bit +
+lossless, without SPINN's early exits), ``jalad`` (minimum latency under the accuracy bound, decoupled again
+when the bandwidth moves). The performance model is ``dyno.policy.model``.
 
 Imports point one way: ``base`` (the interface) <- ``registry`` <- ``model`` <- ``floor`` <- the policies;
 importing this package imports every policy module, and that is what registers them.
@@ -20,6 +21,7 @@ from dyno.policy.base import (
                               FEEDS,
                               OBJECTIVES,
                               ONLOADING_SLO,
+                              PRESETS,
                               SLO,
                               Decision,
                               Estimates,
@@ -27,11 +29,11 @@ from dyno.policy.base import (
                               Prediction,
                               State,
 )
-from dyno.policy.baselines import CloudOnly, CloudOnlyRaw, DeviceOnly, JaladStyle, Neurosurgeon, SpinnStyle
+from dyno.policy.baselines import CloudOnly, CloudOnlyRaw, DeviceOnly, JaladStyle, Neurosurgeon, SplitInt8
 from dyno.policy.dyno_policy import DynoPolicy
 from dyno.policy.model import DevicePower, PerfModel, predict
 from dyno.policy.registry import make, names, register
 
 __all__ = ["DEFAULT_SLO", "FEEDS", "OBJECTIVES", "ONLOADING_SLO", "PRESETS", "SLO", "Decision", "Estimates", "Policy",
            "Prediction", "State", "make", "names", "register", "DynoPolicy", "DeviceOnly", "CloudOnly",
-           "CloudOnlyRaw", "Neurosurgeon", "SpinnStyle", "JaladStyle", "PerfModel", "predict", "DevicePower"]
+           "CloudOnlyRaw", "Neurosurgeon", "SplitInt8", "JaladStyle", "PerfModel", "predict", "DevicePower"]

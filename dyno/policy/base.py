@@ -1,6 +1,6 @@
 """The scheduler's interface: what a policy sees (``State``) and what it answers (``Decision``).
 
-Every compared system (DynO, device-only, cloud-only, Neurosurgeon, SPINN-style, JALAD-style) is a
+Every compared system (DynO, device-only, cloud-only, Neurosurgeon, split-int8, JALAD) is a
 ``Policy``: ``decide(state) -> Decision(cut, codec, bits)``. Policies do no I/O, so the simulator and
 the device client run the very same code.
 
@@ -37,9 +37,9 @@ ONLOADING_SLO = "cloud_cost,throughput;throughput>=cloud-only;drop<=1"
 PRESETS = {"onload": ONLOADING_SLO}
 
 #: What a policy's estimates are fed from, in the simulator as on a device (``Policy.feed``):
-#: ``own``: the device's own monitors; ``probe``: a bandwidth probe at start and periodically (as
-#: Neurosurgeon measures); ``oracle``: the trace's true future (the hindsight oracle, simulator only).
-FEEDS = ("own", "probe", "oracle")
+#: ``own``: the device's own monitors (every real system, on the runtime and in the simulator alike);
+#: ``oracle``: the trace's true future (the hindsight oracle, simulator only).
+FEEDS = ("own", "oracle")
 
 #: objective name -> +1 if larger is better, -1 if smaller is better
 OBJECTIVES: dict[str, int] = {
@@ -106,6 +106,11 @@ class SLO:
     objective are all kept for the next, and the last objective picks exactly (ties: plan order).
     The SLO is data: a floor naming a policy that is not registered fails when a policy resolves it.
 
+    The accuracy drop is checked on a one-sided upper confidence bound at ``confidence`` (``conf=0.9``;
+    default 0.95): drop + z * drop_se, with the plan's standard error of each measured drop; a width the
+    analysis inferred rather than measured counts only where a measured width at or below it meets the
+    bound (``dyno.policy.model``).
+
         SLO.parse("throughput,cloud_cost;drop<=1;latency<=200")
         SLO.parse("cloud_cost;throughput>=cloud-only")      # the onloading view
         SLO.parse("cloud_cost;throughput>=0.9*cloud-only;bytes<=20000")
@@ -119,6 +124,7 @@ class SLO:
     min_throughput_ratio: float = 1.0
     objectives: tuple[str, ...] = ("throughput", "cloud_cost")
     tolerance: float = 0.02
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         objectives = tuple(self.objectives)
@@ -138,6 +144,8 @@ class SLO:
                 raise PolicyError(f"SLO.{name} must be a finite number >= 0 or None, got {value!r}")
         if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
             raise PolicyError(f"SLO.tolerance must be in [0, 1), got {self.tolerance!r}")
+        if not (isinstance(self.confidence, (int, float)) and 0.5 <= self.confidence < 1):
+            raise PolicyError(f"SLO.confidence must be in [0.5, 1), got {self.confidence!r}")
         if not (math.isfinite(self.min_throughput_ratio) and self.min_throughput_ratio > 0):
             raise PolicyError("SLO.min_throughput_ratio must be > 0")
         if self.min_throughput_of is not None and not (isinstance(self.min_throughput_of, str)
@@ -152,7 +160,8 @@ class SLO:
     @classmethod
     def parse(cls, text: str) -> "SLO":
         """``"OBJ[,OBJ...][;CONSTRAINT...]"``; constraints ``latency<=MS``, ``drop<=POINTS``,
-        ``bytes<=N``, ``throughput>=N`` (inferences/s), ``throughput>=[R*]POLICY``, ``tol=0.05``; or a
+        ``bytes<=N``, ``throughput>=N`` (inferences/s), ``throughput>=[R*]POLICY``, ``tol=0.05``,
+        ``conf=0.9`` (the confidence of the accuracy bound); or a
         preset (``onload``) followed by more constraints. A later constraint of a kind replaces one
         given earlier."""
         parts = [p.strip() for p in text.split(";") if p.strip()]
@@ -163,7 +172,7 @@ class SLO:
         kwargs: dict = {}
         first = parts[0]
         objectives: tuple[str, ...]
-        if _CONSTRAINT.match(first) or first.startswith("tol"):
+        if _CONSTRAINT.match(first) or first.startswith(("tol", "conf")):
             objectives = ("throughput", "cloud_cost")
         else:
             objectives = tuple(o.strip() for o in first.split(",") if o.strip())
@@ -188,6 +197,8 @@ class SLO:
             parts.append(f"throughput>={ratio}{self.min_throughput_of}")
         if self.tolerance != 0.02:
             parts.append(f"tol={self.tolerance:g}")
+        if self.confidence != 0.95:
+            parts.append(f"conf={self.confidence:g}")
         return ";".join(parts)
 
 
@@ -195,10 +206,12 @@ def _constraint(part: str) -> dict[str, Any]:
     """The SLO fields one constraint text sets."""
     if part.replace(" ", "").startswith("tol="):
         return {"tolerance": _number(part.split("=", 1)[1], part)}
+    if part.replace(" ", "").startswith("conf="):
+        return {"confidence": _number(part.split("=", 1)[1], part)}
     match = _CONSTRAINT.match(part)
     if not match:
         raise PolicyError(f"cannot read SLO constraint {part!r}; use latency<=MS, drop<=POINTS, "
-                          f"bytes<=N, throughput>=N or throughput>=[R*]POLICY")
+                          f"bytes<=N, throughput>=N, throughput>=[R*]POLICY, tol=X or conf=X")
     what, op, value = match.groups()
     want = ">=" if what == "throughput" else "<="
     if op != want:

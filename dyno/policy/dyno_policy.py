@@ -12,9 +12,13 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
    (relative) on the first objective where the two differ beyond the tolerance, and the current one
    still meets the SLO;
 5. if nothing meets the SLO, pick the least-violating row and say so (``note``, ``meets_slo=False``);
-6. exploration: after ``probe_every`` device-only decisions in a row, offload one inference (the best
-   offloading row that meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by
-   the device's own transfers, cannot go stale forever. ``probe_every=0`` turns this off.
+6. exploration (``dyno.policy.explore``): after ``probe_every`` device-only decisions in a row and at
+   least ``probe_interval_s`` of device time, offload one inference (the best offloading row that
+   meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by the device's own
+   transfers, cannot go stale forever. ``probe_every=0`` turns this off.
+
+The pure rule (steps 1-3, 5) is remembered for the last estimates it saw: a device whose estimates have
+not changed since its last decision (a device-only streak) pays only for steps 4 and 6.
 
 The coder is a dimension of the rows like the cut and the bits: a plan lists each width with every
 coder on its bytes/time front, so a slow link picks a stronger coder and a fast one LZ4. ``codecs``
@@ -29,6 +33,7 @@ import numpy as np
 from dyno.errors import PolicyError
 from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
+from dyno.policy.explore import PROBE_INTERVAL_S, Explorer
 from dyno.policy.floor import FloorResolver
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
@@ -40,7 +45,7 @@ __all__ = ["DynoPolicy"]
 class DynoPolicy(Policy):
     """DynO: every (cut, bits) priced by the performance model, constrained and ordered by the SLO."""
 
-    def __init__(self, *, margin: float = 0.05, probe_every: int = 20,
+    def __init__(self, *, margin: float = 0.05, probe_every: int = 20, probe_interval_s: float = PROBE_INTERVAL_S,
                  power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None) -> None:
         if margin < 0:
             raise PolicyError("hysteresis margin must be >= 0")
@@ -50,6 +55,7 @@ class DynoPolicy(Policy):
             raise PolicyError(f"codecs must name quantising codecs ({', '.join(QUANT_CODECS)}), got {codecs!r}")
         self.margin = margin
         self.probe_every = probe_every
+        self.probe_interval_s = probe_interval_s
         self.codecs = None if codecs is None else tuple(codecs)
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
         self._models = ModelCache(power)
@@ -59,7 +65,8 @@ class DynoPolicy(Policy):
     def reset(self) -> None:
         self._current: int | None = None
         self._last_model: PerfModel | None = None
-        self._device_only_run = 0
+        self._explorer = Explorer(self.probe_every, self.probe_interval_s)
+        self._memo: tuple[tuple, tuple[int, bool, PerfModel, Evaluation, float | None]] | None = None
 
     def allowed(self, model: PerfModel) -> np.ndarray | None:
         """The rows this policy may choose (None: all): those of its ``codecs``, floats, images, device-only."""
@@ -72,6 +79,15 @@ class DynoPolicy(Policy):
 
     def choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
         """(row, meets_slo, model, evaluation, floor) without hysteresis or exploration: the pure rule."""
+        key = (id(state.plan), state.estimates, state.slo, state.batch, state.in_flight)
+        memo = self._memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        chosen = self._choose(state)
+        self._memo = (key, chosen)
+        return chosen
+
+    def _choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
         model = self._models.get(state.plan)
         slo = state.slo
         ev = model.evaluate(state.estimates, state.batch, state.in_flight)
@@ -89,6 +105,17 @@ class DynoPolicy(Policy):
         return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor
 
     def decide(self, state: State) -> Decision:
+        i, note, model, floor = self._pick(state)
+        row = model.rows[i]
+        return Decision(row.cut, row.codec, row.bits,
+                        model.prediction(i, state.estimates, state.batch, state.slo, floor, state.in_flight), note)
+
+    def choose_index(self, state: State) -> int:
+        """``decide``'s row (``PerfModel`` order) without building its ``Prediction`` (the simulator)."""
+        return self._pick(state)[0]
+
+    def _pick(self, state: State) -> tuple[int, str, PerfModel, float | None]:
+        """(row, note, model, floor): the pure rule, then hysteresis, then exploration."""
         best, ok, model, ev, floor = self.choose(state)
         note = "" if ok else "no option meets the SLO; least-violating chosen"
         slo = state.slo
@@ -105,20 +132,12 @@ class DynoPolicy(Policy):
                 best = current
         self._current = best
         if model.rows[best].offloaded:
-            self._device_only_run = 0
-        else:
-            self._device_only_run += 1
-            if self.probe_every and self._device_only_run > self.probe_every:
-                probe = self._probe_row(model, ev, slo, state.batch)
-                if probe is not None:
-                    self._device_only_run = 0
-                    row = model.rows[probe]
-                    return Decision(row.cut, row.codec, row.bits,
-                                    model.prediction(probe, state.estimates, state.batch, slo, floor, state.in_flight),
-                                    "probe: one offloaded inference to refresh the bandwidth estimate")
-        row = model.rows[best]
-        return Decision(row.cut, row.codec, row.bits,
-                        model.prediction(best, state.estimates, state.batch, slo, floor, state.in_flight), note)
+            self._explorer.offloaded()
+        elif self._explorer.device_only(float(ev.device[best])):
+            probe = self._probe_row(model, ev, slo, state.batch)
+            if probe is not None:
+                return probe, "probe: one offloaded inference to refresh the bandwidth estimate", model, floor
+        return best, note, model, floor
 
     def _gain_beats_margin(self, ev, new: int, old: int, slo: SLO, batch: int) -> bool:
         for objective in slo.objectives:

@@ -15,6 +15,14 @@ capacity K this device can use (worker-seconds per second: its own use plus the 
                              W / L0)                      (W: the client's request window, if bounded)
     energy         E   = P_compute * T_d + P_radio * T_l
     accuracy       A(c, option)  from the plan's precision table
+    drop bound     U   = 100 * (A_fp32 - A) + z * 100 * drop_se     (one-sided, z from SLO.confidence)
+
+The accuracy constraint is checked on U, not on the point estimate. A measured option without a standard
+error counts at its point estimate; fp32, the device-only row and the near-lossless rows inferred below
+(the input at 8 bits, fp16 where not measured) are exact. A quantised width the analysis *inferred*
+gets the smallest bound of the widths measured at or below it at the same cut (any coder: the coders of
+one width send the same codes), and no less than its own inferred drop: it is never chosen where no
+measured width at or below it meets the bound.
 
 Capacity and waiting are kept apart: a queue at the server lengthens latency (Q) but takes no
 throughput (the window bound uses L0: a queue is what saturation causes, not a cause of it); only load
@@ -40,6 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
+import weakref
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -52,7 +62,7 @@ if TYPE_CHECKING:
     from dyno.plan import Plan
 
 __all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict", "meets", "violation",
-           "MIN_BANDWIDTH_BPS"]
+           "MIN_BANDWIDTH_BPS", "drop_bounds", "shared_model"]
 
 MIN_BANDWIDTH_BPS = 1.0   # a zero estimate would make every offload infinitely slow; clamp it
 _EPS = 1e-9
@@ -79,6 +89,8 @@ class Row:
     encode_ms: float
     decode_ms: float
     measured: bool = True
+    drop_se: float | None = None   # standard error of the drop (a fraction), measured rows only
+    exact: bool = False            # inferred, but lossless or nearly so (no accuracy bound needed)
 
     @property
     def offloaded(self) -> bool:
@@ -98,18 +110,39 @@ def rows_of(plan: "Plan") -> list[Row]:
             seen.add((option.codec, option.bits))
             rows.append(Row(cut.id, option.codec, option.bits, float(option.bytes), float(option.accuracy),
                             float(cut.device_ms), float(option.encode_ms), float(option.decode_ms),
-                            option.measured))
+                            option.measured, option.drop_se, option.codec in ("fp32", "fp16")))
         if not any(o.codec == "fp32" for o in cut.options):
             rows.append(Row(cut.id, "fp32", None, float(cut.fp32_bytes), float(plan.accuracy_fp32),
-                            float(cut.device_ms), 0.0, 0.0, False))
+                            float(cut.device_ms), 0.0, 0.0, False, None, True))
         if cut.id == 0 and not any(o.bits == 8 and o.codec in QUANT_CODECS for o in cut.options):
             # the input is an 8-bit image: 8-bit quantisation of it is (near) lossless; priced
             # uncompressed, one byte per value (no compression credit), fp32 accuracy
             rows.append(Row(0, "shuffle-lz4", 8, float(cut.numel) + 64.0, float(plan.accuracy_fp32),
-                            float(cut.device_ms), 0.0, 0.0, False))
+                            float(cut.device_ms), 0.0, 0.0, False, None, True))
     last = plan.cuts[-1]
-    rows.append(Row(last.id, None, None, 0.0, float(plan.accuracy_fp32), float(last.device_ms), 0.0, 0.0))
+    rows.append(Row(last.id, None, None, 0.0, float(plan.accuracy_fp32), float(last.device_ms), 0.0, 0.0,
+                    True, None, True))
     return rows
+
+
+def drop_bounds(rows: Sequence[Row], accuracy_fp32: float, confidence: float) -> np.ndarray:
+    """Per row, the one-sided upper confidence bound of its accuracy drop in points (module docstring)."""
+    z = statistics.NormalDist().inv_cdf(confidence) if confidence > 0.5 else 0.0
+    drop = [(accuracy_fp32 - r.accuracy) * 100.0 for r in rows]
+    bound = np.full(len(rows), math.inf)
+    measured: dict[int, list[tuple[int, float]]] = {}   # cut -> (bits, bound) of its measured widths
+    for i, r in enumerate(rows):
+        if r.exact or r.codec is None:
+            bound[i] = drop[i]
+        elif r.measured:
+            bound[i] = drop[i] + z * 100.0 * (r.drop_se or 0.0)
+            if r.bits is not None and r.codec in QUANT_CODECS:
+                measured.setdefault(r.cut, []).append((r.bits, float(bound[i])))
+    for i, r in enumerate(rows):
+        if not (r.exact or r.codec is None or r.measured):
+            below = [b for bits, b in measured.get(r.cut, ()) if r.bits is not None and bits <= r.bits]
+            bound[i] = max(drop[i], min(below)) if below else math.inf
+    return bound
 
 
 def _cloud_ms(plan: "Plan", cut: int, batch: int) -> float:
@@ -125,8 +158,9 @@ def _batch_of(plan: "Plan", cut: int, batch: int) -> int:
 
 def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
             power: DevicePower = DevicePower(), slo: SLO | None = None,
-            floor: float | None = None, in_flight: int | None = None) -> Prediction:
-    """The scalar reference of the model for one row (plain Python floats, same operation order)."""
+            floor: float | None = None, in_flight: int | None = None, bound: float | None = None) -> Prediction:
+    """The scalar reference of the model for one row (plain Python floats, same operation order).
+    ``bound``: the row's drop bound in points (``drop_bounds``); None checks the point estimate."""
     kd = estimates.device_slowdown
     device = kd * row.device_ms + row.encode_ms
     if row.offloaded:
@@ -147,16 +181,17 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
         throughput = min(throughput, (in_flight * 1000.0) / intrinsic)
     energy = (power.compute_w * device + power.radio_w * link) / 1000.0
     prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True)
-    if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor):
+    if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor, bound):
         prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, False)
     return prediction
 
 
-def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None) -> bool:
-    """Whether a prediction meets every constraint of ``slo`` (and the throughput ``floor``)."""
+def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None, bound: float | None = None) -> bool:
+    """Whether a prediction meets every constraint of ``slo`` (and the throughput ``floor``); the drop
+    is checked on ``bound`` when given (points), else on the point estimate."""
+    drop = (accuracy_fp32 - p.accuracy) * 100.0 if bound is None else bound
     return not ((slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms)
-                or (slo.max_accuracy_drop is not None
-                    and (accuracy_fp32 - p.accuracy) * 100.0 > slo.max_accuracy_drop + _EPS)
+                or (slo.max_accuracy_drop is not None and drop > slo.max_accuracy_drop + _EPS)
                 or (slo.max_bytes is not None and p.bytes > slo.max_bytes)
                 or (floor is not None and floor > 0 and p.throughput < floor * (1.0 - _EPS)))
 
@@ -252,6 +287,7 @@ class PerfModel:
         self.decode_ms = f("decode_ms")
         self.offloaded = np.array([r.offloaded for r in self.rows], dtype=np.float64)
         self.drop = (plan.accuracy_fp32 - self.accuracy) * 100.0
+        self._bounds: dict[float, np.ndarray] = {}
         self._zero_stage = bool(np.any((self.device_ms == 0) & (self.encode_ms == 0) & (self.bytes == 0)))
         self._cloud_cache: dict[int, np.ndarray] = {}
         self._batch_cache: dict[int, np.ndarray] = {}
@@ -292,14 +328,21 @@ class PerfModel:
                 ev.throughput = np.minimum(throughput, (in_flight * 1000.0) / ev.intrinsic)
         return ev
 
+    def drop_bound(self, confidence: float) -> np.ndarray:
+        """Per row, the drop's upper confidence bound in points (``drop_bounds``)."""
+        bound = self._bounds.get(confidence)
+        if bound is None:
+            bound = self._bounds[confidence] = drop_bounds(self.rows, self.plan.accuracy_fp32, confidence)
+        return bound
+
     def static_mask(self, slo: SLO, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Rows meeting the constraints that do not depend on estimates (accuracy drop, bytes)."""
-        key = (slo.max_accuracy_drop, slo.max_bytes, None if allowed is None else allowed.tobytes())
+        """Rows meeting the constraints that do not depend on estimates (accuracy drop bound, bytes)."""
+        key = (slo.max_accuracy_drop, slo.max_bytes, slo.confidence, None if allowed is None else allowed.tobytes())
         mask = self._static_cache.get(key)
         if mask is None:
             mask = np.ones(len(self.rows), dtype=bool) if allowed is None else allowed.copy()
             if slo.max_accuracy_drop is not None:
-                mask &= self.drop <= slo.max_accuracy_drop + _EPS
+                mask &= self.drop_bound(slo.confidence) <= slo.max_accuracy_drop + _EPS
             if slo.max_bytes is not None:
                 mask &= self.bytes <= slo.max_bytes
             self._static_cache[key] = mask
@@ -321,7 +364,8 @@ class PerfModel:
             v += np.where(ev.latency > m, ev.latency / m - 1.0 if m > 0 else ev.latency, 0.0)
         if slo.max_accuracy_drop is not None:
             d = slo.max_accuracy_drop
-            v += np.where(self.drop > d + _EPS, (self.drop - d) / max(d, 1.0), 0.0)
+            bound = np.minimum(self.drop_bound(slo.confidence), 1e6)   # never inf: rows stay comparable
+            v += np.where(bound > d + _EPS, (bound - d) / max(d, 1.0), 0.0)
         if slo.max_bytes is not None:
             b = slo.max_bytes
             v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
@@ -357,8 +401,9 @@ class PerfModel:
 
     def prediction(self, i: int, est: Estimates, batch: int, slo: SLO | None,
                    floor: float | None, in_flight: int | None = None) -> Prediction:
+        bound = None if slo is None else float(self.drop_bound(slo.confidence)[i])
         return predict(self.plan, self.rows[i], est, batch, power=self.power, slo=slo, floor=floor,
-                       in_flight=in_flight)
+                       in_flight=in_flight, bound=bound)
 
     def mask_of(self, rows: Iterable[int]) -> np.ndarray:
         mask = np.zeros(len(self.rows), dtype=bool)
@@ -366,8 +411,28 @@ class PerfModel:
         return mask
 
 
+#: PerfModels shared by every policy instance: (id(plan), power) -> (weak reference to the plan, model).
+#: A fleet of a thousand simulated devices holds one model per plan, not one per device.
+_SHARED: dict[tuple[int, DevicePower], tuple[weakref.ref, PerfModel]] = {}
+_SHARED_MAX = 16
+
+
+def shared_model(plan: "Plan", power: DevicePower = DevicePower()) -> PerfModel:
+    """The one ``PerfModel`` of ``plan`` (plans are immutable) at ``power``, built on first use."""
+    key = (id(plan), power)
+    held = _SHARED.get(key)
+    if held is not None and held[0]() is plan:
+        return held[1]
+    model = PerfModel(plan, power=power)
+    if len(_SHARED) >= _SHARED_MAX:
+        for stale in [k for k, (ref, _) in _SHARED.items() if ref() is None] or list(_SHARED)[:1]:
+            del _SHARED[stale]
+    _SHARED[key] = (weakref.ref(plan), model)
+    return model
+
+
 class ModelCache:
-    """One ``PerfModel`` per plan object (plans are immutable)."""
+    """The ``PerfModel`` of the plan a policy last decided on (``shared_model``)."""
 
     def __init__(self, power: DevicePower) -> None:
         self.power = power
@@ -376,7 +441,7 @@ class ModelCache:
 
     def get(self, plan) -> PerfModel:
         if plan is not self._plan:
-            self._model = PerfModel(plan, power=self.power)
+            self._model = shared_model(plan, self.power)
             self._plan = plan
         assert self._model is not None
         return self._model

@@ -51,6 +51,9 @@ class Estimates:
       it uses now plus the headroom the server reports (``1.0``: one whole worker). Load the device
       causes itself is in both terms, so it never reads its own load as lost capacity; load from
       others shrinks the headroom, and so what this device can grow into.
+    - ``offload_overhead_ms`` / ``local_overhead_ms``: the client's own work per inference besides the
+      head and the encoding (deciding, framing, the RPC and its reply; or running the whole model through
+      the client), on an offloaded inference and on a device-only one: part of the device stage.
     """
 
     bandwidth_bps: float
@@ -59,9 +62,12 @@ class Estimates:
     server_ms_factor: float = 1.0
     queue_ms: float = 0.0
     cloud_capacity: float = 1.0
+    offload_overhead_ms: float = 0.0
+    local_overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity"):
+        for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity",
+                     "offload_overhead_ms", "local_overhead_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
@@ -143,14 +149,20 @@ class Monitors:
       This device's own use of the cloud (per-sample compute plus decode) is summed over the last
       ``CLOUD_WINDOW_S``: capacity = (own use + headroom) / pressure.
     - ``record_rtt(ms)``: a round-trip time sample.
+
+    ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
+    once when the client starts (``dyno.bench.calibrate``), not learned here: the device thread does not
+    report its per-inference time yet.
     """
 
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
                  initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0,
-                 initial_server_factor: float = 1.0) -> None:
+                 initial_server_factor: float = 1.0, overheads_ms: tuple[float, float] = (0.0, 0.0)) -> None:
         if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0
-                and initial_server_factor > 0):
-            raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT >= 0")
+                and initial_server_factor > 0 and min(overheads_ms) >= 0):
+            raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT and "
+                              "overheads >= 0")
+        self.overheads_ms = (float(overheads_ms[0]), float(overheads_ms[1]))   # (offloaded, device-only)
         self.plan = plan
         self.window = window
         self.initial_bandwidth_bps = float(initial_bandwidth_bps)
@@ -226,7 +238,7 @@ class Monitors:
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), _median(self._slowdown, self.initial_slowdown),
                       _median(self._server, self.initial_server_factor), _median(self._queue, 0.0),
-                      max(capacity, MIN_CLOUD_CAPACITY))
+                      max(capacity, MIN_CLOUD_CAPACITY), *self.overheads_ms)
             cached = self._previous
             if cached is None or values != self._values:   # unchanged figures: the same object
                 cached = self._previous = Estimates(*values)

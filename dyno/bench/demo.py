@@ -36,7 +36,7 @@ from dyno.errors import ConfigError
 from dyno.policy import DEFAULT_SLO
 from dyno.runtime import ClientConfig
 
-__all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "demo", "print_summary"]
+__all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "demo", "prepare", "print_summary"]
 
 #: The default uplink pattern, Mbit/s, one step per ``segment_s`` seconds.
 BUILTIN_PATTERN_MBPS = (8.0, 1.0, 0.3, 4.0)
@@ -120,7 +120,7 @@ def print_summary(systems: dict[str, dict[str, Any]], *, title: str = "summary",
 # ------------------------------------------------------------------------------------ demo
 
 
-def _prepare(model_name: str, data: str | None) -> tuple[Any, Any, Path]:
+def prepare(model_name: str, data: str | None) -> tuple[Any, Any, Path]:
     """Trained weights (training them on a first run) and the cached plan (analysing on a first run).
     Progress goes to stderr, so stdout stays clean for --json."""
     from dyno import offline, zoo
@@ -154,7 +154,7 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
         raise ConfigError(f"unknown system(s) {unknown}; known: {', '.join(policies.names())}")
     device = Device.tier(tier, mode=device_emulation)  # refuse a bad tier before minutes of preparation
     pattern = load_trace(trace) if trace else builtin_trace(segment_s)
-    plan, net, plan_path = _prepare(model, data)
+    plan, net, plan_path = prepare(model, data)
     torch.set_num_threads(1)  # the device: one core; the server child takes the other
     if duration is None:
         duration = min(pattern.period, 60.0) if trace else pattern.period

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ class Point:
     rate_bps: float
     estimate_bps: float
     nbytes: int
+    index: int = 0          # which of the workload's inputs
 
 
 def choice_label(codec: str | None, bits: int | None) -> str:
@@ -95,6 +96,7 @@ class SystemRun:
         self.link: Any = None
         self.client: Any = None
         self.errors: list[str] = []   # why the cloud was unreachable, as the client saw it
+        self.stats: dict[str, int] = {}   # the client's counters (replies, timeouts, overloaded, ...)
 
     @property
     def elapsed(self) -> float:
@@ -106,22 +108,32 @@ class SystemRun:
 
 
 def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, config: ClientConfig, *,
-               trace: Any = None, device: Any = None, splits: Any = None) -> dict[str, Any]:
+               trace: Any = None, device: Any = None, splits: Any = None, initial_bandwidth_bps: float | None = None,
+               slowdown: float | None = None, ready: Callable[[], None] | None = None,
+               overheads_ms: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """Run a client configured by ``config`` (its policy is the run's system) over ``workload``, through
-    the emulated ``trace`` and ``device`` if given; returns its summary (``SUMMARY_KEYS``)."""
+    the emulated ``trace`` and ``device`` if given; returns its summary (``SUMMARY_KEYS``).
+
+    ``initial_bandwidth_bps`` and ``slowdown`` seed the monitors (default: the trace's first rate and the
+    device's slowdown); ``ready()`` is called once the client is built, just before the clock starts
+    (``dyno bench`` starts the kernel link's rate replay there); ``overheads_ms`` (offloaded, device-only)
+    are the client's own per-inference costs (``dyno.bench.calibrate``) the policy prices."""
     from dyno.emulate.link import Link
     from dyno.monitor import Monitors
 
     link = Link(trace) if trace is not None else None
-    initial = trace.rate_bps(0.0) if trace is not None else 1e6
+    initial = initial_bandwidth_bps or (trace.rate_bps(0.0) if trace is not None else 1e6)
     monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
-                        initial_slowdown=getattr(device, "slowdown", 1.0))
+                        initial_slowdown=slowdown if slowdown else float(getattr(device, "slowdown", 1.0)),
+                        overheads_ms=overheads_ms)
     results: list[Result] = []
     state.link = link
     client = Client(plan, model, config, link=link, device=device, monitors=monitors, splits=splits,
                     on_result=lambda result: _record(state, workload, result, initial))
     state.client = client
     try:
+        if ready is not None:
+            ready()
         if link is not None:
             link.start()
         state.start = time.perf_counter()
@@ -130,6 +142,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     finally:
         state.errors = list(client.errors)
         client.close()
+        state.stats = dict(client.stats)
         state.client = None
     labels = [workload.ys[r.index % len(workload.ys)] for r in results]
     state.summary, state.done = summarize(results, labels, elapsed_s=elapsed), True
@@ -150,4 +163,5 @@ def _record(state: SystemRun, workload: Workload, result: Result, initial_bps: f
         t=time.perf_counter() - state.start, cut=result.cut, codec=result.codec, bits=result.bits,
         where=result.where, correct=result.top1 == workload.ys[result.index % len(workload.ys)],
         rate_bps=link.rate_bps() if link is not None else float("nan"),
-        estimate_bps=client.estimates().bandwidth_bps if client is not None else initial_bps, nbytes=result.bytes))
+        estimate_bps=client.estimates().bandwidth_bps if client is not None else initial_bps, nbytes=result.bytes,
+        index=result.index % len(workload.ys)))

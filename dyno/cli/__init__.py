@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "dyno.cli.run_command",
     "dyno.cli.demo_command",
     "dyno.cli.bench_commands",
+    "dyno.cli.ground_command",
 )
 
 

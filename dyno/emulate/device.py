@@ -42,8 +42,8 @@ from typing import Any, Callable
 
 from dyno.errors import ConfigError
 
-__all__ = ["TIERS", "TIER_MS", "CLOUD_MS", "REFERENCE_MODEL", "Device", "cgroup_available", "slowdown_for",
-           "tier_ms"]
+__all__ = ["TIERS", "TIER_MS", "CLOUD_MS", "REFERENCE_MODEL", "Device", "ProcessQuota", "cgroup_available",
+           "slowdown_for", "tier_ms"]
 
 #: The model tier latencies are quoted for (its whole-model latency, one inference, one thread).
 REFERENCE_MODEL = "efficientnet-lite0"
@@ -208,3 +208,47 @@ def _sleep_until(deadline: float) -> None:
         if left <= 0:
             return
         time.sleep(left if left > 0.002 else left / 2)
+
+
+class ProcessQuota:
+    """This whole process (every thread, now and later) slowed by a cgroup v1 CPU quota of 1/``slowdown``
+    of one CPU: how ``dyno bench`` slows a device client process. Join before starting threads;
+    ``close()`` moves the process back to the root group and removes the group.
+
+        with ProcessQuota(1.28):
+            ...run the client...
+    """
+
+    def __init__(self, slowdown: float) -> None:
+        if not (isinstance(slowdown, (int, float)) and 1.0 <= slowdown <= 1000):
+            raise ConfigError(f"a CPU quota's slowdown must be in 1..1000, got {slowdown!r}")
+        if not cgroup_available():
+            raise ConfigError(f"a CPU quota needs a writable cgroup v1 cpu controller at {_CGROUP_ROOT}")
+        self.slowdown = float(slowdown)
+        self.group: Path | None = _CGROUP_ROOT / f"dyno-process-{os.getpid()}"
+        self.group.mkdir(exist_ok=True)
+        # 1 ms of CPU per k ms (the kernel's least quota): with 10 ms periods a 1 ms head ran at full speed
+        # and the throttling came in chunks, so timed heads read as native while the rate was 1/k
+        period_us = max(1000, int(round(1000 * self.slowdown)))
+        (self.group / "cpu.cfs_period_us").write_text(str(period_us))
+        (self.group / "cpu.cfs_quota_us").write_text(str(max(1000, int(period_us / self.slowdown))))
+        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+
+    def close(self) -> None:
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            (_CGROUP_ROOT / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            pass
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "ProcessQuota":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -5,7 +5,8 @@ k_d, uplink bandwidth B, RTT, the cloud's per-sample time S = plan.cloud_ms_per_
 batch size b it runs (f the observed/profiled server factor), the queueing wait Q and the cloud
 capacity K this device can use (worker-seconds per second: its own use plus the server's headroom)::
 
-    device stage   T_d = k_d * T_dev(c) + T_enc            (T_dev: the plan's device_ms, this process)
+    device stage   T_d = k_d * T_dev(c) + T_enc + T_o      (T_dev: the plan's device_ms, this process; T_o the
+                                                          client's own work per inference, offloaded or not)
     link stage     T_l = 8 * D / B
     cloud cost     C   = T_dec + S                        (cloud compute seconds per inference)
     cloud stage    T_c = C / K                            (capacity: load from others shrinks K)
@@ -162,7 +163,8 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
     """The scalar reference of the model for one row (plain Python floats, same operation order).
     ``bound``: the row's drop bound in points (``drop_bounds``); None checks the point estimate."""
     kd = estimates.device_slowdown
-    device = kd * row.device_ms + row.encode_ms
+    device = kd * row.device_ms + row.encode_ms + (estimates.offload_overhead_ms if row.offloaded
+                                                   else estimates.local_overhead_ms)
     if row.offloaded:
         link = (row.bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
         s = _cloud_ms(plan, row.cut, batch) * estimates.server_ms_factor
@@ -311,6 +313,8 @@ class PerfModel:
 
     def evaluate(self, est: Estimates, batch: int = 1, in_flight: int | None = None) -> Evaluation:
         device = self.encode_ms + est.device_slowdown * self.device_ms
+        if est.offload_overhead_ms or est.local_overhead_ms:
+            device = device + np.where(self.offloaded > 0, est.offload_overhead_ms, est.local_overhead_ms)
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
         s = self.cloud_ps(batch) * est.server_ms_factor
         cost = self.decode_ms + s

@@ -23,9 +23,8 @@ words (``cannot connect to HOST:PORT: connection refused ...``, ``TLS handshake 
 ``RESOURCE_EXHAUSTED: ...``); ``stats`` counts ``replies`` (valid replies from the cloud),
 ``bad_replies``, ``overloaded``, ``timeouts``, ``connects``, ``reconnects`` and ``reopened``.
 
-**Load correction**: the server reports its load including this client's own requests, but a device
-must never read the load it causes itself as lost capacity (DESIGN, performance model), so the monitors
-get the load minus this client's share of the server's busy time over the server's 1 s load window.
+Replies feed the monitors the server's compute, wait, headroom and pressure (``dyno.monitor`` prices the
+cloud from them) and, without an emulated link, each frame's own time on the wire (``WireClock``).
 """
 
 from __future__ import annotations
@@ -190,8 +189,10 @@ class CloudConnection:
     async def _connect(self) -> None:
         server = self.config.server
         try:
+            asked = time.perf_counter()
             described = await self._stub.Describe(pb.DescribeRequest(), timeout=self.config.connect_timeout,
                                                   metadata=self._metadata())
+            self.telemetry.wire.note_rtt(time.perf_counter() - asked)   # a round trip without payload
         except grpc.aio.AioRpcError as error:
             raise ServerUnavailable(describe_failure(str(server), error, tls=self.config.tls is not None)) \
                 from error
@@ -200,6 +201,7 @@ class CloudConnection:
                 f"{server} serves {described.model} plan {described.plan_hash[:12]}, not "
                 f"{self.plan.model} plan {self.plan_hash[:12]}; start it with this plan")
         self.served = {c.id for c in described.cuts if c.served}
+        self.telemetry.wire.reset()
         await self._open_stream()
         if self.telemetry.stats["connects"]:
             self.telemetry.count("reconnects")
@@ -312,14 +314,16 @@ class CloudConnection:
         now = time.perf_counter()
         server_s = (reply.queue_ms + reply.compute_ms) / 1000
         network_s = max(now - inference.written - server_s, 0.0)
+        wire = None
+        if self.link is None:  # no emulated link: the frame's own time on the wire (inflight.WireClock)
+            transfer, rtt = self.telemetry.wire.frame(inference.written, now, server_s)
+            network_s, wire = rtt, None if transfer is None else (inference.nbytes, transfer)
+            inference.transfer_ms = (transfer or 0.0) * 1000
         decision = inference.decision
         assert decision is not None and decision.codec is not None
         option = self.plan.cuts[decision.cut].option(decision.codec, decision.bits)
         self.telemetry.record_reply(decision.cut, reply, at=now, decode_ms=option.decode_ms if option else 0.0,
-                                    rtt_ms=network_s * 1000,
-                                    wire=None if self.link is not None else (inference.nbytes, network_s))
-        if self.link is None:  # no emulated link: the wire time is all we can see
-            inference.transfer_ms = network_s * 1000
+                                    rtt_ms=network_s * 1000, wire=wire)
         self._deliver(inference, Result(
             index=inference.index, classes=tuple(reply.classes), scores=tuple(reply.scores),
             cut=decision.cut, codec=decision.codec, bits=decision.bits, where="cloud",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dyno.policy import Decision, Estimates
     from dyno.runtime.proto import inference_pb2 as pb
 
-__all__ = ["Inference", "Telemetry"]
+__all__ = ["Inference", "Telemetry", "WireClock"]
 
 log = logging.getLogger("dyno.client")
 
@@ -56,6 +56,45 @@ class Inference:
         return self.decision.cut
 
 
+class WireClock:
+    """Time on the wire of each frame sent over a real network, from the client's clock alone.
+
+    A reply tells how long the request spent at the server (queue + compute), so ``replied - server``
+    is when it reached the server, plus the constant way back. Frames on one connection arrive in the
+    order sent, so a frame written while the one before was still on the link started when that one
+    arrived: its own transfer is the difference of the two arrivals (the ways back cancel). One written
+    onto an idle link started when written, and took ``arrival - written - RTT``. So::
+
+        transfer_i = arrival_i - max(written_i + rtt, arrival_(i-1))
+
+    ``rtt`` is the least of a round trip without payload (``note_rtt``: the ``Describe`` call at
+    connection) and the recent round trips of whole frames. Counting the wait behind earlier frames as
+    transfer time (what ``replied - written - server`` does) reads a queue of 8 frames as a link 8 times
+    slower."""
+
+    def __init__(self) -> None:
+        self.rtt_s: float | None = None
+        self._last = float("-inf")
+        self._recent: collections.deque[float] = collections.deque(maxlen=32)
+
+    def note_rtt(self, seconds: float) -> None:
+        if seconds > 0:
+            self.rtt_s = seconds if self.rtt_s is None else min(self.rtt_s, seconds)
+
+    def reset(self) -> None:
+        """A new connection: no frame is ahead on the link."""
+        self._last = float("-inf")
+
+    def frame(self, written: float, replied: float, server_s: float) -> tuple[float | None, float]:
+        """(transfer seconds or None when the sample says nothing, the round trip in seconds)."""
+        arrival = replied - server_s
+        self._recent.append(max(arrival - written, 0.0))
+        rtt = min(self._recent) if self.rtt_s is None else min(self.rtt_s, min(self._recent))
+        transfer = arrival - max(written + rtt, self._last)
+        self._last = max(self._last, arrival)
+        return (transfer if transfer > 1e-6 else None), rtt
+
+
 class Telemetry:
     """What one client has seen; safe to use from any thread.
 
@@ -70,6 +109,7 @@ class Telemetry:
         self.stats: collections.Counter[str] = collections.Counter()
         self.errors: collections.deque[str] = collections.deque(maxlen=16)
         self.batches: collections.deque[int] = collections.deque(maxlen=16)
+        self.wire = WireClock()
         self._monitor_lock = threading.Lock()
         self._stats_lock = threading.Lock()
 

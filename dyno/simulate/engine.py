@@ -34,7 +34,8 @@ __all__ = ["SimConfig", "SimResult", "simulate_policy", "OracleDyno", "result_of
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SimConfig:
     """Simulation settings. ``duration_s`` None = one period of the trace; ``batch`` the batch size the
-    policy expects before any reply says otherwise; ``cloud`` the simulated server."""
+    policy expects before any reply says otherwise; ``cloud`` the simulated server; ``overhead_ms`` /
+    ``local_overhead_ms`` the client's own work per offloaded / device-only inference."""
 
     slowdown: float
     duration_s: float | None = None
@@ -45,6 +46,7 @@ class SimConfig:
     window: int = 8
     oracle_horizon_s: float = 1.0
     overhead_ms: float = 0.0
+    local_overhead_ms: float = 0.0
     timeline: bool = False
     cloud: CloudConfig = DEFAULT_CLOUD
 
@@ -63,7 +65,8 @@ class SimConfig:
         return FleetConfig(duration_s=duration_s, rtt_ms=self.rtt_ms, window=self.max_inflight,
                            batch_hint=self.batch, initial_bandwidth_bps=self.initial_bandwidth_bps,
                            monitor_window=self.window, oracle_horizon_s=self.oracle_horizon_s,
-                           overhead_ms=self.overhead_ms, timeline=self.timeline, cloud=self.cloud)
+                           overhead_ms=self.overhead_ms, local_overhead_ms=self.local_overhead_ms,
+                           timeline=self.timeline, cloud=self.cloud)
 
 
 @dataclasses.dataclass

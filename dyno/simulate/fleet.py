@@ -4,7 +4,7 @@ sharing one batching cloud (``dyno.simulate.cloud``). One device is the single-d
 
 Each device is a pipeline of its own two stages and the shared cloud::
 
-    device (k_d * device_ms + encode_ms + overhead_ms) -> link (trace.transfer_time(bytes, start))
+    device (k_d * device_ms + encode_ms + the client's own work) -> link (trace.transfer_time(bytes, start))
         -> RTT/2 -> cloud (batched per cut) -> RTT/2 -> reply
 
 Work arrives in one of two ways (``DeviceSpec.rate``):
@@ -84,6 +84,7 @@ class FleetConfig:
     backlog: int = 1
     backoff_s: tuple[float, float] = (0.1, 2.0)
     overhead_ms: float = 0.0
+    local_overhead_ms: float = 0.0
     decide_every_s: float = 0.0
     timeline: bool = False
     cloud: CloudConfig = DEFAULT_CLOUD
@@ -93,7 +94,7 @@ class FleetConfig:
             raise ConfigError("duration must be > 0 seconds")
         if self.window < 1 or self.batch_hint < 1 or self.backlog < 1:
             raise ConfigError("window, batch_hint and backlog must be >= 1")
-        if self.rtt_ms < 0 or self.overhead_ms < 0 or self.decide_every_s < 0:
+        if self.rtt_ms < 0 or min(self.overhead_ms, self.local_overhead_ms) < 0 or self.decide_every_s < 0:
             raise ConfigError("rtt, overhead and decide_every must be >= 0")
 
 
@@ -198,7 +199,8 @@ class _Engine:
                 met = met_cache[spec.slo] = _met_rows(model, spec.slo)
             monitors = Monitors(self.plan, initial_bandwidth_bps=config.initial_bandwidth_bps,
                                 window=config.monitor_window, initial_rtt_ms=config.rtt_ms,
-                                initial_slowdown=spec.slowdown, initial_server_factor=config.cloud.scale)
+                                initial_slowdown=spec.slowdown, initial_server_factor=config.cloud.scale,
+                                overheads_ms=(config.overhead_ms, config.local_overhead_ms))
             self.devices.append(_Device(i, spec, monitors, met, config.timeline))
 
     def push(self, when: float, kind: int, a: Any, b: Any = None) -> None:
@@ -282,7 +284,8 @@ class _Engine:
             start = max(t, dev.link_free) + dev.spec.offset_s
             c = self.config
             return Estimates(bandwidth_bps=dev.spec.trace.mean_rate(start, start + c.oracle_horizon_s),
-                             rtt_ms=c.rtt_ms, device_slowdown=dev.spec.slowdown, server_ms_factor=c.cloud.scale)
+                             rtt_ms=c.rtt_ms, device_slowdown=dev.spec.slowdown, server_ms_factor=c.cloud.scale,
+                             offload_overhead_ms=c.overhead_ms, local_overhead_ms=c.local_overhead_ms)
         pending, monitors = dev.pending, dev.monitors
         while pending and pending[0][0] <= t:
             when, _, observed = heapq.heappop(pending)
@@ -333,13 +336,14 @@ class _Engine:
         offload = row.codec is not None
         if offload and t < dev.hold_until:   # backing off the cloud: all of it on the device
             tally.fallbacks += 1
-            head = k * self.plan.cuts[-1].device_ms + self.config.overhead_ms
+            head = k * self.plan.cuts[-1].device_ms + self.config.local_overhead_ms
             dev.device_free = t + head / 1000.0
             dev.later(dev.device_free, ("d", self.plan.cuts[-1].id, k * self.plan.cuts[-1].device_ms))
             self._answer(dev, i, t0, dev.device_free, 0.0, False)
             return
         head_ms = k * row.device_ms
-        dev_end = t + (head_ms + row.encode_ms + self.config.overhead_ms) / 1000.0
+        extra = self.config.overhead_ms if offload else self.config.local_overhead_ms
+        dev_end = t + (head_ms + row.encode_ms + extra) / 1000.0
         dev.device_free = dev_end
         if row.device_ms > 0:
             dev.later(dev_end, ("d", row.cut, head_ms))

@@ -1,0 +1,216 @@
+"""``dyno bench``: ground truth for the scheduler. Systems x traces x device tiers through a real server
+process and real client processes, each beside the simulator on the same configuration.
+
+- **The link**: where the machine allows (root, iproute2), the server and the clients sit in two network
+  namespaces joined by a veth pair, and the uplink is the kernel's token bucket filter (tbf) on the
+  client side, its rate stepped along the trace with ``tc qdisc change`` (``dyno.emulate.netns``);
+  otherwise the in-process token bucket (``dyno.emulate.link``). ``link`` in the report says which.
+- **The device**: one client process per run, pinned to CPU 0 with one torch thread, slowed to the tier's
+  absolute latency by a cgroup v1 CPU quota on the whole process where the controller is mounted, else by
+  padding each head run (``device_emulation`` says which). A tier faster than this machine cannot be
+  emulated by slowing down: it runs at native speed and the report keeps both the tier's and the
+  emulated slowdown (``k_requested``, ``k_emulated``); the simulator is given the emulated one.
+- **The cloud**: one real server process (``dyno.runtime.ServerProcess``), pinned to CPU 1, serving the
+  plan; its speed is this machine's, so the simulator runs with the plan's measured cloud profile.
+- **The simulator beside it**: the same plan, trace, policy, SLO, window and duration, device slowdown
+  ``k_emulated``, cloud scale 1, round trip ``rtt_ms`` (``dyno.simulate.simulate_policy``).
+
+Every system gets the same SLO (JALAD and split-int8 respect its accuracy bound). Each row holds the
+measured and simulated throughput and their ratio, top-1, bytes per inference and p95 latency, and the
+run's evidence (``dyno.bench.record``): choices, a per-second timeline, predicted against observed
+throughput, realised top-1 against the fp32 model with intervals.
+
+    document = ground_truth(plan_path, systems=("dyno", "device-only"), traces=[...], tiers=("low",))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dyno.bench.record import evidence
+from dyno.emulate.traces import Trace
+from dyno.errors import ConfigError, RuntimeServiceError
+from dyno.progress import NO_PROGRESS, Progress
+
+__all__ = ["BENCH_SYSTEMS", "ground_truth", "choose_link", "choose_device", "fp32_correct", "server_in"]
+
+BENCH_SYSTEMS = ("dyno", "device-only", "cloud-only", "neurosurgeon", "jalad", "split-int8")
+CLIENT_CPU, SERVER_CPU = 0, 1
+
+
+def choose_link(link: str) -> tuple[str, str]:
+    """("tbf" | "token-bucket", why): ``auto`` takes tbf where a kernel-shaped link can be made."""
+    from dyno.emulate.netns import available
+
+    why = available()
+    if link == "tbf" and why:
+        raise ConfigError(f"--link tbf: {why}")
+    if link in ("tbf", "auto") and not why:
+        return "tbf", "tc tbf on a veth pair between two network namespaces"
+    return "token-bucket", f"in-process token bucket ({why or 'asked for'})"
+
+
+def choose_device(mode: str) -> str:
+    """"cgroup" | "pad": ``auto`` takes a cgroup CPU quota where the v1 controller is writable."""
+    from dyno.emulate.device import cgroup_available
+
+    if mode == "cgroup" and not cgroup_available():
+        raise ConfigError("--device-emulation cgroup: no writable cgroup v1 cpu controller at /sys/fs/cgroup/cpu")
+    if mode == "auto":
+        return "cgroup" if cgroup_available() else "pad"
+    return mode
+
+
+def server_in(namespace: str | None, cpu: int | None, plan_path: str, weights: str) -> Any:
+    """A ``ServerProcess`` builder: enter ``namespace`` and pin to ``cpu`` first (before any thread)."""
+    from dyno.runtime import from_plan_file
+
+    if namespace:
+        from dyno.emulate.netns import enter
+
+        enter(namespace)
+    if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+    return from_plan_file(plan_path, weights)
+
+
+def fp32_correct(plan: Any, data: str | None, n: int, weights: str) -> list[bool]:
+    """Whether the unmodified fp32 model gets each of the workload's ``n`` inputs right."""
+    from dyno import zoo
+    from dyno.bench.session import labelled
+
+    model = zoo.load_model(plan.model, weights=weights)
+    xs, ys = labelled(plan.model, data, n)
+    with torch.inference_mode():
+        top = torch.cat([model(xs[i:i + 16]).argmax(1) for i in range(0, len(xs), 16)])
+    return [int(p) == y for p, y in zip(top.tolist(), ys, strict=True)]
+
+
+def _measure(spec: dict[str, Any], kernel: Any, trace: Trace, timeout: float) -> dict[str, Any]:
+    """One client process through its run (``dyno.bench.ground_client``)."""
+    from dyno.bench.ground_client import client_main
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=client_main, args=(spec, child), name="dyno-bench-client", daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise RuntimeServiceError("the bench client did not get ready in time")
+        kind, value = parent.recv()
+        if kind != "ready":
+            raise RuntimeServiceError(f"the bench client failed: {value}")
+        replay = kernel.replay(trace) if kernel is not None else contextlib.nullcontext()
+        with replay:
+            parent.send(("go", None))
+            if not parent.poll(spec["duration"] + timeout):
+                raise RuntimeServiceError("the bench client did not finish in time")
+            kind, value = parent.recv()
+        if kind != "done":
+            raise RuntimeServiceError(f"the bench client failed: {value}")
+        return value
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+        parent.close()
+
+
+def _simulated(plan: Any, system: str, trace: Trace, *, slo: Any, slowdown: float, duration: float,
+               in_flight: int, rtt_ms: float, nominal: float, overheads: dict[str, Any]) -> Any:
+    from dyno.bench.simulate import build_policy
+    from dyno.policy.model import shared_model
+    from dyno.simulate import CloudConfig, SimConfig, simulate_policy
+
+    config = SimConfig(slowdown=slowdown, duration_s=duration, rtt_ms=rtt_ms, max_inflight=in_flight,
+                       initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3), cloud=CloudConfig(scale=1.0),
+                       overhead_ms=overheads["offload_ms"], local_overhead_ms=overheads["local_ms"])
+    return simulate_policy(build_policy(system, nominal_bandwidth_bps=nominal), shared_model(plan), trace, slo,
+                           config)
+
+
+def _row(system: str, tier: str, trace: Trace, measured: dict[str, Any], simulated: Any, *, duration: float,
+         slo: Any, fp32: list[bool], k: tuple[float, float]) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    points = [SimpleNamespace(**p) for p in measured["points"]]
+    s = measured["summary"]
+    sim_throughput = simulated.throughput
+    record = evidence(points, measured["log"], trace=trace, duration=duration, slo=slo,
+                      fp32_correct=[fp32[p.index] for p in points])
+    return {"system": system, "tier": tier, "trace": trace.name, "k_requested": k[0], "k_emulated": k[1],
+            "measured_throughput": s["throughput"], "simulated_throughput": sim_throughput,
+            "ratio": s["throughput"] / sim_throughput if s["throughput"] and sim_throughput else None,
+            "accuracy": s["accuracy"], "bytes_mean": s["bytes_mean"], "p95_ms": s["p95_ms"], "p50_ms": s["p50_ms"],
+            "simulated_p95_ms": simulated.metrics()["p95_ms"],
+            "simulated_bytes_mean": simulated.metrics()["bytes_mean"],
+            "fallbacks": s["fallbacks"], "stats": measured.get("stats", {}), "errors": measured.get("errors", []),
+            "overheads": measured.get("overheads"),
+            "evidence": record}
+
+
+def ground_truth(plan_path: str | Path, *, systems: Sequence[str] = BENCH_SYSTEMS, traces: Sequence[Trace],
+                 tiers: Sequence[str] = ("low", "mid", "high"), slo: str = "throughput;drop<=1",
+                 duration: float = 30.0, in_flight: int = 8, data: str | None = None, n: int = 400,
+                 weights: str = "trained", link: str = "auto", device_emulation: str = "auto",
+                 reference_ms: float | None = None, rtt_ms: float = 0.5, timeout: float = 10.0,
+                 progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns the ``--json`` document."""
+    from dyno.bench.reference import Speeds
+    from dyno.plan import Plan
+    from dyno.policy import SLO
+    from dyno.runtime import ServerConfig, ServerProcess
+
+    plan = Plan.load(plan_path)
+    parsed = SLO.parse(slo)
+    speeds = Speeds(float(reference_ms), "--reference-ms") if reference_ms else Speeds.for_plan(plan)
+    link_kind, link_why = choose_link(link)
+    device_kind = choose_device(device_emulation)
+    fp32 = fp32_correct(plan, data, n, weights)
+    nominal = sorted(t.mean_bps for t in traces)[len(traces) // 2]
+    tick = progress.task("bench", len(systems) * len(traces) * len(tiers))
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        kernel = None
+        if link_kind == "tbf":
+            from dyno.emulate.netns import KernelLink
+
+            kernel = stack.enter_context(KernelLink.create(traces[0].rate_bps(0.0)))
+        config = ServerConfig(torch_threads=1, max_queue_ms=2000.0)
+        address = f"{kernel.server_ip}:0" if kernel else "127.0.0.1:0"
+        server = stack.enter_context(ServerProcess(server_in, kernel.server_ns if kernel else None, SERVER_CPU,
+                                                   str(plan_path), weights, config=config, threads=1,
+                                                   address=address, log=os.devnull))
+        for tier in tiers:
+            wanted = speeds.device(tier)
+            k = max(1.0, wanted)
+            for trace in traces:
+                for system in systems:
+                    tick(status=f"{tier} {trace.name} {system}")
+                    spec = {"plan_path": str(plan_path), "weights": weights, "data": data, "n": n, "system": system,
+                            "slo": slo, "server": server.address, "duration": duration, "in_flight": in_flight,
+                            "slowdown": k, "device_emulation": device_kind, "cpu": CLIENT_CPU,
+                            "netns": kernel.client_ns if kernel else None, "link": link_kind, "timeout": timeout,
+                            "trace": {"times": trace.times, "rates": trace.rates_bps, "name": trace.name},
+                            "initial_bandwidth_bps": max(trace.rate_bps(0.0), 1e3), "nominal_bandwidth_bps": nominal}
+                    if kernel is not None:
+                        kernel.set_rate(1e9)          # the client measures its own cost on a fast link
+                    measured = _measure(spec, kernel, trace, timeout=120.0)
+                    simulated = _simulated(plan, system, trace, slo=parsed, slowdown=k, duration=duration,
+                                           in_flight=in_flight, rtt_ms=rtt_ms, nominal=nominal,
+                                           overheads=measured["overheads"])
+                    rows.append(_row(system, tier, trace, measured, simulated, duration=duration, slo=parsed,
+                                     fp32=fp32, k=(wanted, k)))
+    return {"plan": plan.model, "plan_hash": plan.hash, "link": link_kind, "link_detail": link_why,
+            "device_emulation": device_kind, "slo": str(parsed), "duration_s": duration, "in_flight": in_flight,
+            "speeds": speeds.describe({t: speeds.device(t) for t in tiers}), "rtt_ms_simulated": rtt_ms,
+            "rows": rows, "seconds": time.perf_counter() - started}

@@ -172,6 +172,7 @@ class _Run:
             self.tick()
             result = CutPrecision(id=cut.id, name=cut.name, nonnegative=cut.nonnegative)
             previous = self.results[-1] if self.results else None
+            trim_heap()  # the previous cut's evaluations freed their batches: give the pages back first
             shared = self._advance(index, previous)
             trim_heap()
             self.results.append(result)
@@ -217,6 +218,7 @@ class _Run:
             if self.live:
                 self.live[k] = None
                 previous_acts[k] = before = None
+                trim_heap()  # this cut's tensors rarely fit the previous cut's holes: release them now
             live.append(values)
         self.live = list(live)
         self.acts = [values[cuts[index].name] for values in live]

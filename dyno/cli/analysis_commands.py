@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prof.add_argument("--quiet", action="store_true", help="no progress bars")
     prof.set_defaults(func=run_profile)
 
+    _register_plan(subparsers)
+
+
+def _register_plan(subparsers: argparse._SubParsersAction) -> None:
     plan = subparsers.add_parser("plan", help="inspect a plan file", description="Inspect a plan file.")
     actions = plan.add_subparsers(dest="action", metavar="ACTION")
     show = actions.add_parser(

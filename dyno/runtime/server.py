@@ -58,7 +58,7 @@ from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.splits import Splits, warm_codecs
 from dyno.runtime.streams import StreamHandler
-from dyno.runtime.tails import Tails
+from dyno.runtime.tails import BatchRunner, Tails
 
 # ServerConfig, TLSConfig and channel_options live in dyno.runtime.config; re-exported for old imports.
 __all__ = ["Server", "create_server", "SERVICE_NAME", "ServerConfig", "TLSConfig", "channel_options"]
@@ -71,12 +71,14 @@ class Server:
     """A dyno cloud server; made by :func:`create_server`. ``start``, ``stop`` and
     ``wait_for_termination`` are coroutines on the loop the server was created in."""
 
-    def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig, *, splits: Splits | None = None):
+    def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig, *, splits: Splits | None = None,
+                 runner: BatchRunner | None = None):
         self.plan, self.config = plan, config
         self.plan_hash = plan.hash  # computed once: hashing a plan serialises it
         self.splits = splits or Splits(model, plan)
         self.served = {c.id for c in plan.cuts[:-1] if self.splits.batchable(c.id)}
-        self.tails = Tails(plan, self.splits)
+        # what runs the batches and says the load replies report: these tails, or e.g. dyno.cloud's replicas
+        self.tails: BatchRunner = runner if runner is not None else Tails(plan, self.splits)
         self.metrics = ServerMetrics()
         self.admission = Admission(config)
         self._compute_pool = concurrent.futures.ThreadPoolExecutor(
@@ -230,10 +232,9 @@ class Server:
         assert self.batcher is not None
         outcome = await self.batcher.submit(cut.id, request, arrived)
         classes, scores, logits = outcome.value
-        load = self.batcher.meter.load()
+        load, headroom, pressure = self.tails.cloud_signal(self.config, self.batcher.meter.load())
         self.metrics.load.set(load)
         self.metrics.queue.observe(outcome.queue_s, cut=cut.id)
-        headroom, pressure = self.config.cloud_signal(load)
         return pb.Reply(request_id=request.request_id, classes=classes, scores=scores, logits=logits,
                         queue_ms=outcome.queue_s * 1000, compute_ms=outcome.compute_s * 1000,
                         batch=outcome.batch, load=load, queued=self.batcher.queued, headroom=headroom,
@@ -247,7 +248,7 @@ class Server:
 
     def health_reply(self) -> pb.HealthReply:
         status = pb.HealthReply.DRAINING if self.draining else pb.HealthReply.SERVING
-        load = self.batcher.meter.load() if self.batcher else 0.0
+        load = self.tails.cloud_signal(self.config, self.batcher.meter.load())[0] if self.batcher else 0.0
         return pb.HealthReply(status=status, load=load, in_flight=self.admission.in_flight)
 
     def describe_reply(self) -> pb.DescribeReply:

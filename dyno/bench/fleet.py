@@ -12,7 +12,7 @@ own monitors, fed by the simulated server's replies. Per system and N:
 - ``cloud_s``: cloud compute seconds per answered inference (decode + the tail's share of its batch),
   and ``price_per_million`` at ``price`` per cloud-second;
 - ``p50_ms``/``p95_ms`` latency; ``jain``: Jain's fairness of per-device goodput; ``cloud_utilisation``:
-  worker-busy seconds over workers x duration.
+  worker-busy seconds over workers x the run (until the last answer).
 
     document = fleet_experiment(plan, traces, sizes=(1, 4, 16), tiers={"low": 1.28, ...}, ...)
 """
@@ -101,7 +101,7 @@ def fleet_metrics(result: FleetResult, *, price: float | None = None) -> dict[st
         "p50_ms": float(np.percentile(latencies, 50)) if answered else None,
         "p95_ms": float(np.percentile(latencies, 95)) if answered else None,
         "jain": _jain([d.met / duration for d in devices]),
-        "cloud_utilisation": result.cloud_busy_s / (result.workers * duration),
+        "cloud_utilisation": result.cloud_busy_s / (result.workers * max(result.end, duration)),
         "throughput": answered / duration,
         "inferences": answered, "demanded": demanded, "dropped": sum(d.dropped for d in devices),
         "fallbacks": sum(d.fallbacks for d in devices), "refused": result.refused,

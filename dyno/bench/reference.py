@@ -79,7 +79,7 @@ class Speeds:
     """Absolute tiers against one plan: ``device(tier)`` and ``cloud(tier)`` scale its profiles."""
 
     reference_ms: float
-    source: str             # "plan" (recorded at analysis), "measured", or "$DYNO_REFERENCE_MS"
+    source: str             # "plan" (recorded), the plan's own profile (a Lite0 plan), "measured", "$DYNO_REFERENCE_MS"
     assumed: str = ""       # the assumption made, if the plan did not record its machine's speed
     warning: str = ""
 
@@ -88,6 +88,8 @@ class Speeds:
         recorded = plan.notes.get("reference_ms") if isinstance(plan.notes, dict) else None
         if isinstance(recorded, (int, float)) and recorded > 0:
             return cls(float(recorded), "plan")
+        if plan.model == REFERENCE_MODEL:   # the plan profiled the reference model itself: its own figure
+            return cls(float(plan.cuts[-1].device_ms), "the plan's own device profile")
         here = measure_reference_ms()
         assumed = (f"the plan records no reference latency: assumed profiled on this machine "
                    f"({REFERENCE_MODEL} {here['ms']:.1f} ms here, {here['source']})")

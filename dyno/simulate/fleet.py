@@ -62,6 +62,7 @@ class DeviceSpec:
     offset_s: float = 0.0
     rate: float | None = None
     tier: str = ""
+    phase_s: float | None = None     # the first frame's time (None: spread over the frame period by index)
 
     def __post_init__(self) -> None:
         if not (self.slowdown > 0 and math.isfinite(self.slowdown)):
@@ -122,6 +123,9 @@ class DeviceTally:
 
 @dataclasses.dataclass
 class FleetResult:
+    """Every device's tally and the cloud's: worker-busy seconds, batches, requests served and refused;
+    ``end`` is when the last inference was answered (after ``duration_s``, the drain)."""
+
     devices: list[DeviceTally]
     duration_s: float
     cloud_busy_s: float
@@ -129,6 +133,7 @@ class FleetResult:
     batches: int
     served: int
     refused: int
+    end: float = 0.0
 
 
 class _Device:
@@ -214,7 +219,8 @@ class _Engine:
             if rate is None:
                 self._schedule_start(dev, 0.0)
             else:  # a phase per device, spread evenly, so that frames do not all arrive together
-                self.push((dev.index * 0.618034 % 1.0) / rate, FRAME, dev)
+                phase = dev.spec.phase_s
+                self.push((dev.index * 0.618034 % 1.0) / rate if phase is None else phase, FRAME, dev)
         heap, pop = self.heap, heapq.heappop
         ticked, progress = 0.0, self.progress
         cloud = self.cloud
@@ -234,8 +240,9 @@ class _Engine:
             if progress is not None and t - ticked >= 1.0:
                 ticked = math.floor(t)
                 progress(min(ticked, duration))
+        end = max([duration] + [d.tally.end for d in self.devices])
         return FleetResult([d.tally for d in self.devices], duration, cloud.busy_total, self.config.cloud.workers,
-                           cloud.batches, cloud.served, cloud.refused)
+                           cloud.batches, cloud.served, cloud.refused, end)
 
     # ------------------------------------------------------------------------------ work arriving
 

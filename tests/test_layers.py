@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("policy",),
     ("offline", "simulate"),
     ("runtime",),
+    ("cloud",),                                        # the runtime's tails on Ray Serve (optional: Ray)
     ("bench",),
     ("cli",),
     ("__main__",),

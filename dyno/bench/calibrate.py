@@ -14,7 +14,12 @@ make the client wait. It becomes wall time at the device's speed for that work: 
 the whole client process is slowed (a cgroup CPU quota), as is when only the heads are padded.
 
     overheads = client_overheads(plan, model, xs, server=address, device=device, slowdown=1.3, whole=True)
-    overheads["offload_ms"], overheads["local_ms"]
+    overheads["offload_ms"], overheads["local_ms"], overheads["server_factor"]
+
+The offloaded run also reads the server's speed now: its replies' compute time per sample over the
+plan's profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the
+machine is as fast as when it was profiled). A simulator compared with this run uses it as the cloud's
+scale: the plan's profile was measured at another time, on a machine other work shares.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ __all__ = ["client_overheads"]
 
 
 def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: Any, splits: Any,
-                       seconds: float) -> tuple[float, int]:
+                       seconds: float) -> tuple[float, int, float]:
+    """(CPU seconds per inference, inferences, the server's observed/profiled time per sample)."""
     from dyno.runtime import Client
 
     with Client(plan, model, config, device=device, splits=splits) as client:
@@ -37,7 +43,8 @@ def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: A
         for _ in window:
             count += 1
         used = time.process_time() - start_cpu
-    return (used / count if count else 0.0), count
+        factor = client.estimates().server_ms_factor
+    return (used / count if count else 0.0), count, factor
 
 
 def _until(xs: Any, deadline: float) -> Any:
@@ -55,20 +62,20 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
     from dyno.runtime import ClientConfig
 
     factor = slowdown if whole else 1.0
-    local_cpu, local_n = _cpu_per_inference(plan, model, xs, ClientConfig(server=None, policy="device-only"),
+    local_cpu, local_n, _ = _cpu_per_inference(plan, model, xs, ClientConfig(server=None, policy="device-only"),
                                             device=device, splits=splits, seconds=seconds)
     local_ms = max(0.0, local_cpu * 1000 - plan.cuts[-1].device_ms)
     out = {"local_ms": local_ms * factor, "local_cpu_ms": local_cpu * 1000, "local_n": local_n,
            "factor": factor, "seconds": seconds}
     if server is None:
-        out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0)
+        out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0)
         return out
     option = next((o for o in plan.cuts[0].options if o.codec == "jpeg"), None)
     policy = "cloud-only" if option is not None else "cloud-only-raw"
     config = ClientConfig(server=server, policy=policy, timeout=30.0)
-    offload_cpu, offload_n = _cpu_per_inference(plan, model, xs, config, device=device, splits=splits,
+    offload_cpu, offload_n, server_factor = _cpu_per_inference(plan, model, xs, config, device=device, splits=splits,
                                                 seconds=seconds)
     encode = option.encode_ms if option is not None else 0.0
     out.update(offload_ms=max(0.0, offload_cpu * 1000 - encode) * factor, offload_cpu_ms=offload_cpu * 1000,
-               offload_n=offload_n, offload_policy=policy)
+               offload_n=offload_n, offload_policy=policy, server_factor=server_factor)
     return out

@@ -6,13 +6,19 @@ device client in this process (``dyno.bench.session``) with:
 
 - an emulated slow device (``dyno.emulate.device``: each head, encoding and fallback tail padded to
   k_d times its measured time, or a cgroup v1 CPU quota with ``device_emulation="cgroup"``), torch
-  pinned to one thread here;
+  pinned to one thread here; the tier is absolute (``mid``: EfficientNet-Lite0 in 12 ms), scaled by the
+  reference model's latency on this machine (``dyno.bench.reference``; a tier faster than this machine
+  runs at native speed, and the summary says so);
 - an emulated uplink (``dyno.emulate.link``: a token bucket under the client's send path) replaying a
   bandwidth pattern, the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s or a trace file.
 
 Every system replays the *same* pattern for the *same* wall time (one pass of the pattern), feeding
-labelled inputs as fast as it can take them (cycling through ``n`` distinct inputs), so the systems
-see identical conditions and throughput is a fair comparison. A live display shows the bandwidth
+labelled inputs as fast as it can take them (cycling through ``n`` distinct inputs), under the same SLO,
+so the systems see identical conditions and throughput is a fair comparison. Before the first system
+the client's own cost per inference is measured once (``dyno.bench.calibrate``) and every policy prices
+it. Each system's summary carries its ``evidence``: the SLO, the histogram of choices, a per-second
+timeline (true and estimated bandwidth, cut, bits, completions), predicted against observed throughput,
+and the realised top-1 against the fp32 model with intervals (``dyno.bench.record``). A live display shows the bandwidth
 (true and estimated), the chosen cut and bits, throughput and accuracy; at the end a summary table
 and a PNG timeline (bandwidth, cut, bits, throughput over time).
 
@@ -24,13 +30,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from dyno.bench.calibrate import client_overheads
 from dyno.bench.console import RichProgress, stderr_console, stdout_console
 from dyno.bench.demo_plot import plot_timeline
+from dyno.bench.record import Recorder, evidence
 from dyno.bench.session import SystemRun, Workload, choice_label, labelled, run_system
 from dyno.errors import ConfigError
 from dyno.policy import DEFAULT_SLO
@@ -145,40 +154,78 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
          plot: str | Path | None = "dyno-demo.png", live: bool = True) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns ``{"systems": {NAME: summary}, ...}``."""
     from dyno import policy as policies
-    from dyno.emulate.device import Device
+    from dyno.bench.reference import Speeds
     from dyno.emulate.traces import load_trace
     from dyno.runtime.splits import Splits
 
     unknown = [s for s in systems if s not in policies.names()]
     if unknown or not systems:
         raise ConfigError(f"unknown system(s) {unknown}; known: {', '.join(policies.names())}")
-    device = Device.tier(tier, mode=device_emulation)  # refuse a bad tier before minutes of preparation
+    _device(tier, 1.0, device_emulation).close()   # refuse a bad tier before minutes of preparation
     pattern = load_trace(trace) if trace else builtin_trace(segment_s)
     plan, net, plan_path = prepare(model, data)
     torch.set_num_threads(1)  # the device: one core; the server child takes the other
+    speeds = Speeds.for_plan(plan)
+    device = _device(tier, speeds.reference_ms, device_emulation)
     if duration is None:
         duration = min(pattern.period, 60.0) if trace else pattern.period
     xs, ys = labelled(model, data, n)
     splits = Splits(net, plan)
     splits.warm()
+    fp32 = _fp32_correct(net, xs, ys)
     runs = [SystemRun(name, duration) for name in systems]
     title = f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
-    with _server(plan_path) as server, _display(live, runs, title):
-        for run in runs:
-            config = ClientConfig(server=server.address, policy=run.name, slo=slo if run.name == "dyno" else None,
-                                  in_flight=in_flight)
-            run_system(run, plan, net, Workload(xs=xs, ys=ys, duration=duration), config, trace=pattern,
-                       device=device, splits=splits)
+    parsed = policies.SLO.parse(slo) if slo else policies.SLO()
+    with _server(plan_path) as server:
+        overheads = client_overheads(plan, net, xs, server=server.address, device=device, splits=splits)
+        with _display(live, runs, title):
+            for run in runs:
+                _run_one(run, plan, net, server.address, parsed, in_flight, Workload(xs=xs, ys=ys, duration=duration),
+                         pattern, device, splits, overheads, fp32)
     device.close()
     out: dict[str, Any] = {
-        "systems": {run.name: run.summary for run in runs}, "model": model, "plan_hash": plan.hash,
+        "systems": {run.name: run.summary for run in runs}, "model": model, "plan_hash": plan.hash, "slo": str(parsed),
         "device": device.description, "device_emulation": device_emulation, "uplink": pattern.name,
-        "seconds_per_system": duration, "distinct_inputs": len(xs)}
+        "seconds_per_system": duration, "distinct_inputs": len(xs), "overheads": overheads,
+        "speeds": {**speeds.describe({str(tier): device.requested}), "emulated_slowdown": device.slowdown,
+                   "device_ms": device.slowdown * speeds.reference_ms}}
     if plot:
         out["plot"] = str(plot_timeline(runs, pattern, duration, plot, title))
     if live:
         _report(out, runs, model, duration)
     return out
+
+
+def _device(tier: str | float, reference_ms: float, mode: str) -> Any:
+    """The emulated device: an absolute tier (low/mid/high) on a machine whose reference model takes
+    ``reference_ms``, ``native``, or a number (a slowdown k_d against this machine)."""
+    from dyno.emulate.device import TIER_MS, Device
+
+    if isinstance(tier, str) and tier in TIER_MS:
+        return Device.absolute(tier, reference_ms=reference_ms, mode=mode)
+    return Device.tier(tier, mode=mode)
+
+
+def _fp32_correct(net: Any, xs: torch.Tensor, ys: list[int]) -> list[bool]:
+    with torch.inference_mode():
+        top = torch.cat([net(xs[i:i + 32]).argmax(1) for i in range(0, len(xs), 32)])
+    return [int(p) == y for p, y in zip(top.tolist(), ys, strict=True)]
+
+
+def _run_one(run: SystemRun, plan: Any, net: Any, address: str, slo: Any, in_flight: int, workload: Workload,
+             pattern: Any, device: Any, splits: Any, overheads: dict[str, Any], fp32: list[bool]) -> None:
+    """One system through the runtime, with the record a reader needs to check it (``dyno.bench.record``)."""
+    from dyno.policy import make
+
+    recorder = Recorder(make(run.name))
+    config = ClientConfig(server=address, policy=recorder, slo=slo, in_flight=in_flight)
+    run_system(run, plan, net, workload, config, trace=pattern, device=device, splits=splits,
+               ready=lambda: recorder.start(time.perf_counter()),
+               overheads_ms=(overheads["offload_ms"], overheads["local_ms"]))
+    assert run.summary is not None
+    run.summary["evidence"] = evidence(run.points, recorder.log, trace=pattern, duration=run.duration, slo=slo,
+                                       fp32_correct=[fp32[p.index] for p in run.points])
+    run.summary["stats"] = run.stats
 
 
 def _server(plan_path: Path) -> Any:
@@ -198,6 +245,11 @@ def _display(live: bool, runs: list[SystemRun], title: str) -> Any:
 
 def _report(out: dict[str, Any], runs: list[SystemRun], model: str, duration: float) -> None:
     summaries = out["systems"]
+    sp = out["speeds"]
+    print(f"absolute figures: {sp['reference_model']} {sp['reference_ms']:.1f} ms on this machine ({sp['source']}); "
+          f"device {out['device']} = {sp['device_ms']:.1f} ms for {sp['reference_model']}; the cloud is this "
+          f"machine's server process; client overheads {out['overheads']['offload_ms']:.2f} ms offloaded, "
+          f"{out['overheads']['local_ms']:.2f} ms on the device; SLO {out['slo']}")
     print_summary(summaries, title=f"{model}: same bandwidth pattern, same {duration:.0f} s for each system",
                   baseline="device-only" if "device-only" in summaries else None)
     counts = collections.Counter(f"cut {p.cut} {choice_label(p.codec, p.bits)}"

@@ -13,7 +13,9 @@ process and real client processes, each beside the simulator on the same configu
 - **The cloud**: one real server process (``dyno.runtime.ServerProcess``), pinned to CPU 1, serving the
   plan; its speed is this machine's, so the simulator runs with the plan's measured cloud profile.
 - **The simulator beside it**: the same plan, trace, policy, SLO, window and duration, device slowdown
-  ``k_emulated``, cloud scale 1, round trip ``rtt_ms`` (``dyno.simulate.simulate_policy``).
+  ``k_emulated``, round trip ``rtt_ms``, and the speeds measured when the client starts
+  (``dyno.bench.calibrate``): the client's own work per inference and the server's time per sample over
+  the plan's profile (the cloud's scale) (``dyno.simulate.simulate_policy``).
 
 Every system gets the same SLO (JALAD and split-int8 respect its accuracy bound). Each row holds the
 measured and simulated throughput and their ratio, top-1, bytes per inference and p95 latency, and the
@@ -131,7 +133,8 @@ def _simulated(plan: Any, system: str, trace: Trace, *, slo: Any, slowdown: floa
     from dyno.simulate import CloudConfig, SimConfig, simulate_policy
 
     config = SimConfig(slowdown=slowdown, duration_s=duration, rtt_ms=rtt_ms, max_inflight=in_flight,
-                       initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3), cloud=CloudConfig(scale=1.0),
+                       initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3),
+                       cloud=CloudConfig(scale=overheads.get("server_factor", 1.0)),
                        overhead_ms=overheads["offload_ms"], local_overhead_ms=overheads["local_ms"])
     return simulate_policy(build_policy(system, nominal_bandwidth_bps=nominal), shared_model(plan), trace, slo,
                            config)

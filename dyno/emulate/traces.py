@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 from dyno.errors import TraceFileError
 
-__all__ = ["Trace", "load_trace", "load_traces", "MAHIMAHI_PACKET_BYTES"]
+__all__ = ["Trace", "Shifted", "load_trace", "load_traces", "MAHIMAHI_PACKET_BYTES"]
 
 MAHIMAHI_PACKET_BYTES = 1500
 
@@ -134,6 +134,27 @@ class Trace:
     @classmethod
     def constant(cls, rate_bps: float, period: float = 1.0, name: str = "constant") -> "Trace":
         return cls([0.0, period], [rate_bps], name=name)
+
+    def shifted(self, offset_s: float) -> "Shifted":
+        """This trace read from ``offset_s`` on: what a device that joins the trace there sees."""
+        return Shifted(self, offset_s)
+
+
+class Shifted:
+    """A trace read from an offset (``Trace.shifted``): the same rates, ``offset_s`` later."""
+
+    def __init__(self, trace: Trace, offset_s: float) -> None:
+        self.trace, self.offset_s = trace, float(offset_s)
+        self.name, self.period = trace.name, trace.period
+
+    def rate_bps(self, t: float) -> float:
+        return self.trace.rate_bps(t + self.offset_s)
+
+    def transfer_time(self, nbytes: float, start_t: float) -> float:
+        return self.trace.transfer_time(nbytes, start_t + self.offset_s)
+
+    def mean_rate(self, t0: float, t1: float) -> float:
+        return self.trace.mean_rate(t0 + self.offset_s, t1 + self.offset_s)
 
 
 # ------------------------------------------------------------------------------------------ files

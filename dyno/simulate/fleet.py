@@ -45,7 +45,7 @@ from dyno.policy import FEEDS, SLO, Estimates, Policy, State
 from dyno.policy.model import PerfModel
 from dyno.simulate.cloud import DEFAULT_CLOUD, DONE, REPLY, CloudConfig, Request, SimCloud
 
-__all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "run_fleet"]
+__all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "run_fleet", "met_rows"]
 
 START, ARRIVE, FRAME = 0, 1, 4
 
@@ -171,7 +171,7 @@ class _Device:
         self.seq += 1
 
 
-def _met_rows(model: PerfModel, slo: SLO) -> list[bool]:
+def met_rows(model: PerfModel, slo: SLO) -> list[bool]:
     """Per row, whether it meets the SLO's accuracy (point estimate) and bytes constraints."""
     ok = []
     for k in range(len(model.rows)):
@@ -201,7 +201,7 @@ class _Engine:
             spec.policy.reset()
             met = met_cache.get(spec.slo)
             if met is None:
-                met = met_cache[spec.slo] = _met_rows(model, spec.slo)
+                met = met_cache[spec.slo] = met_rows(model, spec.slo)
             monitors = Monitors(self.plan, initial_bandwidth_bps=config.initial_bandwidth_bps,
                                 window=config.monitor_window, initial_rtt_ms=config.rtt_ms,
                                 initial_slowdown=spec.slowdown, initial_server_factor=config.cloud.scale,

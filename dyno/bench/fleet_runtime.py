@@ -1,0 +1,198 @@
+"""``dyno bench-runtime --what fleet``: the fleet on the real runtime beside the fleet simulator.
+
+One real server process (``dyno serve``'s body, ``dyno.runtime.ServerProcess``: ``server="embedded"``;
+other placements plug in here by name) and N real clients spread over a few processes
+(``dyno.bench.fleet_worker``), each client with its own emulated device (padding each head run to its
+tier's absolute latency; a tier faster than this machine runs at native speed), its own uplink (the
+in-process token bucket replaying its trace from its own offset), its own policy and monitors. The fleet
+is the simulator's (``dyno.bench.fleet.fleet_specs``: same tiers, traces, offsets and frame rate), and
+the fleet simulator runs the same configuration beside it: one worker, the emulated slowdowns, and the
+speeds measured at the start (``dyno.bench.calibrate``: the client's own work per inference, and the
+server's time per sample over the plan's profile as the cloud's scale: the server is this machine's).
+
+Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
+inference (the server's own compute-time counter over the answered inferences), p50/p95 latency, Jain's
+fairness, cloud utilisation (compute seconds over the run). Every client comes from 127.0.0.1, so the
+server's per-client limits are raised to its whole-server ones.
+
+    document = fleet_bench("plan.json", sizes=(1, 8), policies=("dyno", "cloud-only"), traces=[...])
+    document["measured"]["fleet"][1]["policies"]["dyno"]["goodput"]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import urllib.request
+from typing import Any, Sequence
+
+from dyno.bench.fleet import DEFAULT_MIX, FLEET_POLICIES, fleet_metrics, fleet_specs
+from dyno.emulate.traces import Trace
+from dyno.errors import ConfigError, RuntimeServiceError
+from dyno.progress import NO_PROGRESS, Progress
+
+__all__ = ["SERVERS", "fleet_bench"]
+
+#: Where the cloud runs: ``embedded`` = one ``dyno serve`` process on this machine.
+SERVERS = ("embedded",)
+
+
+def _compute_seconds(server: Any) -> float:
+    from dyno.runtime.metrics import parse_text
+
+    with urllib.request.urlopen(str(server.metrics_url), timeout=5) as response:
+        metrics = parse_text(response.read().decode())
+    return sum(v for (name, _), v in metrics.items() if name == "dyno_compute_seconds_sum")
+
+
+def _launch(spec: dict[str, Any], groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run the client groups in their processes at once; the per-client reports."""
+    from dyno.bench.fleet_worker import worker_main
+
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    for group in groups:
+        parent, child = context.Pipe()
+        process = context.Process(target=worker_main, args=({**spec, "clients": group}, child), daemon=True)
+        process.start()
+        child.close()
+        pipes.append(parent)
+        processes.append(process)
+    try:
+        for parent in pipes:
+            if not parent.poll(300):
+                raise RuntimeServiceError("a fleet worker did not get ready in time")
+            kind, value = parent.recv()
+            if kind != "ready":
+                raise RuntimeServiceError(f"a fleet worker failed: {value}")
+        for parent in pipes:
+            parent.send(("go", None))
+        reports = []
+        for parent in pipes:
+            if not parent.poll(spec["duration"] + 300):
+                raise RuntimeServiceError("a fleet worker did not finish in time")
+            kind, value = parent.recv()
+            if kind != "done":
+                raise RuntimeServiceError(f"a fleet worker failed: {value}")
+            reports += value
+        return reports
+    finally:
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+def _measured(plan: Any, specs: list[Any], reports: list[dict[str, Any]], *, duration: float, slo: Any,
+              compute_s: float, price: float | None) -> dict[str, Any]:
+    from dyno.policy.model import shared_model
+    from dyno.simulate.fleet import DeviceTally, FleetResult, met_rows
+
+    model = shared_model(plan)
+    met_ok = met_rows(model, slo)
+    tallies, end = [], duration
+    for spec, report in zip(specs, reports, strict=True):
+        tally = DeviceTally(spec.tier, spec.trace.name, demanded=report["demanded"], dropped=report["dropped"])
+        for latency, cut, codec, bits, where, finished, _correct, nbytes in report["answers"]:
+            row = model.index.get((cut, codec, bits), model.device_only)
+            ok = met_ok[row] if where != "fallback" else True
+            tally.answered += 1
+            tally.started += 1
+            tally.latencies_ms.append(latency)
+            tally.met += ok and (slo.max_latency_ms is None or latency <= slo.max_latency_ms)
+            tally.fallbacks += where == "fallback"
+            tally.offloaded += where == "cloud"
+            tally.bytes_total += nbytes
+            tally.accuracy_sum += model.rows[row].accuracy
+            end = max(end, finished - report["start"])
+        tallies.append(tally)
+    result = FleetResult(tallies, duration, compute_s, 1, 0, 0, 0, end)
+    metrics = fleet_metrics(result, price=price)
+    answered = max(metrics["inferences"], 1)
+    metrics["cloud_s"] = compute_s / answered
+    if price is not None:
+        metrics["price_per_million"] = metrics["cloud_s"] * price * 1e6
+    return metrics
+
+
+def _calibrate(plan: Any, weights: str, n: int, server: str) -> dict[str, Any]:
+    """The client's own work per inference and the server's speed now (``dyno.bench.calibrate``)."""
+    import torch
+
+    from dyno import zoo
+    from dyno.bench.calibrate import client_overheads
+    from dyno.bench.session import labelled
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        xs, _ = labelled(plan.model, None, min(n, 64))
+        return client_overheads(plan, zoo.load_model(plan.model, weights=weights), xs, server=server)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), policies: Sequence[str] = FLEET_POLICIES,
+                traces: Sequence[Trace], mix: dict[str, float] = DEFAULT_MIX, rate: float = 10.0,
+                duration: float = 20.0, slo: str | None = None, window: int = 8, processes: int = 4,
+                server: str = "embedded", seed: int = 0, price: float | None = None, n: int = 200,
+                weights: str = "trained", reference_ms: float | None = None,
+                progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """Measure the fleet on the real runtime and simulate it beside (module docstring)."""
+    from dyno.bench.fleet import fleet_slo
+    from dyno.bench.reference import Speeds
+    from dyno.plan import Plan
+    from dyno.policy import SLO
+    from dyno.policy.model import shared_model
+    from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
+    from dyno.simulate import CloudConfig, FleetConfig, run_fleet
+
+    if server not in SERVERS:
+        raise ConfigError(f"unknown server placement {server!r}; known: {', '.join(SERVERS)}")
+    plan = Plan.load(plan_path)
+    parsed = SLO.parse(slo or fleet_slo(rate))
+    speeds = Speeds(float(reference_ms), "--reference-ms") if reference_ms else Speeds.for_plan(plan)
+    wanted = {t: speeds.device(t) for t in mix}
+    tiers = {t: max(1.0, k) for t, k in wanted.items()}
+    base = ServerConfig()
+    config = ServerConfig(torch_threads=1, metrics_port=0, max_streams_per_client=base.max_streams,
+                          max_in_flight_per_client=base.max_queued_requests)
+    measured, simulated = [], []
+    tick = progress.task("fleet bench", len(sizes) * len(policies))
+    started = time.perf_counter()
+    with ServerProcess(from_plan_file, plan_path, weights, config=config, threads=1) as cloud:
+        calibration = _calibrate(plan, weights, n, cloud.address)
+        sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
+                                 cloud=CloudConfig(scale=calibration["server_factor"]),
+                                 overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
+        for size in sizes:
+            m_entry: dict[str, Any] = {"devices": size, "policies": {}}
+            s_entry: dict[str, Any] = {"devices": size, "policies": {}}
+            for name in policies:
+                tick(status=f"{size} x {name}")
+                specs = fleet_specs(traces, size, name, mix=mix, tiers=tiers, slo=parsed, rate=rate, seed=seed)
+                clients = [{"system": name, "slowdown": s.slowdown, "offset": s.offset_s,
+                            "phase": (i * 0.618034 % 1.0) / rate,
+                            "trace": {"times": s.trace.times, "rates": s.trace.rates_bps, "name": s.trace.name}}
+                           for i, s in enumerate(specs)]
+                groups = [clients[k::min(processes, size)] for k in range(min(processes, size))]
+                before = _compute_seconds(cloud)
+                reports = _launch({"plan_path": str(plan_path), "weights": weights, "server": cloud.address,
+                                   "slo": str(parsed), "rate": rate, "duration": duration, "window": window, "n": n},
+                                  groups)
+                order = [c for k in range(len(groups)) for c in range(k, size, len(groups))]
+                by_client = dict(zip(order, reports, strict=True))
+                m_entry["policies"][name] = _measured(plan, specs, [by_client[i] for i in range(size)],
+                                                      duration=duration, slo=parsed,
+                                                      compute_s=_compute_seconds(cloud) - before, price=price)
+                sim = run_fleet(shared_model(plan), specs, sim_config)
+                s_entry["policies"][name] = fleet_metrics(sim, price=price)
+            measured.append(m_entry)
+            simulated.append(s_entry)
+    return {"plan": plan.model, "server": server, "slo": str(parsed), "rate": rate, "duration_s": duration,
+            "mix": dict(mix), "tiers": tiers, "tiers_requested": wanted, "window": window, "processes": processes,
+            "device_emulation": "pad", "link": "token-bucket", "cloud_price_per_s": price,
+            "speeds": speeds.describe(wanted), "cloud": {"scale": sim_config.cloud.scale, "workers": 1},
+            "calibration": calibration,
+            "measured": {"fleet": measured}, "simulated": {"fleet": simulated},
+            "seconds": time.perf_counter() - started}

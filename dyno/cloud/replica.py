@@ -43,8 +43,9 @@ class TailReplica:
         self.id = serve.get_replica_context().replica_id.unique_id
         warm_codecs(plan)
         self._costs = self._warm(plan)
-        self.one.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
-        self.one.set_batch_wait_timeout_s(max_wait_ms / 1000)  # type: ignore[attr-defined]
+        batched: Any = self.one  # @serve.batch's wrapper takes its limits at run time
+        batched.set_max_batch_size(max_batch)
+        batched.set_batch_wait_timeout_s(max_wait_ms / 1000)
 
     def _warm(self, plan: Plan) -> dict[int, float]:
         """Build every served tail on the device and time it once on zeros (batch size 1)."""

@@ -38,7 +38,8 @@ from dyno.runtime.splits import Splits
 if TYPE_CHECKING:
     from dyno.runtime.config import ServerConfig
 
-__all__ = ["Tails", "BatchRunner", "Frame", "FrameLike", "MAX_ERROR_TEXT", "TORCH_DEVICES", "resolve_device"]
+__all__ = ["Tails", "BatchRunner", "Frame", "FrameLike", "MAX_ERROR_TEXT", "TORCH_DEVICES", "resolve_device",
+           "stored_error"]
 
 #: A stored frame error keeps at most this much of its message.
 MAX_ERROR_TEXT = 300
@@ -92,7 +93,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def _stored(error: FrameError) -> FrameError:
+def stored_error(error: FrameError) -> FrameError:
     """A frame error as a batch keeps it until every request is answered: its message (bounded) and
     nothing else - no traceback, cause or context, so nothing the failed decode built outlives it."""
     text = str(error)
@@ -154,7 +155,7 @@ class Tails:
                 arrays.append(self.decode(cut, request.meta, request.payload))
                 rows.append(i)
             except FrameError as error:
-                results[i] = _stored(error)
+                results[i] = stored_error(error)
         if not arrays:
             return results
         stacked = np.stack(arrays)  # a copy: decoded frames may be read-only views of the message

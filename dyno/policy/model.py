@@ -44,175 +44,36 @@ an input cut without an 8-bit quantised option gets ``shuffle-lz4:8`` inferred a
 ``PerfModel`` precomputes numpy arrays once per plan (one row per (cut, option), the device-only row
 last) and evaluates all rows at once; ``predict`` is the scalar reference of the same formulas.
 """
-
 from __future__ import annotations
 
-import dataclasses
 import math
-import statistics
 import weakref
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from dyno.errors import PolicyError
-from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Estimates, Prediction
+from dyno.policy.rows import (
+    DEFAULT_POWER,
+    EPS,
+    MIN_BANDWIDTH_BPS,
+    DevicePower,
+    Row,
+    batch_of,
+    cloud_ms,
+    drop_bounds,
+    meets,
+    predict,
+    rows_of,
+    violation,
+)
 
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
 __all__ = ["DevicePower", "Row", "PerfModel", "ModelCache", "rows_of", "predict", "meets", "violation",
-           "MIN_BANDWIDTH_BPS", "drop_bounds", "shared_model"]
-
-MIN_BANDWIDTH_BPS = 1.0   # a zero estimate would make every offload infinitely slow; clamp it
-_EPS = 1e-9
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DevicePower:
-    """Device power while computing and while transmitting (watts); rough smartphone-class defaults."""
-
-    compute_w: float = 2.5
-    radio_w: float = 1.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One priced choice: ``codec``/``bits`` None on the device-only row."""
-
-    cut: int
-    codec: str | None
-    bits: int | None
-    bytes: float
-    accuracy: float
-    device_ms: float
-    encode_ms: float
-    decode_ms: float
-    measured: bool = True
-    drop_se: float | None = None   # standard error of the drop (a fraction), measured rows only
-    exact: bool = False            # inferred, but lossless or nearly so (no accuracy bound needed)
-
-    @property
-    def offloaded(self) -> bool:
-        return self.codec is not None
-
-
-def rows_of(plan: "Plan") -> list[Row]:
-    """Every (cut, option) of the plan in plan order, inferred fp32 rows added, device-only last.
-
-    A decision names (cut, codec, bits) only, so of options sharing that label the first is priced."""
-    rows: list[Row] = []
-    for cut in plan.cuts[:-1]:
-        seen: set[tuple[str, int | None]] = set()
-        for option in cut.options:
-            if (option.codec, option.bits) in seen:  # same label, other clip: the first one is used,
-                continue                             # as ``CutPlan.option(codec, bits)`` returns it
-            seen.add((option.codec, option.bits))
-            rows.append(Row(cut.id, option.codec, option.bits, float(option.bytes), float(option.accuracy),
-                            float(cut.device_ms), float(option.encode_ms), float(option.decode_ms),
-                            option.measured, option.drop_se, option.codec in ("fp32", "fp16")))
-        if not any(o.codec == "fp32" for o in cut.options):
-            rows.append(Row(cut.id, "fp32", None, float(cut.fp32_bytes), float(plan.accuracy_fp32),
-                            float(cut.device_ms), 0.0, 0.0, False, None, True))
-        if cut.id == 0 and not any(o.bits == 8 and o.codec in QUANT_CODECS for o in cut.options):
-            # the input is an 8-bit image: 8-bit quantisation of it is (near) lossless; priced
-            # uncompressed, one byte per value (no compression credit), fp32 accuracy
-            rows.append(Row(0, "shuffle-lz4", 8, float(cut.numel) + 64.0, float(plan.accuracy_fp32),
-                            float(cut.device_ms), 0.0, 0.0, False, None, True))
-    last = plan.cuts[-1]
-    rows.append(Row(last.id, None, None, 0.0, float(plan.accuracy_fp32), float(last.device_ms), 0.0, 0.0,
-                    True, None, True))
-    return rows
-
-
-def drop_bounds(rows: Sequence[Row], accuracy_fp32: float, confidence: float) -> np.ndarray:
-    """Per row, the one-sided upper confidence bound of its accuracy drop in points (module docstring)."""
-    z = statistics.NormalDist().inv_cdf(confidence) if confidence > 0.5 else 0.0
-    drop = [(accuracy_fp32 - r.accuracy) * 100.0 for r in rows]
-    bound = np.full(len(rows), math.inf)
-    measured: dict[int, list[tuple[int, float]]] = {}   # cut -> (bits, bound) of its measured widths
-    for i, r in enumerate(rows):
-        if r.exact or r.codec is None:
-            bound[i] = drop[i]
-        elif r.measured:
-            bound[i] = drop[i] + z * 100.0 * (r.drop_se or 0.0)
-            if r.bits is not None and r.codec in QUANT_CODECS:
-                measured.setdefault(r.cut, []).append((r.bits, float(bound[i])))
-    for i, r in enumerate(rows):
-        if not (r.exact or r.codec is None or r.measured):
-            below = [b for bits, b in measured.get(r.cut, ()) if r.bits is not None and bits <= r.bits]
-            bound[i] = max(drop[i], min(below)) if below else math.inf
-    return bound
-
-
-def _cloud_ms(plan: "Plan", cut: int, batch: int) -> float:
-    c = plan.cuts[cut]
-    if cut == len(plan.cuts) - 1:
-        return 0.0
-    return float(c.cloud_ms_per_sample(batch if c.batchable else 1))
-
-
-def _batch_of(plan: "Plan", cut: int, batch: int) -> int:
-    return batch if plan.cuts[cut].batchable else 1
-
-
-def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
-            power: DevicePower = DevicePower(), slo: SLO | None = None,
-            floor: float | None = None, in_flight: int | None = None, bound: float | None = None) -> Prediction:
-    """The scalar reference of the model for one row (plain Python floats, same operation order).
-    ``bound``: the row's drop bound in points (``drop_bounds``); None checks the point estimate."""
-    kd = estimates.device_slowdown
-    device = kd * row.device_ms + row.encode_ms + (estimates.offload_overhead_ms if row.offloaded
-                                                   else estimates.local_overhead_ms)
-    if row.offloaded:
-        link = (row.bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
-        s = _cloud_ms(plan, row.cut, batch) * estimates.server_ms_factor
-        cost = row.decode_ms + s
-        cloud = cost / estimates.cloud_capacity
-        wait = estimates.rtt_ms + row.decode_ms + _batch_of(plan, row.cut, batch) * s
-        queue = estimates.queue_ms
-        cloud_s = cost / 1000.0
-    else:
-        link = cloud = cloud_s = wait = queue = 0.0
-    intrinsic = device + link + wait
-    latency = intrinsic + queue
-    stage = max(device, link, cloud)
-    throughput = 1000.0 / stage if stage > 0 else math.inf
-    if in_flight is not None and intrinsic > 0:
-        throughput = min(throughput, (in_flight * 1000.0) / intrinsic)
-    energy = (power.compute_w * device + power.radio_w * link) / 1000.0
-    prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True)
-    if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor, bound):
-        prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, False)
-    return prediction
-
-
-def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None, bound: float | None = None) -> bool:
-    """Whether a prediction meets every constraint of ``slo`` (and the throughput ``floor``); the drop
-    is checked on ``bound`` when given (points), else on the point estimate."""
-    drop = (accuracy_fp32 - p.accuracy) * 100.0 if bound is None else bound
-    return not ((slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms)
-                or (slo.max_accuracy_drop is not None and drop > slo.max_accuracy_drop + _EPS)
-                or (slo.max_bytes is not None and p.bytes > slo.max_bytes)
-                or (floor is not None and floor > 0 and p.throughput < floor * (1.0 - _EPS)))
-
-
-def violation(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None) -> float:
-    """0 when the prediction meets every constraint, else the sum of relative violations."""
-    v = 0.0
-    if slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms:
-        v += p.latency_ms / slo.max_latency_ms - 1.0 if slo.max_latency_ms > 0 else p.latency_ms
-    if slo.max_accuracy_drop is not None:
-        drop = (accuracy_fp32 - p.accuracy) * 100.0
-        if drop > slo.max_accuracy_drop + _EPS:
-            v += (drop - slo.max_accuracy_drop) / max(slo.max_accuracy_drop, 1.0)
-    if slo.max_bytes is not None and p.bytes > slo.max_bytes:
-        v += (p.bytes - slo.max_bytes) / max(slo.max_bytes, 1.0)
-    if floor is not None and floor > 0 and p.throughput < floor * (1.0 - _EPS):
-        v += 1.0 - p.throughput / floor
-    return v
-
+           "MIN_BANDWIDTH_BPS", "drop_bounds", "shared_model", "Evaluation"]
 
 class Evaluation:
     """Every row's figures under one set of estimates (numpy arrays; latency, cloud cost and energy
@@ -272,7 +133,7 @@ class Evaluation:
 class PerfModel:
     """The model over every row of one plan, vectorised. Build once per plan; evaluate per decision."""
 
-    def __init__(self, plan: "Plan", *, power: DevicePower = DevicePower()) -> None:
+    def __init__(self, plan: "Plan", *, power: DevicePower = DEFAULT_POWER) -> None:
         self.plan = plan
         self.power = power
         self.rows: list[Row] = rows_of(plan)
@@ -299,7 +160,7 @@ class PerfModel:
         """Profiled server ms per sample for every row at ``batch`` (0 on the device-only row)."""
         cached = self._cloud_cache.get(batch)
         if cached is None:
-            cached = np.array([_cloud_ms(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
+            cached = np.array([cloud_ms(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
             self._cloud_cache[batch] = cached
         return cached
 
@@ -307,7 +168,7 @@ class PerfModel:
         """Per row, the batch size its cut runs at (1 where the cut is not batchable)."""
         cached = self._batch_cache.get(batch)
         if cached is None:
-            cached = np.array([_batch_of(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
+            cached = np.array([batch_of(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
             self._batch_cache[batch] = cached
         return cached
 
@@ -346,7 +207,7 @@ class PerfModel:
         if mask is None:
             mask = np.ones(len(self.rows), dtype=bool) if allowed is None else allowed.copy()
             if slo.max_accuracy_drop is not None:
-                mask &= self.drop_bound(slo.confidence) <= slo.max_accuracy_drop + _EPS
+                mask &= self.drop_bound(slo.confidence) <= slo.max_accuracy_drop + EPS
             if slo.max_bytes is not None:
                 mask &= self.bytes <= slo.max_bytes
             self._static_cache[key] = mask
@@ -357,7 +218,7 @@ class PerfModel:
         if slo.max_latency_ms is not None:
             mask = mask & (ev.latency <= slo.max_latency_ms)
         if floor is not None and floor > 0:
-            mask = mask & (ev.throughput >= floor * (1.0 - _EPS))
+            mask = mask & (ev.throughput >= floor * (1.0 - EPS))
         return mask
 
     def violations(self, ev: Evaluation, slo: SLO, floor: float | None) -> np.ndarray:
@@ -369,12 +230,12 @@ class PerfModel:
         if slo.max_accuracy_drop is not None:
             d = slo.max_accuracy_drop
             bound = np.minimum(self.drop_bound(slo.confidence), 1e6)   # never inf: rows stay comparable
-            v += np.where(bound > d + _EPS, (bound - d) / max(d, 1.0), 0.0)
+            v += np.where(bound > d + EPS, (bound - d) / max(d, 1.0), 0.0)
         if slo.max_bytes is not None:
             b = slo.max_bytes
             v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
         if floor is not None and floor > 0:
-            v += np.where(ev.throughput < floor * (1.0 - _EPS), 1.0 - ev.throughput / floor, 0.0)
+            v += np.where(ev.throughput < floor * (1.0 - EPS), 1.0 - ev.throughput / floor, 0.0)
         return v
 
     def select(self, ev: Evaluation, candidates: np.ndarray, objectives: Sequence[str],
@@ -421,7 +282,7 @@ _SHARED: dict[tuple[int, DevicePower], tuple[weakref.ref, PerfModel]] = {}
 _SHARED_MAX = 16
 
 
-def shared_model(plan: "Plan", power: DevicePower = DevicePower()) -> PerfModel:
+def shared_model(plan: "Plan", power: DevicePower = DEFAULT_POWER) -> PerfModel:
     """The one ``PerfModel`` of ``plan`` (plans are immutable) at ``power``, built on first use."""
     key = (id(plan), power)
     held = _SHARED.get(key)

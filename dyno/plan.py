@@ -200,6 +200,11 @@ class Plan(DataFile):
 
     ``accuracy_fp32`` is the unmodified model's top-1 on the ``samples`` analysis samples of ``data``;
     ``device_profile``/``cloud_profile`` name the profiles the latencies come from.
+
+    How to rebuild the model: ``model`` is what ``dyno.zoo.get_model`` resolves (a zoo name, a
+    ``module.path:callable`` spec, an entry point of ``dyno.models``); ``weights`` where its weights came
+    from (``trained``, ``random``, or the absolute path of a state_dict file; empty in plans made before
+    it was recorded); ``weights_sha256`` what they must hash to.
     """
 
     FORMAT: ClassVar[str] = FORMAT
@@ -219,14 +224,15 @@ class Plan(DataFile):
     data: str = ""
     input_spec: InputSpec | None = None
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weights: str = ""
 
     def __post_init__(self) -> None:
         _floats(self, "accuracy_fp32")
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "cuts", tuple(self.cuts))
         object.__setattr__(self, "notes", _json_data(self.notes, "notes"))
-        _check(isinstance(self.model, str) and isinstance(self.weights_sha256, str),
-               "model and weights_sha256 must be strings")
+        _check(isinstance(self.model, str) and isinstance(self.weights_sha256, str)
+               and isinstance(self.weights, str), "model, weights and weights_sha256 must be strings")
         _check(len(self.cuts) >= 2, "a plan needs at least the input and the output cut")
         _check([c.id for c in self.cuts] == list(range(len(self.cuts))), "cut ids must be 0, 1, 2, ...")
         _check(tuple(self.cuts[0].shape) == tuple(self.input_shape), "cut 0 must be the input")
@@ -278,8 +284,10 @@ class Plan(DataFile):
 
             weights_sha256 = weights_hash(model)
         if weights_sha256 is not None and weights_sha256 != plan.weights_sha256:
-            raise PlanError(f"{path} was made for {plan.model} with weights {plan.weights_sha256[:12]}…, "
-                            f"not these weights ({weights_sha256[:12]}…); run `dyno analyze` for them")
+            made = f" ({plan.weights})" if plan.weights else ""
+            raise PlanError(f"{path} was made for {plan.model} with weights sha256 {plan.weights_sha256}{made}, "
+                            f"not these weights (sha256 {weights_sha256}); pass the weights the plan was made "
+                            "with, or run `dyno analyze` for these")
         return plan
 
 

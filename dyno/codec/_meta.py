@@ -40,7 +40,7 @@ from dyno.codec._wire import (
 from dyno.errors import FrameError
 
 if TYPE_CHECKING:
-    from dyno.codec._receive import Expected
+    from dyno.codec._expected import Expected
 
 __all__ = ["FrameMeta"]
 

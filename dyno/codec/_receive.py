@@ -16,7 +16,7 @@ order and raises FrameError at the first failure:
    table and one word - and dense packing), within ``max_nbytes`` with the metadata, and equal to the
    payload's length.
 
-Steps 1-5 (``Expected.check_wire``) read at most 9 + 4 * MAX_NDIM + 4 bytes and allocate nothing whose
+Steps 1-5 (``Expected.check_wire``, in ``_expected``) read at most 9 + 4 * MAX_NDIM + 4 bytes and allocate nothing whose
 size the frame declares: a frame declaring 900,000 ranges to a 32-channel cut costs what any other bad
 header costs. Then:
 
@@ -37,135 +37,18 @@ A decoded tensor is therefore always finite, float32, of the expected shape.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import struct
 import sys
-from typing import Any
 
 import numpy as np
 
 from dyno.codec import _coders, _image, _pack, _quant
 from dyno.codec._codec import Encoded
+from dyno.codec._expected import Expected
 from dyno.codec._meta import FrameMeta
-from dyno.codec._wire import (
-    ALLOWED_COMPRESSORS,
-    FLOAT_MODES,
-    HEAD,
-    IMAGE_MODES,
-    MODES,
-    QUANT_MODES,
-    TAIL,
-    Head,
-    bits_problem,
-    check_payload_size,
-    meta_nbytes,
-    read_head,
-)
+from dyno.codec._wire import FLOAT_MODES, IMAGE_MODES, Head
 from dyno.errors import ConfigError, FrameError
 
-__all__ = ["Expected", "decode", "decode_frame"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """What a receiver accepts, typically taken from the plan for the cut it serves.
-
-    ``shape`` must equal the frame's shape exactly; ``modes`` (None: any) lists the accepted modes;
-    quantised frames must have ``min_bits <= bits <= max_bits``; ``per_channel`` (None: either)
-    requires or forbids per-channel ranges; ``max_nbytes`` (None: no limit) caps ``Encoded.nbytes``.
-    """
-
-    shape: tuple[int, ...]
-    modes: frozenset[str] | None = None
-    max_bits: int = 16
-    min_bits: int = 1
-    per_channel: bool | None = None
-    max_nbytes: int | None = None
-
-    def __init__(self, shape: Any, modes: Any = None, max_bits: int = 16, *, min_bits: int = 1,
-                 per_channel: bool | None = None, max_nbytes: int | None = None) -> None:
-        set_ = object.__setattr__
-        try:
-            shape = tuple(int(d) for d in shape)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Expected.shape must be a sequence of ints, got {shape!r}") from None
-        if any(d < 0 for d in shape):
-            raise ConfigError(f"Expected.shape {shape} has a negative size")
-        if modes is not None:
-            if isinstance(modes, str):
-                modes = (modes,)
-            modes = frozenset(modes)
-            unknown = modes - set(MODES)
-            if unknown:
-                raise ConfigError(f"unknown codec modes {sorted(unknown)}; known: {', '.join(MODES)}")
-        if not (isinstance(min_bits, int) and isinstance(max_bits, int) and 1 <= min_bits <= max_bits <= 16):
-            raise ConfigError(f"need 1 <= min_bits <= max_bits <= 16, got {min_bits}, {max_bits}")
-        if max_nbytes is not None and (not isinstance(max_nbytes, int) or max_nbytes < 0):
-            raise ConfigError(f"max_nbytes must be a non-negative int or None, got {max_nbytes!r}")
-        set_(self, "shape", shape)
-        set_(self, "modes", modes)
-        set_(self, "max_bits", max_bits)
-        set_(self, "min_bits", min_bits)
-        set_(self, "per_channel", per_channel)
-        set_(self, "max_nbytes", max_nbytes)
-
-    # ------------------------------------------------------------------------------------- checks
-    def check_wire(self, meta: bytes | memoryview, payload_nbytes: int | None = None) -> None:
-        """FrameError unless metadata bytes ``meta`` (with a payload of ``payload_nbytes`` bytes, if
-        given) can be a frame this receiver accepts, judged from the fixed-size header, the shape and
-        the declared sizes alone (steps 1-5 of the module docstring). Reads at most
-        9 + 4 * ndim + 4 bytes of ``meta`` and allocates nothing whose size the frame declares."""
-        head = read_head(meta)
-        self._check_head(head)
-        size = meta_nbytes(head.ndim, self.shape[0] if head.per_channel else None)
-        if len(meta) != size:
-            raise FrameError(f"frame metadata is {len(meta)} bytes; a frame of the expected shape "
-                             f"{self.shape} has {size}")
-        self._check_shape(struct.unpack_from(f"<{head.ndim}I", meta, HEAD.size))
-        declared = struct.unpack_from("<I", meta, size - TAIL.size)[0]
-        bits = None if head.mode in FLOAT_MODES else head.bits
-        check_payload_size(head.mode, head.compressor, bits, math.prod(self.shape), declared)
-        self._check_nbytes(size + declared)
-        if payload_nbytes is not None and payload_nbytes != declared:
-            raise FrameError(f"payload is {payload_nbytes} bytes; the frame metadata says {declared} "
-                             "(truncated or padded in transit)")
-
-    def check(self, enc: Encoded) -> None:
-        """FrameError unless the (parsed) frame's metadata is what this receiver accepts."""
-        m = enc.meta
-        self._check_head(Head(m.mode, m.bits or 0, m.per_channel, m.dtype, m.compressor, len(m.shape)))
-        self._check_shape(m.shape)
-        self._check_nbytes(enc.nbytes)
-
-    def _check_head(self, head: Head) -> None:
-        if head.ndim != len(self.shape):
-            raise FrameError(f"frame has {head.ndim} dimensions; the expected shape {self.shape} has "
-                             f"{len(self.shape)}")
-        if self.modes is not None and head.mode not in self.modes:
-            raise FrameError(f"frame mode {head.mode!r} is not accepted here (accepted: "
-                             f"{', '.join(sorted(self.modes))})")
-        if head.compressor not in ALLOWED_COMPRESSORS[head.mode]:
-            raise FrameError(f"compressor {head.compressor!r} is not valid for mode {head.mode!r}")
-        if head.mode in QUANT_MODES and not self.min_bits <= head.bits <= self.max_bits:
-            raise FrameError(f"frame has {head.bits} bits; accepted {self.min_bits}..{self.max_bits}")
-        wrong = bits_problem(head.mode, head.bits)
-        if wrong:
-            raise FrameError(wrong)
-        if head.per_channel and (head.mode not in QUANT_MODES or not self.shape):
-            raise FrameError(f"per-channel ranges need a quantised mode and a channel axis "
-                             f"(mode {head.mode!r}, expected shape {self.shape})")
-        if self.per_channel is not None and head.per_channel != self.per_channel:
-            raise FrameError(f"frame {'has' if head.per_channel else 'lacks'} per-channel ranges; "
-                             f"this receiver wants {'them' if self.per_channel else 'one range'}")
-
-    def _check_shape(self, shape: tuple[int, ...]) -> None:
-        if shape != self.shape:
-            raise FrameError(f"frame shape {shape} does not match the expected {self.shape}")
-
-    def _check_nbytes(self, nbytes: int) -> None:
-        if self.max_nbytes is not None and nbytes > self.max_nbytes:
-            raise FrameError(f"frame of {nbytes} bytes exceeds the limit of {self.max_nbytes}")
+__all__ = ["decode", "decode_frame"]
 
 
 # ------------------------------------------------------------------------------------------ decode
@@ -195,7 +78,7 @@ def decode(enc: Encoded, expected: Expected, *, nthreads: int | None = None) -> 
         raise ConfigError(f"decode needs an Expected, got {type(expected).__name__}")
     if not isinstance(enc, Encoded):
         raise FrameError(f"decode needs an Encoded frame, got {type(enc).__name__}")
-    expected.check(enc)
+    _check_parsed(expected, enc)
     meta, payload = enc.meta, enc.payload
     if len(payload) != meta.payload_nbytes:
         raise FrameError(f"payload is {len(payload)} bytes; the frame metadata says {meta.payload_nbytes}")
@@ -208,6 +91,14 @@ def decode(enc: Encoded, expected: Expected, *, nthreads: int | None = None) -> 
             raise _beyond_float32(f"range [{meta.lo}, {meta.hi}]", 8)
         return _image.decode_image(payload, meta.mode, meta.dtype, meta.shape, meta.lo, meta.hi)
     return _decode_quantized(meta, payload, nthreads)
+
+
+def _check_parsed(expected: Expected, enc: Encoded) -> None:
+    """FrameError unless the (parsed) frame's metadata is what ``expected`` accepts."""
+    m = enc.meta
+    expected.check_head(Head(m.mode, m.bits or 0, m.per_channel, m.dtype, m.compressor, len(m.shape)))
+    expected.check_shape(m.shape)
+    expected.check_nbytes(enc.nbytes)
 
 
 def _beyond_float32(what: str, bits: int) -> FrameError:

@@ -5,11 +5,12 @@ zstd and rans, on its own 100,000 trials); each trial damages one (bit flips, by
 extension, random metadata) and runs a receiver's path (``decode_frame``, or ``Encoded.from_bytes`` /
 ``from_parts`` then ``decode``). A tenth of the trials re-sign the damaged frame with a correct
 checksum, as a hostile or buggy sender would, so the checks behind the checksum (blosc2 header, code
-range, image header) and blosc2/Pillow themselves see garbage too. Each trial runs under a time
-budget, memory stays bounded by the expected tensor, not by what a frame claims, and whatever decodes
-is finite. Hostile headers (sizes declared far beyond the cut: per-channel tables, ndim, shapes,
-payload sizes) are refused without allocating anything in proportion to the declaration, and
-non-finite values (NaN/inf payloads, ranges whose grid overflows float32) never decode.
+range, image header) and blosc2/Pillow themselves see garbage too. Memory stays bounded by the
+expected tensor, not by what a frame claims, and whatever decodes is finite (no wall-clock limits:
+the machine's load must not decide a test). Hostile headers (sizes declared far beyond the cut:
+per-channel tables, ndim, shapes, payload sizes) are refused without allocating anything in
+proportion to the declaration, and non-finite values (NaN/inf payloads, ranges whose grid overflows
+float32) never decode.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import dataclasses
 import random
 import resource
 import struct
-import time
 import tracemalloc
 import zlib
 
@@ -161,8 +161,6 @@ def test_fuzzed_frames_raise_frame_error_only(group):
     counts = {"rejected": 0, "decoded": 0}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
-    start = time.perf_counter()
-    slowest = 0.0
     for trial in range(TRIALS):
         if trial == 5_000:  # Python-side allocations measured on a sample; RSS for the whole run
             _, peak = tracemalloc.get_traced_memory()
@@ -170,7 +168,6 @@ def test_fuzzed_frames_raise_frame_error_only(group):
             assert peak < 8 << 20, f"decoding garbage allocated {peak} bytes"
         index = rng.randrange(len(wires))
         expected = wires[index][3]
-        t0 = time.perf_counter()
         try:
             route, out = one_trial(rng, frames[index][0], wires[index])
         except FrameError:
@@ -181,15 +178,11 @@ def test_fuzzed_frames_raise_frame_error_only(group):
             assert out.shape == expected.shape and out.dtype == np.float32
             assert np.isfinite(out).all(), f"{frames[index][0]!r}, forged, decoded to non-finite values"
             counts["decoded"] += 1
-        slowest = max(slowest, time.perf_counter() - t0)
     if tracemalloc.is_tracing():
         tracemalloc.stop()
-    elapsed = time.perf_counter() - start
     rss_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert counts["rejected"] + counts["decoded"] == TRIALS
     assert counts["rejected"] > 0.9 * TRIALS and counts["decoded"] > 0  # deep paths were reached
-    assert elapsed < 60, f"{TRIALS} trials took {elapsed:.1f}s"
-    assert slowest < 1.0, f"one frame took {slowest:.2f}s to reject"
     assert rss_growth_kib < 64 << 10, f"peak RSS grew by {rss_growth_kib} KiB"
 
 
@@ -275,7 +268,6 @@ def test_hostile_headers_are_refused_without_allocating_what_they_declare():
     refused = 0
     worst = (0, "")
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         for _ in range(HOSTILE_TRIALS):
             expected = rng.choice(expectations)
@@ -299,10 +291,8 @@ def test_hostile_headers_are_refused_without_allocating_what_they_declare():
                 worst = (peak - before, f"{len(meta)}-byte header, {message}")
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - start
     assert refused > 0.99 * HOSTILE_TRIALS
     assert worst[0] < REFUSAL_BYTES, f"refusing a hostile header allocated {worst[0]} bytes ({worst[1]})"
-    assert elapsed < 60, f"{HOSTILE_TRIALS} hostile headers took {elapsed:.1f}s"
 
 
 def test_non_finite_values_never_decode():

@@ -312,3 +312,38 @@ def test_health_says_not_serving_while_no_replica_is_up(local_ray, model, plan, 
         # the replica may sleep again 2 s after the reply: the watch saw it up, whatever it sees now
         cloud.replicas()
         assert any(n >= 1 for _, n in cloud.watch.history[asleep:])
+
+
+# ------------------------------------------------------------------------------------ tails on a GPU
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device here (torch.cuda.is_available() is False): the "
+                    "--torch-device cuda path runs where one is present")
+def test_tails_on_cuda_give_the_embedded_servers_top1(local_ray, embedded, model, plan, splits, inputs):
+    with RayServer(plan, model, ServerConfig(batching=BatchConfig(max_batch=16, max_wait_ms=2), token=TOKEN),
+                   RayConfig(replicas=1, torch_device="cuda", app="test-cuda"), splits=splits) as cloud:
+        assert cloud.device == "cuda" and cloud.info["device"] == "cuda"
+        assert cloud.handle.describe.remote().result(timeout_s=30)["device"].startswith("cuda")
+        answers = {}
+        for name, server in (("embedded", embedded), ("ray", cloud)):
+            with Client(plan, model, server=server.address, policy=Fixed(4, "shuffle-lz4", 8), splits=splits,
+                        token=TOKEN, in_flight=8) as client:
+                answers[name] = list(client.map(inputs))
+            assert [r.where for r in answers[name]] == ["cloud"] * len(inputs), name
+        assert [r.top1 for r in answers["ray"]] == [r.top1 for r in answers["embedded"]]
+
+
+@pytest.mark.skipif(CUDA, reason="a CUDA device is present: the test above runs the tails on it")
+def test_cuda_asked_of_a_cluster_without_gpus_is_a_config_error_and_auto_runs_on_cpu(local_ray, model, plan,
+                                                                                     splits):
+    from dyno.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no GPU"):
+        RayServer(plan, model, ServerConfig(), RayConfig(replicas=1, torch_device="cuda", app="test-no-gpu"),
+                  splits=splits)
+    with RayServer(plan, model, ServerConfig(), RayConfig(replicas=1, torch_device="auto", app="test-auto"),
+                   splits=splits) as cloud:
+        assert cloud.device == "cpu"
+        assert cloud.handle.describe.remote().result(timeout_s=30)["device"] == "cpu"

@@ -1,19 +1,22 @@
 """``dyno bench-runtime --what fleet``: the fleet on the real runtime beside the fleet simulator.
 
-One real server process (``dyno serve``'s body, ``dyno.runtime.ServerProcess``: ``server="embedded"``;
-other placements plug in here by name) and N real clients spread over a few processes
-(``dyno.bench.fleet_worker``), each client with its own emulated device (padding each head run to its
-tier's absolute latency; a tier faster than this machine runs at native speed), its own uplink (the
-in-process token bucket replaying its trace from its own offset), its own policy and monitors. The fleet
-is the simulator's (``dyno.bench.fleet.fleet_specs``: same tiers, traces, offsets and frame rate), and
-the fleet simulator runs the same configuration beside it: one worker, the emulated slowdowns, and the
-speeds measured at the start (``dyno.bench.calibrate``: the client's own work per inference, and the
-server's time per sample over the plan's profile as the cloud's scale: the server is this machine's).
+One real server (``server="embedded"``: ``dyno serve``'s body in one process, ``ServerProcess``;
+``server="ray"``: ``dyno serve --ray``, dyno's gRPC front in one process and the tails on ``replicas``
+Ray Serve replicas of one torch thread each, ``dyno.cloud.RayServerProcess``) and N real clients spread
+over a few processes (``dyno.bench.fleet_worker``), each client with its own emulated device (padding
+each head run to its tier's absolute latency; a tier faster than this machine runs at native speed), its
+own uplink (the in-process token bucket replaying its trace from its own offset), its own policy and
+monitors. The fleet is the simulator's (``dyno.bench.fleet.fleet_specs``: same tiers, traces, offsets
+and frame rate), and the fleet simulator runs the same configuration beside it: one worker, the emulated
+slowdowns, and the speeds measured at the start (``dyno.bench.calibrate``: the client's own work per
+inference, and the server's time per sample over the plan's profile as the cloud's scale).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
-inference (the server's own compute-time counter over the answered inferences), p50/p95 latency, Jain's
-fairness, cloud utilisation (compute seconds over the run). Every client comes from 127.0.0.1, so the
-server's per-client limits are raised to its whole-server ones.
+inference (the server's own compute-time counter over the answered inferences; on Ray the replicas' own
+compute, without the trip from the front), p50/p95 latency, Jain's fairness, cloud utilisation. Before
+the fleet, one client sends ``probe`` inferences one at a time, all in the cloud: the unloaded round
+trip (``round_trip_ms``), from which the Ray path's overhead over the embedded server is read. Every
+client comes from 127.0.0.1, so the server's per-client limits are raised to its whole-server ones.
 
     document = fleet_bench("plan.json", sizes=(1, 8), policies=("dyno", "cloud-only"), traces=[...])
     document["measured"]["fleet"][1]["policies"]["dyno"]["goodput"]
@@ -31,18 +34,76 @@ from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError, RuntimeServiceError
 from dyno.progress import NO_PROGRESS, Progress
 
-__all__ = ["SERVERS", "fleet_bench"]
+__all__ = ["SERVERS", "fleet_bench", "start_cloud", "run_clients", "client_specs", "round_trip", "server_metrics"]
 
-#: Where the cloud runs: ``embedded`` = one ``dyno serve`` process on this machine.
-SERVERS = ("embedded",)
+#: Where the cloud runs: ``embedded`` = one ``dyno serve`` process on this machine; ``ray`` = ``dyno serve
+#: --ray``: the front in one process, the tails on Ray Serve replicas (a local Ray, or ``ray_address``).
+SERVERS = ("embedded", "ray")
 
 
-def _compute_seconds(server: Any) -> float:
+def server_metrics(server: Any) -> dict[tuple[str, tuple], float]:
+    """The server's Prometheus metrics now, parsed."""
     from dyno.runtime.metrics import parse_text
 
     with urllib.request.urlopen(str(server.metrics_url), timeout=5) as response:
-        metrics = parse_text(response.read().decode())
+        return parse_text(response.read().decode())
+
+
+def _compute_seconds(server: Any) -> float:
+    """Tail compute seconds so far: the replicas' own on Ray, the server's batches when embedded."""
+    metrics = server_metrics(server)
+    replicas = [v for (name, _), v in metrics.items() if name == "dyno_replica_compute_seconds_total"]
+    if replicas:
+        return sum(replicas)
     return sum(v for (name, _), v in metrics.items() if name == "dyno_compute_seconds_sum")
+
+
+def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", replicas: int = 1,
+                autoscale: tuple[int, int] | None = None, ray_address: str | None = None) -> Any:
+    """The server a fleet runs against, started (a context manager with ``address`` and ``metrics_url``):
+    one torch thread in the server process and per replica; per-client limits at the whole server's
+    (every client comes from 127.0.0.1)."""
+    from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
+
+    if server not in SERVERS:
+        raise ConfigError(f"unknown server placement {server!r}; known: {', '.join(SERVERS)}")
+    base = ServerConfig()
+    config = ServerConfig(torch_threads=1, metrics_port=0, max_streams_per_client=base.max_streams,
+                          max_in_flight_per_client=base.max_queued_requests)
+    if server == "embedded":
+        return ServerProcess(from_plan_file, plan_path, weights, config=config, threads=1)
+    from dyno.cloud import RayConfig, RayServerProcess
+
+    ray = (RayConfig(autoscale=autoscale, replica_threads=1, address=ray_address, downscale_delay_s=15.0)
+           if autoscale is not None else RayConfig(replicas=replicas, replica_threads=1, address=ray_address))
+    return RayServerProcess(from_plan_file, plan_path, weights, config=config, ray=ray, threads=1, timeout=300.0)
+
+
+def round_trip(plan: Any, weights: str, address: str, count: int) -> dict[str, Any]:
+    """``count`` inferences one at a time, all in the cloud (the input as fp32): latency p50/p95 in ms."""
+    import numpy as np
+    import torch
+
+    from dyno import zoo
+    from dyno.bench.session import labelled
+    from dyno.runtime import Client, ClientConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        xs, _ = labelled(plan.model, None, 32)
+        config = ClientConfig(server=address, policy="cloud-only-raw", in_flight=1, timeout=30.0)
+        with Client(plan, zoo.load_model(plan.model, weights=weights), config) as client:
+            for _ in client.map(xs[i % len(xs)] for i in range(32)):   # warm: connection, codec, batcher
+                pass
+            latencies = [r.latency_ms for r in client.map(xs[i % len(xs)] for i in range(count))
+                         if r.where == "cloud"]
+    finally:
+        torch.set_num_threads(threads)
+    if not latencies:
+        raise RuntimeServiceError("the round-trip probe got no answer from the cloud")
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "n": len(latencies), "policy": "cloud-only-raw"}
 
 
 def _launch(spec: dict[str, Any], groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -132,64 +193,83 @@ def _calibrate(plan: Any, weights: str, n: int, server: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def client_specs(specs: list[Any], system: str, rate: float) -> list[dict[str, Any]]:
+    """The worker's description of each device in ``specs`` (``dyno.bench.fleet_worker``)."""
+    return [{"system": system, "slowdown": s.slowdown, "offset": s.offset_s,
+             "phase": (i * 0.618034 % 1.0) / rate,
+             "trace": {"times": s.trace.times, "rates": s.trace.rates_bps, "name": s.trace.name}}
+            for i, s in enumerate(specs)]
+
+
+def run_clients(cloud: Any, clients: list[dict[str, Any]], spec: dict[str, Any],
+                processes: int) -> list[dict[str, Any]]:
+    """``clients`` over ``processes`` worker processes against ``cloud``: the reports in client order."""
+    size = len(clients)
+    groups = [clients[k::min(processes, size)] for k in range(min(processes, size))]
+    reports = _launch({**spec, "server": cloud.address}, groups)
+    order = [c for k in range(len(groups)) for c in range(k, size, len(groups))]
+    by_client = dict(zip(order, reports, strict=True))
+    return [by_client[i] for i in range(size)]
+
+
+def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any) -> tuple[dict, dict]:
+    """One fleet size, every policy: (measured entry, simulated entry)."""
+    from dyno.policy.model import shared_model
+    from dyno.simulate import run_fleet
+
+    m_entry: dict[str, Any] = {"devices": size, "policies": {}}
+    s_entry: dict[str, Any] = {"devices": size, "policies": {}}
+    for name in setup["policies"]:
+        tick(status=f"{size} x {name}")
+        specs = fleet_specs(setup["traces"], size, name, mix=setup["mix"], tiers=setup["tiers"], slo=setup["slo"],
+                            rate=setup["rate"], seed=setup["seed"])
+        clients = client_specs(specs, name, setup["rate"])
+        before = _compute_seconds(cloud)
+        reports = run_clients(cloud, clients, setup["worker"], setup["processes"])
+        m_entry["policies"][name] = _measured(plan, specs, reports, duration=setup["duration"], slo=setup["slo"],
+                                              compute_s=_compute_seconds(cloud) - before, price=setup["price"])
+        sim = run_fleet(shared_model(plan), specs, setup["sim_config"])
+        s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])
+    return m_entry, s_entry
+
+
 def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), policies: Sequence[str] = FLEET_POLICIES,
                 traces: Sequence[Trace], mix: dict[str, float] = DEFAULT_MIX, rate: float = 10.0,
                 duration: float = 20.0, slo: str | None = None, window: int = 8, processes: int = 4,
-                server: str = "embedded", seed: int = 0, price: float | None = None, n: int = 200,
-                weights: str = "trained", reference_ms: float | None = None,
-                progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+                server: str = "embedded", replicas: int = 1, ray_address: str | None = None, probe: int = 200,
+                seed: int = 0, price: float | None = None, n: int = 200, weights: str = "trained",
+                reference_ms: float | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Measure the fleet on the real runtime and simulate it beside (module docstring)."""
     from dyno.bench.fleet import fleet_slo
     from dyno.bench.reference import Speeds
     from dyno.plan import Plan
     from dyno.policy import SLO
-    from dyno.policy.model import shared_model
-    from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
-    from dyno.simulate import CloudConfig, FleetConfig, run_fleet
+    from dyno.simulate import CloudConfig, FleetConfig
 
-    if server not in SERVERS:
-        raise ConfigError(f"unknown server placement {server!r}; known: {', '.join(SERVERS)}")
     plan = Plan.load(plan_path)
     parsed = SLO.parse(slo or fleet_slo(rate))
     speeds = Speeds(float(reference_ms), "--reference-ms") if reference_ms else Speeds.for_plan(plan)
     wanted = {t: speeds.device(t) for t in mix}
     tiers = {t: max(1.0, k) for t, k in wanted.items()}
-    base = ServerConfig()
-    config = ServerConfig(torch_threads=1, metrics_port=0, max_streams_per_client=base.max_streams,
-                          max_in_flight_per_client=base.max_queued_requests)
     measured, simulated = [], []
     tick = progress.task("fleet bench", len(sizes) * len(policies))
     started = time.perf_counter()
-    with ServerProcess(from_plan_file, plan_path, weights, config=config, threads=1) as cloud:
+    with start_cloud(str(plan_path), weights, server=server, replicas=replicas, ray_address=ray_address) as cloud:
         calibration = _calibrate(plan, weights, n, cloud.address)
+        trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
                                  cloud=CloudConfig(scale=calibration["server_factor"]),
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
+        setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
+                 "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,
+                 "worker": {"plan_path": str(plan_path), "weights": weights, "slo": str(parsed), "rate": rate,
+                            "duration": duration, "window": window, "n": n}}
         for size in sizes:
-            m_entry: dict[str, Any] = {"devices": size, "policies": {}}
-            s_entry: dict[str, Any] = {"devices": size, "policies": {}}
-            for name in policies:
-                tick(status=f"{size} x {name}")
-                specs = fleet_specs(traces, size, name, mix=mix, tiers=tiers, slo=parsed, rate=rate, seed=seed)
-                clients = [{"system": name, "slowdown": s.slowdown, "offset": s.offset_s,
-                            "phase": (i * 0.618034 % 1.0) / rate,
-                            "trace": {"times": s.trace.times, "rates": s.trace.rates_bps, "name": s.trace.name}}
-                           for i, s in enumerate(specs)]
-                groups = [clients[k::min(processes, size)] for k in range(min(processes, size))]
-                before = _compute_seconds(cloud)
-                reports = _launch({"plan_path": str(plan_path), "weights": weights, "server": cloud.address,
-                                   "slo": str(parsed), "rate": rate, "duration": duration, "window": window, "n": n},
-                                  groups)
-                order = [c for k in range(len(groups)) for c in range(k, size, len(groups))]
-                by_client = dict(zip(order, reports, strict=True))
-                m_entry["policies"][name] = _measured(plan, specs, [by_client[i] for i in range(size)],
-                                                      duration=duration, slo=parsed,
-                                                      compute_s=_compute_seconds(cloud) - before, price=price)
-                sim = run_fleet(shared_model(plan), specs, sim_config)
-                s_entry["policies"][name] = fleet_metrics(sim, price=price)
+            m_entry, s_entry = _one_size(cloud, plan, size, setup, tick)
             measured.append(m_entry)
             simulated.append(s_entry)
-    return {"plan": plan.model, "server": server, "slo": str(parsed), "rate": rate, "duration_s": duration,
+    return {"plan": plan.model, "server": server, "replicas": replicas if server == "ray" else None,
+            "round_trip_ms": trip, "slo": str(parsed), "rate": rate, "duration_s": duration,
             "mix": dict(mix), "tiers": tiers, "tiers_requested": wanted, "window": window, "processes": processes,
             "device_emulation": "pad", "link": "token-bucket", "cloud_price_per_s": price,
             "speeds": speeds.describe(wanted), "cloud": {"scale": sim_config.cloud.scale, "workers": 1},

@@ -2,7 +2,9 @@
 emulated device and uplink, its own policy and monitors, all against one server.
 
 Each client is fed frames at ``rate`` from its own phase (a camera); a frame that finds the client's
-window full is dropped, as the simulator drops a frame that finds its backlog full. The child reports,
+window full is dropped, as the simulator drops a frame that finds its backlog full. A client with
+``"active": [[from_s, to_s], ...]`` is fed only inside those spans of the run (a stepped load: the
+autoscaling benchmark); frames outside them are neither demanded nor dropped. The child reports,
 per client, every answered frame (latency from the frame's time, the choice, where it finished) and how
 many frames it was asked for and dropped.
 
@@ -38,12 +40,19 @@ class _Feed:
             self.answers.append((result.latency_ms, result.cut, result.codec, result.bits, result.where,
                                  result.finished, result.top1 == self.ys[index % len(self.ys)], result.bytes))
 
+    def _active(self, t: float) -> bool:
+        spans = self.spec.get("active")
+        return spans is None or any(low <= t < high for low, high in spans)
+
     def run(self, start: float, duration: float, rate: float) -> None:
         period, k = 1.0 / rate, 0
         while True:
             at = start + self.spec["phase"] + k * period
             if at - start >= duration:
                 return
+            if not self._active(at - start):
+                k += 1
+                continue
             delay = at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)

@@ -39,8 +39,8 @@ class DeploymentLoad:
     """Busy share of the deployment's replicas over the last ``window_s`` seconds, from the compute
     seconds each batch reports (thread-safe: the front's compute threads add, replies read)."""
 
-    def __init__(self, window_s: float = LOAD_WINDOW_S):
-        self.window_s = window_s
+    def __init__(self, window_s: float = LOAD_WINDOW_S, on_busy: Callable[[float], None] | None = None):
+        self.window_s, self.on_busy = window_s, on_busy   # on_busy(seconds): each batch's replica compute
         self.running = 0                 # replicas up (``ReplicaWatch``)
         self._spans: collections.deque[tuple[float, float]] = collections.deque()  # (end, busy seconds)
         self._lock = threading.Lock()
@@ -50,6 +50,8 @@ class DeploymentLoad:
         with self._lock:
             self._spans.append((time.perf_counter(), busy_s))
             self.replicas_seen[replica] += 1
+        if self.on_busy is not None:
+            self.on_busy(busy_s)
 
     def load(self) -> float:
         """In [0, 1]; 1 while no replica is up."""

@@ -133,6 +133,16 @@ def _seed_costs(server: Server, handle: Any, timeout_s: float) -> None:
             server.admission.costs.observe(cut_id, 1, seconds)
 
 
+def _replica_metrics(server: Server, load: DeploymentLoad) -> Any:
+    """The front's own metrics beside the server's: ``dyno_replicas`` (running now, a gauge) and
+    ``dyno_replica_compute_seconds_total`` (the replicas' compute, without the trip to them); the gauge."""
+    registry = server.metrics.registry
+    compute = registry.counter("dyno_replica_compute_seconds_total",
+                               "Tail compute time on the replicas, without the trip from the front")
+    load.on_busy = lambda seconds: compute.inc(max(0.0, seconds))
+    return registry.gauge("dyno_replicas", "Replicas of the tails deployment running now")
+
+
 async def run_front(plan: Plan, model: nn.Module, config: ServerConfig | None, ray_config: RayConfig, handle: Any,
                     device: str, *, address: str, until: Awaitable[float | None], ready: Callable[[Front], None],
                     splits: Splits | None = None) -> None:
@@ -146,9 +156,11 @@ async def run_front(plan: Plan, model: nn.Module, config: ServerConfig | None, r
     load = DeploymentLoad()
     runner = RayTails(plan, handle, ray_config, load)
     server = Server(plan, model, config, splits=splits, runner=runner)
+    replicas_gauge = _replica_metrics(server, load)
     server.bind(address)
 
     def on_change(running: int) -> None:  # in the watch's thread
+        replicas_gauge.set(running)
         asyncio.run_coroutine_threadsafe(_set_health(server, running), loop)
 
     watch = ReplicaWatch(ray_config.app_name(plan.model), DEPLOYMENT, load, on_change=on_change)

@@ -17,12 +17,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("dyno",),                                         # the package root: errors and the version only
     ("packing", "datafile", "progress", "codec", "graph", "emulate"),
     ("zoo",),
-    ("plan",),
+    ("plan", "manifest"),                              # manifest: the exported heads' file (no torch)
     ("monitor", "partition"),
     ("policy",),
-    ("offline", "simulate"),
+    ("offline", "simulate", "export"),                 # export: heads as ONNX files
     ("runtime",),
-    ("cloud",),                                        # the runtime's tails on Ray Serve (optional: Ray)
+    ("cloud", "device"),                               # cloud: tails on Ray Serve; device: ONNX heads, no torch
     ("bench",),
     ("cli",),
     ("__main__",),

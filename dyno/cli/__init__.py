@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "dyno.cli.cuts_command",
     "dyno.cli.codec_commands",
     "dyno.cli.analysis_commands",
+    "dyno.cli.export_command",
     "dyno.cli.simulate_command",
     "dyno.cli.serve_command",
     "dyno.cli.run_command",

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tier's absolute latency by a cgroup v1 CPU quota on the client process, or by padding each head "
         "run; the report says which. A tier faster than this machine runs at native speed (the report "
         "keeps both). Prints a markdown table (measured and simulated throughput and their ratio, top-1 "
-        "and its drop against the fp32 model with a 95%% interval, bytes and p95 latency per run), the "
+        "and its drop against the fp32 model with a 95% interval, bytes and p95 latency per run), the "
         "agreement per system and DynO against every other system; --json prints one document with each "
         "run's evidence (SLO, choices, per-second timeline, predicted against observed throughput).")
     p.add_argument("--plan", help="plan JSON (default: the model's cached plan, made on first use)")

@@ -42,12 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
+            module.register(subparsers)
         except ModuleNotFoundError as error:
             if error.name == name:  # that part is not built yet
                 continue
+            if error.name == "torch" and _device_install():  # dyno[device]: the commands that need no torch
+                continue
             raise
-        module.register(subparsers)
     return parser
+
+
+def _device_install() -> bool:
+    """Whether this is a device install (``dyno[device]``: onnxruntime, no torch)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is None
+    except ValueError:  # sys.modules["torch"] is None: torch blocked on purpose
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

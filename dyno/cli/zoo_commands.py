@@ -11,7 +11,10 @@ __all__ = ["register"]
 
 
 def _models_epilog() -> str:
-    from dyno import zoo
+    try:
+        from dyno import zoo
+    except ImportError:  # a device install (dyno[device]): onnxruntime, no torch
+        return "models: (the zoo needs the full install, with torch: pip install dyno)"
 
     lines = ["models:"]
     for name in zoo.list_models():

@@ -18,14 +18,36 @@ Modules, top down: ``client`` (the facade) over ``device_worker`` (the device th
 all. ``load`` sends raw ``dyno.v1`` traffic (devices, junk, idle streams) for benchmarks.
 """
 
-from dyno.runtime.batching import BatchConfig
-from dyno.runtime.client import Client
-from dyno.runtime.config import ClientConfig, ClientTLS, ServerConfig, TLSConfig
-from dyno.runtime.harness import ServerProcess, ServerThread, from_plan_file, serve
-from dyno.runtime.results import SUMMARY_KEYS, Result, summarize, top_k
-from dyno.runtime.server import Server, create_server
-from dyno.runtime.splits import Splits
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below load on first use, so torch-free parts (config, connection, proto)
+    # import without torch: a device with onnxruntime only (dyno.device) uses them
+    from dyno.runtime.batching import BatchConfig
+    from dyno.runtime.client import Client
+    from dyno.runtime.config import ClientConfig, ClientTLS, ServerConfig, TLSConfig
+    from dyno.runtime.harness import ServerProcess, ServerThread, from_plan_file, serve
+    from dyno.runtime.results import SUMMARY_KEYS, Result, summarize, top_k
+    from dyno.runtime.server import Server, create_server
+    from dyno.runtime.splits import Splits
+
+_WHERE = {
+    "BatchConfig": "batching", "Client": "client", "ClientConfig": "config", "ClientTLS": "config",
+    "ServerConfig": "config", "TLSConfig": "config", "ServerProcess": "harness", "ServerThread": "harness",
+    "from_plan_file": "harness", "serve": "harness", "SUMMARY_KEYS": "results", "Result": "results",
+    "summarize": "results", "top_k": "results", "Server": "server", "create_server": "server", "Splits": "splits",
+}
 
 __all__ = ["BatchConfig", "Client", "ClientConfig", "ClientTLS", "Result", "SUMMARY_KEYS", "Server",
            "ServerConfig", "ServerProcess", "ServerThread", "Splits", "TLSConfig", "create_server",
            "from_plan_file", "serve", "summarize", "top_k"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"dyno.runtime.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dyno.runtime' has no attribute {name!r}")

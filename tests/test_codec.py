@@ -588,8 +588,9 @@ def test_codec_bench_cli_prints_one_json_document(capsys):
     assert len({r["cut"] for r in doc["rows"]}) >= 6
     for row in doc["rows"]:
         assert set(row) == {"cut", "fp32_bytes", "bits", "mode", "bytes", "bits_per_value", "encode_gbps",
-                            "decode_gbps", "rel_l2", "entropy_bits_per_value"}
+                            "decode_gbps", "rel_l2", "entropy_bits_per_value", "payload_bits_per_value"}
         assert 0 <= row["entropy_bits_per_value"] <= row["bits"]
+        assert row["payload_bits_per_value"] == pytest.approx(8 * (row["bytes"] - 37) / (row["fp32_bytes"] // 4))
         numel = row["fp32_bytes"] // 4
         if row["mode"] == "dense":  # exactly b bits per value plus 37 bytes of metadata
             assert row["bytes"] == 37 + math.ceil(numel * row["bits"] / 8)

@@ -9,8 +9,11 @@ loads it, and matches the heads to the plan by model, weights hash and the cuts'
     manifest.check_plan(plan)                        # PlanError if the heads are of another model
 
 - ``heads``: per exported cut its id and node name, the file, the sha256 of the file, the input and
-  output shapes per sample (the batch dimension is dynamic), and ``max_abs_diff``/``max_abs_ref``:
-  the largest |onnxruntime - torch| over the check inputs at export and the largest |torch| value.
+  output shapes per sample (the batch dimension is dynamic), ``max_abs_diff``/``max_abs_ref``: the
+  largest |onnxruntime - torch| over the check inputs at export and the largest |torch| value, and
+  ``nonnegative`` (the activation is never negative, e.g. after a ReLU: the codec needs no sign).
+- ``notes``: ``preprocess`` (the zoo model's image preprocessing: mode, resize, crop, mean, std,
+  interpolation) and ``data`` (its default dataset), so a device reads and prepares inputs as the zoo does.
 - ``refused``: the cuts no head was exported for, each with the reason (a side value that must travel
   with the activation cannot be an ONNX output of a batchable head; cut 0 needs no head).
 - ``plan_hash``: the hash of the plan the heads were exported for ("" when exported from a model
@@ -48,6 +51,7 @@ class Head:
     output_shape: tuple[int, ...]
     max_abs_diff: float = 0.0
     max_abs_ref: float = 0.0
+    nonnegative: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))

@@ -47,14 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "medians; the thread count is stated in the file. Combine profiles from two machines with "
         "`dyno analyze MODEL --device-profile D --cloud-profile C`.",
     )
-    prof.add_argument("model", help=MODEL_HELP)
+    prof.add_argument("model", nargs="?", help=MODEL_HELP + " (with --backend onnxruntime: optional, the heads' "
+                      "model)")
     prof.add_argument("--role", choices=("device", "cloud"), required=True)
+    prof.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                      help="device role: run the heads with torch (default) or with onnxruntime from exported ONNX "
+                      "heads (--heads DIR from `dyno export`); onnxruntime needs no torch: `pip install "
+                      "'dyno[device]'` on the device")
+    prof.add_argument("--heads", metavar="DIR", help="--backend onnxruntime: the directory `dyno export` wrote")
+    prof.add_argument("--codec-samples", type=positive_int, default=4,
+                      help="--backend onnxruntime: inputs each codec option is encoded on (default 4)")
     prof.add_argument("--out", required=True, type=output_file, help="profile file to write (JSON)")
     prof.add_argument("--data", help="real inputs for the codec timings (default: the model's dataset)")
     prof.add_argument("--weights", default="trained-or-random",
                       help="trained, random, trained-or-random (default) or a state_dict file (read with "
                       "weights_only=True)")
-    prof.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    prof.add_argument("--threads", type=positive_int, default=1,
+                      help="torch threads, or onnxruntime intra-op threads (default 1)")
     prof.add_argument("--name", help="profile name recorded in plans (default ROLE@HOST (N threads))")
     prof.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32),
                       help="cloud role: batch sizes (default 1..32)")
@@ -119,6 +128,12 @@ def run_analyze(args: argparse.Namespace) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
+    if args.backend == "onnxruntime":
+        return _profile_onnxruntime(args)
+    if args.heads is not None:
+        raise ConfigError("--heads goes with --backend onnxruntime")
+    if args.model is None:
+        raise ConfigError("name the model to profile (MODEL), or use --backend onnxruntime --heads DIR")
     import torch
 
     from dyno import offline, partition, zoo
@@ -144,6 +159,33 @@ def run_profile(args: argparse.Namespace) -> None:
     method = result.method.get("head" if args.role == "device" else "tail")
     print(f"{result.role} profile {result.name!r} of {entry.name}: {len(result.cuts)} cuts, "
           f"{result.threads} thread(s), {method}; written to {args.out}", file=sys.stdout)
+
+
+def _profile_onnxruntime(args: argparse.Namespace) -> None:
+    """``dyno profile --role device --backend onnxruntime --heads DIR``: no torch is imported."""
+    from dyno.bench.console import RichProgress
+    from dyno.device import OrtHeads, load_inputs, measure_device, save_profile
+
+    if args.role != "device":
+        raise ConfigError("--backend onnxruntime measures the device role (the heads); profile the cloud with torch")
+    if args.heads is None:
+        raise ConfigError("--backend onnxruntime needs --heads DIR (from `dyno export MODEL --out DIR`)")
+    heads = OrtHeads(args.heads, threads=args.threads)
+    manifest = heads.manifest
+    if args.model is not None and args.model != manifest.model:
+        raise ConfigError(f"the heads in {args.heads} are of {manifest.model}, not {args.model}")
+    data = args.data or manifest.notes.get("data")
+    if not data:
+        raise ConfigError(f"{manifest.model} has no default dataset; pass --data")
+    x, _ = load_inputs(data, max(8, args.codec_samples), preprocess=manifest.notes.get("preprocess"))
+    with RichProgress(enabled=not args.quiet) as progress:
+        document = measure_device(heads, x, name=args.name, codec_samples=args.codec_samples, progress=progress)
+    save_profile(document, args.out)
+    if args.json:
+        print(json.dumps(document))
+        return
+    print(f"device profile {document['name']!r} of {manifest.model}: {len(document['cuts'])} cuts, "
+          f"onnxruntime, {heads.threads} thread(s); written to {args.out}")
 
 
 def run_plan_show(args: argparse.Namespace) -> None:

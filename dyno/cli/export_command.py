@@ -56,7 +56,8 @@ def _export(args: argparse.Namespace) -> None:
             plan = Plan.load(args.plan)
             model = zoo.load_model(plan.model, weights=plan_weights(args.plan, args.weights))
             cuts = export.plan_cuts(plan, model)
-            manifest = export.export_plan(plan, model, args.out, opset=opset, only=args.cuts, progress=progress)
+            manifest = export.export_plan(plan, model, args.out, opset=opset, only=args.cuts, progress=progress,
+                                          notes=export.device_notes(zoo.get_model(plan.model)))
             name, data = plan.model, args.data or plan.data or None
         else:
             entry = zoo.get_model(args.model)
@@ -65,7 +66,7 @@ def _export(args: argparse.Namespace) -> None:
 
             cuts = partition.cuts(model, torch.zeros(1, *entry.input_shape))
             manifest = export.export_heads(model, cuts, args.out, model_name=entry.name, opset=opset,
-                                           only=args.cuts, progress=progress)
+                                           only=args.cuts, progress=progress, notes=export.device_notes(entry))
             name, data = entry.name, args.data
         rows = _compare(args, name, data, manifest, model, cuts, progress) if args.compare else []
     document: dict[str, Any] = {

@@ -10,6 +10,9 @@ the codec, the policy, the plan and the runtime's torch-free connection are all 
 """
 
 from dyno.device._client import OrtClient
+from dyno.device._data import load_inputs
 from dyno.device._heads import OrtHeads
+from dyno.device._profile import measure_device, save_profile
+from dyno.device._run import run_labelled
 
-__all__ = ["OrtClient", "OrtHeads"]
+__all__ = ["OrtClient", "OrtHeads", "load_inputs", "measure_device", "run_labelled", "save_profile"]

@@ -10,6 +10,6 @@ with the activation (``Cut.batchable`` False) is refused, with the reason, in th
 """
 
 from dyno.export._compare import CompareRow, compare
-from dyno.export._onnx import EXPORTER, OPSET, export_heads, export_plan, plan_cuts
+from dyno.export._onnx import EXPORTER, OPSET, device_notes, export_heads, export_plan, plan_cuts
 
-__all__ = ["CompareRow", "EXPORTER", "OPSET", "compare", "export_heads", "export_plan", "plan_cuts"]
+__all__ = ["CompareRow", "EXPORTER", "OPSET", "compare", "device_notes", "export_heads", "export_plan", "plan_cuts"]

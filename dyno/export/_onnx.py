@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +24,25 @@ from dyno.manifest import MANIFEST, Head, HeadsManifest, Refused, sha256_file
 from dyno.plan import Plan
 from dyno.progress import NO_PROGRESS, Progress
 
-__all__ = ["OPSET", "EXPORTER", "export_heads", "export_plan", "plan_cuts"]
+__all__ = ["OPSET", "EXPORTER", "export_heads", "export_plan", "plan_cuts", "device_notes"]
 
 #: The ONNX opset the heads are written in (onnxruntime 1.17 and later run it).
 OPSET = 17
 EXPORTER = f"torch.onnx (TorchScript, dynamo=False), torch {torch.__version__}"
 INPUT, OUTPUT = "input", "activation"
+
+
+def device_notes(entry: Any) -> dict[str, Any]:
+    """What a device needs to prepare inputs for a zoo entry: its preprocessing (when it is a
+    ``dyno.zoo.ImagePreprocess``) and its default dataset."""
+    import dataclasses
+
+    from dyno.zoo import ImagePreprocess
+
+    notes: dict[str, Any] = {"data": entry.default_data or ""}
+    if isinstance(entry.preprocess, ImagePreprocess):
+        notes["preprocess"] = dataclasses.asdict(entry.preprocess)
+    return notes
 
 
 def plan_cuts(plan: Plan, model: nn.Module) -> list[partition.Cut]:
@@ -47,7 +60,7 @@ def plan_cuts(plan: Plan, model: nn.Module) -> list[partition.Cut]:
 
 def export_plan(plan: Plan, model: nn.Module, out: str | os.PathLike, *, opset: int = OPSET,
                 only: Sequence[int] | None = None, check: torch.Tensor | None = None,
-                progress: Progress = NO_PROGRESS) -> HeadsManifest:
+                notes: dict[str, Any] | None = None, progress: Progress = NO_PROGRESS) -> HeadsManifest:
     """The heads of every cut of ``plan`` (or of ``only``) as ONNX files in ``out``, with the manifest."""
     from dyno.zoo import weights_hash
 
@@ -55,12 +68,13 @@ def export_plan(plan: Plan, model: nn.Module, out: str | os.PathLike, *, opset: 
         raise PlanError(f"the plan was made for weights sha256 {plan.weights_sha256}, not these "
                         f"({weights_hash(model)}); pass the weights the plan was made with")
     return export_heads(model, plan_cuts(plan, model), out, model_name=plan.model, plan_hash=plan.hash,
-                        opset=opset, only=only, check=check, progress=progress)
+                        opset=opset, only=only, check=check, notes=notes, progress=progress)
 
 
 def export_heads(model: nn.Module, cuts: Sequence[partition.Cut], out: str | os.PathLike, *, model_name: str,
                  plan_hash: str = "", opset: int = OPSET, only: Sequence[int] | None = None,
-                 check: torch.Tensor | None = None, progress: Progress = NO_PROGRESS) -> HeadsManifest:
+                 check: torch.Tensor | None = None, notes: dict[str, Any] | None = None,
+                 progress: Progress = NO_PROGRESS) -> HeadsManifest:
     """Export the head of each cut (all but the input cut; ``only``: those ids) and write the manifest.
 
     ``check`` (N, C, H, W) inputs the heads are compared on with onnxruntime (default: two seeded
@@ -95,7 +109,7 @@ def export_heads(model: nn.Module, cuts: Sequence[partition.Cut], out: str | os.
     manifest = HeadsManifest(model=model_name, weights_sha256=weights_hash(model), plan_hash=plan_hash,
                              input_shape=input_shape, opset=opset, exporter=EXPORTER, heads=tuple(heads),
                              refused=tuple(refused), cut_names=tuple(c.name for c in cuts),
-                             notes={"check_inputs": int(check.shape[0])})
+                             notes={**(notes or {}), "check_inputs": int(check.shape[0])})
     manifest.save(out / MANIFEST)
     kept = {h.file for h in heads}
     for stale in out.glob("head-*.onnx"):  # heads of an earlier export the manifest no longer lists
@@ -137,7 +151,7 @@ def _export_one(model: nn.Module, cut: partition.Cut, out: Path, opset: int, che
                              f"(largest value {scale:.3g}, shapes {got.shape} vs {ref.shape})")
     return Head(cut=cut.id, name=cut.name, file=path.name, sha256=sha256_file(path),
                 input_shape=tuple(check.shape[1:]), output_shape=tuple(cut.shape), max_abs_diff=diff,
-                max_abs_ref=scale)
+                max_abs_ref=scale, nonnegative=bool(cut.nonnegative))
 
 
 def _run_ort(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from dyno.cli._args import (
     positive_float,
     positive_int,
 )
+from dyno.cli._device_run import add_backend, run_onnxruntime
 from dyno.cli._model_args import PLAN_WEIGHTS_HELP, plan_weights
 from dyno.cli._runtime_args import add_device_and_link, add_token, token
 from dyno.errors import RuntimeServiceError
@@ -47,11 +48,14 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=input_file, help="client certificate (PEM) for mutual TLS")
     p.add_argument("--tls-key", type=input_file, help="client key (PEM) for mutual TLS")
     p.add_argument("--tls-server-name", help="name to check in the server's certificate")
+    add_backend(p)
     p.add_argument("--json", action="store_true", help="print one JSON summary document")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.backend == "onnxruntime":
+        return run_onnxruntime(args)
     from dyno.bench.console import RichProgress
     from dyno.bench.run import run_client
     from dyno.runtime import ClientTLS, from_plan_file

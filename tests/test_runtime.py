@@ -61,8 +61,9 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def server(model, plan, splits):
-    with ServerThread(plan, model, ServerConfig(batching=BatchConfig(max_batch=32, max_wait_ms=2)),
-                      splits=splits) as running:
+    # no load shedding (max_queue_ms): these tests count answers, and a busy machine must not refuse them
+    config = ServerConfig(batching=BatchConfig(max_batch=32, max_wait_ms=2), max_queue_ms=60_000)
+    with ServerThread(plan, model, config, splits=splits) as running:
         yield running
 
 

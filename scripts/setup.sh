@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot set-up on a fresh machine: the Fashion-MNIST Debian package (when apt is usable),
-# a virtual environment in .venv, and dyno installed editable with its test and Ray extras.
+# a virtual environment in .venv, and dyno installed editable with its full (torch), test and Ray extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +21,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # torch==2.13.0 is pinned in pyproject: pip takes the CPU wheel from the local wheel store.
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,ray]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[full,test,ray]'
 echo "setup: done (.venv)"

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     except DynoError as error:
         print(f"dyno {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as error:
+        if error.name != "torch" or debug:
+            raise
+        print(f"dyno {args.command}: error: this needs torch, which this install does not have (a device install: "
+              "`dyno run/profile --backend onnxruntime` work here); install 'dyno[full]' for the rest",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"dyno {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -103,6 +103,11 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+#: Tried in order for a name that is not registered (``dyno.zoo._spec`` adds ``module.path:callable``
+#: specs and the ``dyno.models`` entry points): name -> entry, or None when not theirs.
+RESOLVERS: list[Callable[[str], ModelEntry | None]] = []
+#: More known names for error messages (the entry points' names).
+KNOWN: list[Callable[[], list[str]]] = []
 
 
 def register_model(name: str | ModelEntry | None = None, build: Callable[[], nn.Module] | None = None, *,
@@ -177,20 +182,18 @@ def get_model(name: str | ModelEntry) -> ModelEntry:
         raise ModelError(f"a model name must be a string, got {type(name).__name__}")
     if name in _REGISTRY:
         return _REGISTRY[name]
-    from dyno.zoo import _spec
-
-    if _spec.is_spec(name):
-        return _spec.spec_entry(name)
-    entry = _spec.entry_point_entry(name) or _torchvision_entry(name.removeprefix(TORCHVISION_PREFIX))
+    for resolve in RESOLVERS:
+        found = resolve(name)
+        if found is not None:
+            return found
+    entry = _torchvision_entry(name.removeprefix(TORCHVISION_PREFIX))
     if entry is not None:
         return entry
     raise ModelError(_unknown_message(name))
 
 
 def _unknown_message(name: str) -> str:
-    from dyno.zoo._spec import entry_point_names
-
-    known = sorted({*_REGISTRY, *entry_point_names()})
+    known = sorted({*_REGISTRY, *(n for names in KNOWN for n in names())})
     message = (f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}, or module.path:callable "
                "(a callable returning an nn.Module or a dyno.zoo.ModelEntry)")
     if _torchvision_models() is None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dyno.errors import ModelError
-from dyno.zoo._registry import ModelEntry
+from dyno.zoo._registry import KNOWN, RESOLVERS, ModelEntry
 
 __all__ = ["ENTRY_POINT_GROUP", "is_spec", "spec_entry", "entry_point_entry", "entry_point_names"]
 
@@ -157,3 +157,11 @@ def _classes(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> int:
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelError(f"model {name!r} must return logits shaped (N, classes)")
     return int(out.shape[1])
+
+
+def _resolve(name: str) -> ModelEntry | None:
+    return spec_entry(name) if is_spec(name) else entry_point_entry(name)
+
+
+RESOLVERS.append(_resolve)
+KNOWN.append(entry_point_names)

@@ -15,7 +15,8 @@ Measured per system and N, in the simulator's shape: goodput, SLO attainment, cl
 inference (the server's own compute-time counter over the answered inferences; on Ray the replicas' own
 compute, without the trip from the front), p50/p95 latency, Jain's fairness, cloud utilisation. Before
 the fleet, one client sends ``probe`` inferences one at a time, all in the cloud: the unloaded round
-trip (``round_trip_ms``), from which the Ray path's overhead over the embedded server is read. Every
+trip (``round_trip_ms``), from which the Ray path's overhead over the embedded server is read; after it,
+with ``capacity_s``, the cloud-bound case (``capacity``: closed-loop raw streams, all in the cloud). Every
 client comes from 127.0.0.1, so the server's per-client limits are raised to its whole-server ones.
 
     document = fleet_bench("plan.json", sizes=(1, 8), policies=("dyno", "cloud-only"), traces=[...])
@@ -59,10 +60,11 @@ def _compute_seconds(server: Any) -> float:
 
 
 def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", replicas: int = 1,
-                autoscale: tuple[int, int] | None = None, ray_address: str | None = None) -> Any:
+                autoscale: tuple[int, int] | None = None, ray_address: str | None = None,
+                batch_in: str = "front") -> Any:
     """The server a fleet runs against, started (a context manager with ``address`` and ``metrics_url``):
     one torch thread in the server process and per replica; per-client limits at the whole server's
-    (every client comes from 127.0.0.1)."""
+    (every client comes from 127.0.0.1). ``batch_in``: where Ray batches form (``RayConfig.batch_in``)."""
     from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
 
     if server not in SERVERS:
@@ -74,8 +76,8 @@ def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", repli
         return ServerProcess(from_plan_file, plan_path, weights, config=config, threads=1)
     from dyno.cloud import RayConfig, RayServerProcess
 
-    ray = (RayConfig(autoscale=autoscale, replica_threads=1, address=ray_address, downscale_delay_s=15.0)
-           if autoscale is not None else RayConfig(replicas=replicas, replica_threads=1, address=ray_address))
+    ray = RayConfig(replicas=None if autoscale else replicas, autoscale=autoscale, replica_threads=1,
+                    address=ray_address, batch_in=batch_in, downscale_delay_s=15.0 if autoscale else 30.0)
     return RayServerProcess(from_plan_file, plan_path, weights, config=config, ray=ray, threads=1, timeout=300.0)
 
 
@@ -193,6 +195,23 @@ def _calibrate(plan: Any, weights: str, n: int, server: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def capacity(plan: Any, address: str, *, seconds: float, streams: int = 64) -> dict[str, Any]:
+    """The cloud-bound case: ``streams`` raw closed-loop streams of pre-encoded fp32 inputs (cut 0, all of
+    the model in the cloud; one asyncio client process, no device work) for ``seconds``: answered/s, p50."""
+    import asyncio
+    import statistics
+
+    from dyno.bench.runtime import _load, _request
+    from dyno.bench.session import labelled
+
+    xs, _ = labelled(plan.model, None, 16)
+    requests = [_request(plan, 0, x.numpy(), k) for k, x in enumerate(xs)]
+    asyncio.run(_load(address, requests, streams, 1.0))                  # warm
+    done, latencies = asyncio.run(_load(address, requests, streams, seconds))
+    return {"per_s": done / seconds, "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+            "streams": streams, "seconds": seconds, "cut": 0}
+
+
 def client_specs(specs: list[Any], system: str, rate: float) -> list[dict[str, Any]]:
     """The worker's description of each device in ``specs`` (``dyno.bench.fleet_worker``)."""
     return [{"system": system, "slowdown": s.slowdown, "offset": s.offset_s,
@@ -237,6 +256,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                 traces: Sequence[Trace], mix: dict[str, float] = DEFAULT_MIX, rate: float = 10.0,
                 duration: float = 20.0, slo: str | None = None, window: int = 8, processes: int = 4,
                 server: str = "embedded", replicas: int = 1, ray_address: str | None = None, probe: int = 200,
+                capacity_s: float = 0.0, batch_in: str = "front",
                 seed: int = 0, price: float | None = None, n: int = 200, weights: str = "trained",
                 reference_ms: float | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Measure the fleet on the real runtime and simulate it beside (module docstring)."""
@@ -254,7 +274,8 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
     measured, simulated = [], []
     tick = progress.task("fleet bench", len(sizes) * len(policies))
     started = time.perf_counter()
-    with start_cloud(str(plan_path), weights, server=server, replicas=replicas, ray_address=ray_address) as cloud:
+    with start_cloud(str(plan_path), weights, server=server, replicas=replicas, ray_address=ray_address,
+                     batch_in=batch_in) as cloud:
         calibration = _calibrate(plan, weights, n, cloud.address)
         trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
@@ -268,8 +289,10 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
             m_entry, s_entry = _one_size(cloud, plan, size, setup, tick)
             measured.append(m_entry)
             simulated.append(s_entry)
+        cloud_bound = capacity(plan, cloud.address, seconds=capacity_s) if capacity_s > 0 else None
     return {"plan": plan.model, "server": server, "replicas": replicas if server == "ray" else None,
-            "round_trip_ms": trip, "slo": str(parsed), "rate": rate, "duration_s": duration,
+            "batch_in": batch_in if server == "ray" else None, "round_trip_ms": trip, "capacity": cloud_bound,
+            "slo": str(parsed), "rate": rate, "duration_s": duration,
             "mix": dict(mix), "tiers": tiers, "tiers_requested": wanted, "window": window, "processes": processes,
             "device_emulation": "pad", "link": "token-bucket", "cloud_price_per_s": price,
             "speeds": speeds.describe(wanted), "cloud": {"scale": sim_config.cloud.scale, "workers": 1},

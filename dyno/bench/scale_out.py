@@ -8,7 +8,8 @@ the machine's load spreads over all of them; figures are medians over the rounds
 - ``overhead_ms``: the Ray path's per-request overhead against the embedded server, as the difference of
   the unloaded round trip's p50 (one request at a time, all in the cloud), Ray with one replica minus
   embedded; beside it the same difference of the fleet's own p50 latency (which adds queueing);
-- ``scaling``: goodput (and throughput) with two replicas over one.
+- ``scaling``: goodput (and throughput) of the fleet with two replicas over one, and of the cloud-bound
+  case (closed-loop raw streams, all in the cloud, no device work: what the deployment itself can do).
 
     document = scale_out_bench("plan.json", traces=trace_set("synthetic"), devices=64, policies=("dyno",))
     document["overhead_ms"]["round_trip_p50"], document["scaling"]["dyno"]["goodput"]
@@ -24,8 +25,10 @@ from dyno.progress import NO_PROGRESS, Progress
 
 __all__ = ["CONFIGS", "scale_out_bench", "constant_trace"]
 
-#: (server, replicas) compared.
-CONFIGS: tuple[tuple[str, int], ...] = (("embedded", 1), ("ray", 1), ("ray", 2))
+#: (server, replicas, where Ray batches form) compared; ``SERVE_BATCH``: Ray Serve's own batching, one
+#: replica (``RayConfig.batch_in="replica"``), the design not chosen, measured beside on request.
+CONFIGS: tuple[tuple[str, int, str], ...] = (("embedded", 1, "front"), ("ray", 1, "front"), ("ray", 2, "front"))
+SERVE_BATCH = ("ray", 1, "replica")
 FIGURES = ("goodput", "throughput", "p50_ms", "p95_ms", "slo_attainment", "cloud_s", "offloaded_share")
 
 
@@ -42,7 +45,10 @@ def _median(values: list[Any]) -> Any:
 def _summary(runs: list[dict[str, Any]], policies: Sequence[str]) -> dict[str, Any]:
     """Medians over the rounds of one configuration."""
     out: dict[str, Any] = {"round_trip_p50": _median([r["round_trip_ms"]["p50"] for r in runs]),
-                           "round_trip_p95": _median([r["round_trip_ms"]["p95"] for r in runs]), "policies": {}}
+                           "round_trip_p95": _median([r["round_trip_ms"]["p95"] for r in runs]),
+                           "capacity_per_s": _median([(r["capacity"] or {}).get("per_s") for r in runs]),
+                           "capacity_p50_ms": _median([(r["capacity"] or {}).get("p50_ms") for r in runs]),
+                           "policies": {}}
     for name in policies:
         figures = [r["measured"]["fleet"][0]["policies"][name] for r in runs]
         out["policies"][name] = {k: _median([f.get(k) for f in figures]) for k in FIGURES}
@@ -53,25 +59,32 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _key(server: str, replicas: int, batch_in: str) -> str:
+    if server == "embedded":
+        return server
+    return f"{server}-{replicas}" + ("-serve-batch" if batch_in == "replica" else "")
+
+
 def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 64, policies: Sequence[str] = ("dyno",),
-                    rounds: int = 1, configs: Sequence[tuple[str, int]] = CONFIGS, progress: Progress = NO_PROGRESS,
-                    **fleet: Any) -> dict[str, Any]:
+                    rounds: int = 1, configs: Sequence[tuple[str, int, str]] = CONFIGS, capacity_s: float = 8.0,
+                    progress: Progress = NO_PROGRESS, **fleet: Any) -> dict[str, Any]:
     """Run every configuration ``rounds`` times (module docstring); ``fleet``: ``fleet_bench``'s other
-    keywords (rate, duration, mix, processes, probe, ray_address, ...)."""
+    keywords (rate, duration, mix, processes, probe, ray_address, ...). Each run ends with the cloud-bound
+    case (``capacity_s`` seconds of closed-loop raw streams, ``fleet_runtime.capacity``)."""
     from dyno.bench.fleet_runtime import fleet_bench
 
-    runs: dict[str, list[dict[str, Any]]] = {f"{s}-{r}": [] for s, r in configs}
+    runs: dict[str, list[dict[str, Any]]] = {_key(*c): [] for c in configs}
     tick = progress.task("scale-out bench", rounds * len(configs))
     for round_ in range(rounds):
-        for server, replicas in configs:
-            tick(status=f"round {round_ + 1}: {server}" + (f", {replicas} replica(s)" if server == "ray" else ""))
-            runs[f"{server}-{replicas}"].append(
+        for server, replicas, batch_in in configs:
+            tick(status=f"round {round_ + 1}: {_key(server, replicas, batch_in)}")
+            runs[_key(server, replicas, batch_in)].append(
                 fleet_bench(plan_path, sizes=(devices,), policies=policies, traces=traces, server=server,
-                            replicas=replicas, **fleet))
+                            replicas=replicas, batch_in=batch_in, capacity_s=capacity_s, **fleet))
     summary = {key: _summary(value, policies) for key, value in runs.items()}
     document: dict[str, Any] = {"devices": devices, "rounds": rounds, "policies": list(policies),
                                 "traces": sorted({t.name for t in traces}), "configs": summary, "runs": runs}
-    embedded, one, two = summary.get("embedded-1"), summary.get("ray-1"), summary.get("ray-2")
+    embedded, one, two = summary.get("embedded"), summary.get("ray-1"), summary.get("ray-2")
     if embedded and one:
         document["overhead_ms"] = {
             "round_trip_p50": one["round_trip_p50"] - embedded["round_trip_p50"],
@@ -80,6 +93,7 @@ def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 6
     if one and two:
         document["scaling"] = {p: {k: _ratio(two["policies"][p][k], one["policies"][p][k])
                                    for k in ("goodput", "throughput")} for p in policies}
+        document["scaling"]["cloud_bound"] = _ratio(two["capacity_per_s"], one["capacity_per_s"])
     return document
 
 
@@ -92,12 +106,13 @@ def print_scale_out(document: dict[str, Any]) -> None:
     table = Table(title=f"{document['devices']} devices, traces {', '.join(document['traces'])}, "
                         f"medians over {document['rounds']} round(s)")
     for column in ("server", "policy", "goodput/s", "answered/s", "p50 ms", "p95 ms", "SLO met",
-                   "round trip p50 ms"):
+                   "round trip p50 ms", "cloud-bound /s"):
         table.add_column(column, justify="left" if column in ("server", "policy") else "right")
     for key, config in document["configs"].items():
         for name, f in config["policies"].items():
             table.add_row(key, name, f"{f['goodput']:.1f}", f"{f['throughput']:.1f}", _ms(f["p50_ms"]),
-                          _ms(f["p95_ms"]), f"{f['slo_attainment']:.0%}", _ms(config["round_trip_p50"]))
+                          _ms(f["p95_ms"]), f"{f['slo_attainment']:.0%}", _ms(config["round_trip_p50"]),
+                          _ms(config["capacity_per_s"]))
     console = stdout_console()
     console.print(table)
     if "overhead_ms" in document:

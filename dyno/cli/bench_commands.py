@@ -64,6 +64,13 @@ def _fleet_arguments(p: argparse.ArgumentParser) -> None:
                    "(dyno serve --ray: the gRPC front in one process, the tails on Ray Serve replicas of one torch "
                    "thread each); the --json document says which (\"server\", \"replicas\")")
     p.add_argument("--replicas", type=bounded_int(1, 64), default=1, help="fleet with --server ray: replicas")
+    p.add_argument("--batch-in", choices=("front", "replica"), default="front",
+                   help="fleet with --server ray: where batches form: front (dyno's batcher, one deployment call "
+                   "per batch; default) or replica (one call per request, @serve.batch in the replica); "
+                   "scale-out with replica: also runs Ray with 1 replica batching by @serve.batch")
+    p.add_argument("--capacity-s", type=nonnegative_float, default=None,
+                   help="fleet, scale-out: seconds of the cloud-bound case after the fleet (64 closed-loop raw "
+                   "streams, all in the cloud; default 0 for fleet, 8 for scale-out)")
     p.add_argument("--ray-address", default=None,
                    help="fleet, scale-out, autoscale: a running Ray cluster (as `ray start --head` prints it); "
                    "default: a local Ray instance started by the server process")
@@ -126,7 +133,7 @@ def _fleet(args: argparse.Namespace) -> None:
         document = fleet_bench(plan, sizes=args.devices, policies=policies, traces=traces, mix=_mix(args.mix),
                                rate=args.rate, duration=args.duration, processes=args.processes, server=args.server,
                                replicas=args.replicas, ray_address=args.ray_address, price=args.cloud_price,
-                               progress=progress)
+                               batch_in=args.batch_in, capacity_s=args.capacity_s or 0.0, progress=progress)
     if args.plot:
         document["plot"] = str(plot_fleet(document, args.plot))
     if args.json:
@@ -139,12 +146,15 @@ def _fleet(args: argparse.Namespace) -> None:
 
 def _scale_out(args: argparse.Namespace) -> None:
     from dyno.bench.console import RichProgress
-    from dyno.bench.scale_out import print_scale_out, scale_out_bench
+    from dyno.bench.scale_out import CONFIGS, SERVE_BATCH, print_scale_out, scale_out_bench
     from dyno.cli.simulate_command import _mix
 
     plan, traces, policies = _fleet_inputs(args, "dyno")
+    configs = CONFIGS + ((SERVE_BATCH,) if args.batch_in == "replica" else ())
+    capacity_s = 8.0 if args.capacity_s is None else args.capacity_s
     with RichProgress(not args.json) as progress:
-        document = scale_out_bench(plan, traces=traces, devices=max(args.devices), policies=policies,
+        document = scale_out_bench(plan, traces=traces, devices=max(args.devices), policies=policies, configs=configs,
+                                   capacity_s=capacity_s,
                                    rounds=args.rounds, mix=_mix(args.mix), rate=args.rate, duration=args.duration,
                                    processes=args.processes, ray_address=args.ray_address, progress=progress)
     if args.json:

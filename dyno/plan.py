@@ -243,6 +243,14 @@ class Plan(DataFile):
         image = [o.label for c in self.cuts[1:] for o in c.options if o.codec in IMAGE_CODECS]
         _check(not image, f"image codecs are for the input cut only, found {', '.join(image[:3])}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The file's document; ``weights`` only when recorded, so that a plan made before it existed
+        saves byte for byte and keeps its hash."""
+        data = super().to_dict()
+        if not self.weights:
+            data.pop("weights", None)
+        return data
+
     @property
     def device_only(self) -> CutPlan:
         return self.cuts[-1]

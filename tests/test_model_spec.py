@@ -116,7 +116,7 @@ def test_analyze_serve_and_run_a_user_model_from_the_command_line(tmp_path):
     torch.manual_seed(0)
     weights, plan_path, ready = tmp_path / "w.pt", tmp_path / "plan.json", tmp_path / "ready.json"
     torch.save(zoo.load_model(SPEC, weights="random").state_dict(), weights)
-    analyze = _dyno("analyze", SPEC, "--weights", str(weights), "--data", "fashion-mnist", "--limit", "40",
+    analyze = _dyno("analyze", SPEC, "--weights", str(weights), "--data", str(FASHION), "--limit", "40",
                     "--out", str(plan_path), "--quiet", "--json", env=env)
     out, err = analyze.communicate(timeout=300)
     assert analyze.returncode == 0, err

@@ -60,11 +60,13 @@ class RowPolicy(Policy):
         self._floors = FloorResolver()
         self.probe_every = probe_every
         self._explorer = Explorer(probe_every)
+        self._memo: tuple[tuple, tuple[int, str]] | None = None
         if probe_every:
             self.pure = False
 
     def reset(self) -> None:
         self._explorer.reset()
+        self._memo = None
 
     def allowed(self, model: PerfModel) -> list[int]:
         raise NotImplementedError
@@ -81,14 +83,27 @@ class RowPolicy(Policy):
         return mask
 
     def choose_row(self, model: PerfModel, state: State, estimates: Estimates) -> tuple[int, str]:
+        """The rule's row under ``estimates`` (the same inputs as the last call: the same answer, not
+        evaluated again; a device's estimates change only when it observes something)."""
+        key = (id(model), estimates, state.estimates, state.slo, state.batch, state.in_flight)
+        memo = self._memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        chosen = self._choose_row(model, state, estimates)
+        self._memo = (key, chosen)
+        return chosen
+
+    def _choose_row(self, model: PerfModel, state: State, estimates: Estimates) -> tuple[int, str]:
         allowed = self._allowed_mask(model)
         single = self._single.get(id(model))
         if single is not None:       # a fixed choice: nothing to evaluate
             return single, ""
-        ev = model.evaluate(self.priced(estimates), state.batch, state.in_flight)
+        priced = self.priced(estimates)
+        ev = model.evaluate(priced, state.batch, state.in_flight)
         if not self.apply_slo:
             return model.select(ev, np.flatnonzero(allowed), self.objectives, 0.0, state.batch), ""
-        floor = self._floors.floor(state, model, model.evaluate(state.estimates, state.batch, state.in_flight))
+        own = ev if priced == state.estimates else model.evaluate(state.estimates, state.batch, state.in_flight)
+        floor = self._floors.floor(state, model, own)
         feasible = model.feasible(ev, state.slo, floor, model.static_mask(state.slo, allowed))
         candidates = np.flatnonzero(feasible)
         if len(candidates):

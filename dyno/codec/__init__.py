@@ -14,7 +14,7 @@ plus a payload; ``Encoded.nbytes`` counts both, and is the figure every byte cou
 
 Modes (``MODES``): ``shuffle-lz4`` (default; bit-shuffle + LZ4, the fastest), ``shuffle-zstd``
 (bit-shuffle + Zstandard level 1), ``centre-zstd`` (codes centred on the zero point, bit-shuffle,
-Zstandard level 3: signed tensors too), ``zstd`` (Zstandard on the codes' bytes), ``rans`` (an order-0
+Zstandard level 1: signed tensors too), ``zstd`` (Zstandard on the codes' bytes), ``rans`` (an order-0
 rANS entropy coder, 1..8 bits), ``dense`` (exactly b bits per value, no entropy coder; the reference),
 ``fp16``/``fp32`` (baselines), ``jpeg``/``webp`` (the input cut). The quantiser is numpy's (torch is
 never imported; encode takes numpy arrays and torch tensors alike). Frames of the last three

@@ -14,7 +14,7 @@ of ``jpeg`` and ``webp`` (the input cut only), and None for ``fp32``/``fp16``.
 The quantising codecs (the coders of the same codes, so they share one accuracy per cut and width):
 ``shuffle-lz4`` (bit-shuffle + LZ4, the fastest), ``shuffle-zstd`` (bit-shuffle + Zstandard level 1),
 ``dense`` (exactly ``bits`` bits per value), ``centre-zstd`` (codes centred on the zero point,
-bit-shuffle, Zstandard level 3), ``zstd`` (Zstandard on the codes' bytes) and ``rans`` (order-0 rANS:
+bit-shuffle, Zstandard level 1), ``zstd`` (Zstandard on the codes' bytes) and ``rans`` (order-0 rANS:
 the entropy of the codes). ``dyno.codec`` implements each under the same name (its ``MODES``).
 """
 

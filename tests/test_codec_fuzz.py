@@ -46,7 +46,7 @@ def coder_frames(mode: str) -> list[tuple[Encoded, Expected]]:
     wide tensors at every width it takes, per tensor and per channel; all carry the coder's payload."""
     gen = torch.Generator().manual_seed(1)
     relu = torch.relu(torch.randn(4, 16, 16, generator=gen) - 1.0)
-    signed = torch.randn(6, 40, generator=gen) * torch.rand(6, 40, generator=gen) ** 4
+    signed = torch.randn(8, 64, generator=gen) * torch.rand(8, 64, generator=gen) ** 4
     frames = []
     for bits in (1, 2, 3, 5, 8, 12, 16):
         if bits > MAX_BITS.get(mode, 16):

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, needs_fmnist
 
 from dyno.bench.autoscale import active_spans, parse_steps
+from dyno.bench.scale_out import _summary, derived
 from dyno.errors import ConfigError
 
 
@@ -40,6 +41,30 @@ def test_steps_feed_each_device_only_in_the_steps_that_have_it():
     for bad in ("4", "4:x", "0:10", "4:-1", "4:20,,8:1"):
         with pytest.raises(ConfigError):
             parse_steps(bad)
+
+
+def _run(trip_p50: float, capacity: float, goodput: float, p50: float) -> dict:
+    """A fleet_bench document cut down to what the scale-out summary reads."""
+    figures = {"goodput": goodput, "throughput": goodput + 1, "p50_ms": p50, "p95_ms": 2 * p50,
+               "slo_attainment": 0.9, "cloud_s": 0.001, "offloaded_share": 1.0}
+    return {"round_trip_ms": {"p50": trip_p50, "p95": 2 * trip_p50}, "capacity": {"per_s": capacity, "p50_ms": 1.0},
+            "measured": {"fleet": [{"devices": 64, "policies": {"dyno": figures}}]}}
+
+
+def test_scale_out_takes_medians_over_rounds_then_the_overhead_and_the_scaling():
+    summary = {"embedded": _summary([_run(3.0, 900, 100, 10), _run(3.4, 800, 90, 12), _run(9.0, 100, 10, 90)],
+                                    ["dyno"]),
+               "ray-1": _summary([_run(5.0, 400, 80, 14), _run(6.0, 600, 70, 15)], ["dyno"]),
+               "ray-2": _summary([_run(7.0, 1000, 120, 13), _run(7.0, 800, 100, 13)], ["dyno"])}
+    assert summary["embedded"]["round_trip_p50"] == 3.4 and summary["embedded"]["capacity_per_s"] == 800
+    assert summary["ray-1"]["policies"]["dyno"]["goodput"] == 75          # median of two: their mean
+    out = derived(summary, ["dyno"])
+    assert out["overhead_ms"]["round_trip_p50"] == pytest.approx(5.5 - 3.4)
+    assert out["overhead_ms"]["fleet_p50"]["dyno"] == pytest.approx(14.5 - 12)
+    assert out["scaling"]["dyno"]["goodput"] == pytest.approx(110 / 75)
+    assert out["scaling"]["dyno"]["throughput"] == pytest.approx(111 / 76)
+    assert out["scaling"]["cloud_bound"] == pytest.approx(900 / 500)
+    assert derived({"ray-1": summary["ray-1"]}, ["dyno"]) == {}              # nothing to compare with
 
 
 @needs_fmnist

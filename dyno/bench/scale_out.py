@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from dyno.emulate.traces import Trace
 from dyno.progress import NO_PROGRESS, Progress
 
-__all__ = ["CONFIGS", "scale_out_bench", "constant_trace"]
+__all__ = ["CONFIGS", "SERVE_BATCH", "scale_out_bench", "derived", "constant_trace", "print_scale_out"]
 
 #: (server, replicas, where Ray batches form) compared; ``SERVE_BATCH``: Ray Serve's own batching, one
 #: replica (``RayConfig.batch_in="replica"``), the design not chosen, measured beside on request.
@@ -65,6 +65,24 @@ def _key(server: str, replicas: int, batch_in: str) -> str:
     return f"{server}-{replicas}" + ("-serve-batch" if batch_in == "replica" else "")
 
 
+def derived(summary: dict[str, Any], policies: Sequence[str]) -> dict[str, Any]:
+    """``overhead_ms`` (Ray with one replica minus embedded: round-trip p50, fleet p50 per policy) and
+    ``scaling`` (two replicas over one: goodput and throughput per policy, the cloud-bound rate), where
+    the configurations they need were run."""
+    out: dict[str, Any] = {}
+    embedded, one, two = summary.get("embedded"), summary.get("ray-1"), summary.get("ray-2")
+    if embedded and one:
+        out["overhead_ms"] = {
+            "round_trip_p50": one["round_trip_p50"] - embedded["round_trip_p50"],
+            "fleet_p50": {p: (one["policies"][p]["p50_ms"] or 0) - (embedded["policies"][p]["p50_ms"] or 0)
+                          for p in policies}}
+    if one and two:
+        out["scaling"] = {p: {k: _ratio(two["policies"][p][k], one["policies"][p][k])
+                              for k in ("goodput", "throughput")} for p in policies}
+        out["scaling"]["cloud_bound"] = _ratio(two["capacity_per_s"], one["capacity_per_s"])
+    return out
+
+
 def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 64, policies: Sequence[str] = ("dyno",),
                     rounds: int = 1, configs: Sequence[tuple[str, int, str]] = CONFIGS, capacity_s: float = 8.0,
                     progress: Progress = NO_PROGRESS, **fleet: Any) -> dict[str, Any]:
@@ -84,16 +102,7 @@ def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 6
     summary = {key: _summary(value, policies) for key, value in runs.items()}
     document: dict[str, Any] = {"devices": devices, "rounds": rounds, "policies": list(policies),
                                 "traces": sorted({t.name for t in traces}), "configs": summary, "runs": runs}
-    embedded, one, two = summary.get("embedded"), summary.get("ray-1"), summary.get("ray-2")
-    if embedded and one:
-        document["overhead_ms"] = {
-            "round_trip_p50": one["round_trip_p50"] - embedded["round_trip_p50"],
-            "fleet_p50": {p: (one["policies"][p]["p50_ms"] or 0) - (embedded["policies"][p]["p50_ms"] or 0)
-                          for p in policies}}
-    if one and two:
-        document["scaling"] = {p: {k: _ratio(two["policies"][p][k], one["policies"][p][k])
-                                   for k in ("goodput", "throughput")} for p in policies}
-        document["scaling"]["cloud_bound"] = _ratio(two["capacity_per_s"], one["capacity_per_s"])
+    document.update(derived(summary, policies))
     return document
 
 

@@ -44,7 +44,9 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    "Pixel 4), high (3 ms, Jetson AGX Xavier class), scaled by Lite0's latency on this machine "
                    "(a tier faster than this machine runs at native speed); native; or a number (a slowdown "
                    "against this machine)")
-    p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad")
+    p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
+                   help="how the device is slowed: pad (each head run padded to its emulated time; the "
+                   "default) or cgroup (a cgroup v1 CPU quota on this process; needs the cpu controller)")
     p.add_argument("--trace", type=input_file,
                    help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
     p.add_argument("--segment-s", type=positive_float, default=7.5,

@@ -46,7 +46,8 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    "against this machine)")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
                    help="how the device is slowed: pad (each head run padded to its emulated time; the "
-                   "default) or cgroup (a cgroup v1 CPU quota on this process; needs the cpu controller)")
+                   "default) or cgroup (the device thread in a cgroup v1 cpu group with a 1/k_d CPU quota; needs "
+                   "write access to /sys/fs/cgroup/cpu)")
     p.add_argument("--trace", type=input_file,
                    help="uplink trace file (default: the built-in 8 -> 1 -> 0.3 -> 4 Mbit/s)")
     p.add_argument("--segment-s", type=positive_float, default=7.5,

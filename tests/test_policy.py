@@ -307,6 +307,13 @@ def test_probe_after_a_run_of_device_only_decisions():
     policy = DynoPolicy()
     probes = [i for i in range(6000) if policy.decide(fast).cut != 2]
     assert probes == [2500, 5001]
+    # a device given phase 0.6 starts its first streak 60% of the way through: its first probe comes
+    # after 0.2 s of device time instead of 0.5, and the cadence after it is the same; reset keeps it
+    policy = DynoPolicy()
+    policy.desynchronise(0.6)
+    policy.reset()
+    probes = [i for i in range(6000) if policy.decide(fast).cut != 2]
+    assert probes == [1000, 3501]
 
 
 # ------------------------------------------------------------------------------------------ baselines

@@ -130,3 +130,20 @@ def test_fleet_experiment_document_and_command(tmp_path, capsys):
     assert doc["speeds"]["reference_ms"] == 20 and doc["cloud"]["scale"] == pytest.approx(1.5 / 20)
     assert doc["tiers"] == {"low": 49 / 20, "mid": 12 / 20, "high": 3 / 20}
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_fleet_started_together_does_not_probe_all_at_once():
+    """64 identical devices, all on the device, start together at the same frame rate; each probes the
+    link now and then. Their probes are spread over the probe interval, not sent in one burst."""
+    plan = tiny_plan()
+    slow_link = Trace.constant(2e3, 10.0)    # offloading never pays: every offload is a probe
+    specs = [DeviceSpec(policy=make("dyno"), slowdown=1.0, trace=slow_link, slo=SLO_T, rate=50.0)
+             for _ in range(64)]
+    result = run_fleet(PerfModel(plan), specs, FleetConfig(duration_s=4.0, rtt_ms=2.0, timeline=True))
+    probes = [t for d in result.devices for t, codec in zip(d.timeline["t"], d.timeline["codec"], strict=True)
+              if codec is not None and t >= 0.5]    # (before: the first decisions, on the initial estimate)
+    assert len(probes) >= 64                        # every device probed at least once
+    per_50ms: dict[int, int] = {}
+    for t in probes:
+        per_50ms[int(t / 0.05)] = per_50ms.get(int(t / 0.05), 0) + 1
+    assert max(per_50ms.values()) <= 16             # (all at phase 0: 64 in one slot)

@@ -277,5 +277,10 @@ class Policy(abc.ABC):
     def reset(self) -> None:  # noqa: B027 (a hook: stateless policies have nothing to forget)
         """Forget any state kept between decisions."""
 
+    def desynchronise(self, phase: float) -> None:  # noqa: B027 (a hook: policies that never probe)
+        """Start exploring ``phase`` (in [0, 1)) of the way through the first probe streak, so that many
+        devices started together do not all probe at once (``dyno.policy.explore``); kept across
+        ``reset``."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

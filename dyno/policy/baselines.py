@@ -68,6 +68,9 @@ class RowPolicy(Policy):
         self._explorer.reset()
         self._memo = None
 
+    def desynchronise(self, phase: float) -> None:
+        self._explorer = Explorer(self.probe_every, phase=phase)
+
     def allowed(self, model: PerfModel) -> list[int]:
         raise NotImplementedError
 

@@ -60,12 +60,17 @@ class DynoPolicy(Policy):
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
         self._models = ModelCache(power)
         self._floors = FloorResolver()
+        self._phase = 0.0
         self.reset()
+
+    def desynchronise(self, phase: float) -> None:
+        self._explorer = Explorer(self.probe_every, self.probe_interval_s, phase)
+        self._phase = phase
 
     def reset(self) -> None:
         self._current: int | None = None
         self._last_model: PerfModel | None = None
-        self._explorer = Explorer(self.probe_every, self.probe_interval_s)
+        self._explorer = Explorer(self.probe_every, self.probe_interval_s, self._phase)
         self._memo: tuple[tuple, tuple[int, bool, PerfModel, Evaluation, float | None]] | None = None
 
     def allowed(self, model: PerfModel) -> np.ndarray | None:

@@ -47,6 +47,7 @@ from dyno.simulate.fleet_types import DeviceSpec, DeviceTally, FleetConfig, Flee
 __all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "run_fleet", "met_rows"]
 
 START, ARRIVE, FRAME = 0, 1, 4
+_GOLDEN = 0.618034   # spreads device i's phases evenly over [0, 1)
 
 
 class _Device:
@@ -101,6 +102,7 @@ class _Engine:
         met_cache: dict[SLO, list[bool]] = {}
         self.devices = []
         for i, spec in enumerate(specs):
+            spec.policy.desynchronise(i * _GOLDEN % 1.0)   # device 0 (N = 1) at phase 0; others spread
             spec.policy.reset()
             met = met_cache.get(spec.slo)
             if met is None:
@@ -123,7 +125,7 @@ class _Engine:
                 self._schedule_start(dev, 0.0)
             else:  # a phase per device, spread evenly, so that frames do not all arrive together
                 phase = dev.spec.phase_s
-                self.push((dev.index * 0.618034 % 1.0) / rate if phase is None else phase, FRAME, dev)
+                self.push((dev.index * _GOLDEN % 1.0) / rate if phase is None else phase, FRAME, dev)
         heap, pop = self.heap, heapq.heappop
         ticked, progress = 0.0, self.progress
         cloud = self.cloud

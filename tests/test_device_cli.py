@@ -106,3 +106,16 @@ def test_serve_and_run_with_the_onnxruntime_backend(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "--role", "cloud", "--backend", "onnxruntime", "--heads", "h"], "measures the device role"),
+    (["profile", "--role", "device", "--backend", "onnxruntime"], "needs --heads DIR"),
+    (["profile", "fmnist-resnet", "--role", "device", "--heads", "h"], "--heads goes with --backend onnxruntime"),
+    (["profile", "--role", "device"], "name the model to profile"),
+])
+def test_profile_backend_flags_are_checked(args, message, tmp_path, capsys):
+    from dyno.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "p.json")]) == 1
+    assert message in capsys.readouterr().err

@@ -12,9 +12,11 @@ The curated public API; everything else is internal and may change::
         result = client.infer(x)
 
 The parts, bottom up (each imports only those below it): ``errors``, ``packing``, ``progress``,
-``datafile``; ``codec``, ``graph``, ``partition``, ``plan``, ``zoo``, ``emulate``; ``policy``, ``monitor``;
-``offline`` (profiles, precision, the plan), ``simulate`` (the discrete-event simulator), ``runtime``
-(gRPC client and server); ``bench`` (experiments, the demo, presentation); ``cli``.
+``datafile``; ``codec``, ``graph``, ``partition``, ``plan``, ``manifest`` (exported heads), ``zoo``,
+``emulate``; ``policy``, ``monitor``; ``offline`` (profiles, precision, the plan), ``export`` (heads as
+ONNX), ``simulate`` (the discrete-event simulator), ``runtime`` (gRPC client and server); ``cloud``
+(Ray Serve), ``device`` (the device without torch: onnxruntime); ``bench`` (experiments, the demo,
+presentation); ``cli``.
 
 Submodules load on first use, so ``import dyno`` stays cheap for the CLI.
 """
@@ -33,8 +35,8 @@ try:  # one source of truth: pyproject.toml
 except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-_SUBMODULES = ("codec", "graph", "partition", "packing", "plan", "policy", "monitor", "zoo", "offline",
-               "runtime", "emulate", "simulate", "bench")
+_SUBMODULES = ("codec", "graph", "partition", "packing", "plan", "manifest", "policy", "monitor", "zoo", "offline",
+               "export", "runtime", "device", "emulate", "simulate", "bench")
 _NAMES = {
     "Plan": ("dyno.plan", "Plan"),
     "Packing": ("dyno.packing", "Packing"),

@@ -11,7 +11,8 @@ loads it, and matches the heads to the plan by model, weights hash and the cuts'
 - ``heads``: per exported cut its id and node name, the file, the sha256 of the file, the input and
   output shapes per sample (the batch dimension is dynamic), ``max_abs_diff``/``max_abs_ref``: the
   largest |onnxruntime - torch| over the check inputs at export and the largest |torch| value, and
-  ``nonnegative`` (the activation is never negative, e.g. after a ReLU: the codec needs no sign).
+  ``nonnegative`` (the activation is never negative, e.g. after a ReLU: the codec needs no sign);
+  ``tail_file``/``tail_sha256`` when the tails were exported too (``dyno export --tails``).
 - ``notes``: ``preprocess`` (the zoo model's image preprocessing: mode, resize, crop, mean, std,
   interpolation) and ``data`` (its default dataset), so a device reads and prepares inputs as the zoo does.
 - ``refused``: the cuts no head was exported for, each with the reason (a side value that must travel
@@ -52,6 +53,8 @@ class Head:
     max_abs_diff: float = 0.0
     max_abs_ref: float = 0.0
     nonnegative: bool = False
+    tail_file: str = ""
+    tail_sha256: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
@@ -60,7 +63,10 @@ class Head:
               and Path(self.file).name == self.file and self.file.endswith(".onnx")
               and isinstance(self.sha256, str) and len(self.sha256) == 64
               and all(isinstance(d, int) and d > 0 for d in (*self.input_shape, *self.output_shape))
-              and finite(self.max_abs_diff) and finite(self.max_abs_ref))
+              and finite(self.max_abs_diff) and finite(self.max_abs_ref)
+              and (self.tail_file == self.tail_sha256 == "" or (Path(self.tail_file).name == self.tail_file
+                                                                 and self.tail_file.endswith(".onnx")
+                                                                 and len(self.tail_sha256) == 64)))
         if not ok:
             raise PlanError(f"invalid heads manifest: head of cut {self.cut!r} ({self.file!r}) has a bad id, file "
                             "name (a plain *.onnx name in the directory), sha256, shape or check value")
@@ -140,17 +146,20 @@ class HeadsManifest(DataFile):
             raise PlanError(f"no heads manifest at {path}; export heads with `dyno export --plan PLAN --out DIR`")
         return cls.read(path)
 
-    def verified_file(self, directory: str | os.PathLike, cut_id: int) -> bytes:
-        """The bytes of the head file of ``cut_id``, after checking its sha256 against the manifest."""
-        head = self.head(cut_id)
-        path = Path(directory) / head.file
+    def verified_file(self, directory: str | os.PathLike, cut_id: int, *, tail: bool = False) -> bytes:
+        """The bytes of the head (``tail``: the tail) file of ``cut_id``, after checking its sha256."""
+        entry = self.head(cut_id)
+        name, expected = (entry.tail_file, entry.tail_sha256) if tail else (entry.file, entry.sha256)
+        if not name:
+            raise PlanError(f"no exported tail for cut {cut_id}; export with `dyno export --tails`")
+        path = Path(directory) / name
         try:
             data = path.read_bytes()
         except OSError as error:
             raise PlanError(f"cannot read the head of cut {cut_id}: {error}") from None
         digest = hashlib.sha256(data).hexdigest()
-        if digest != head.sha256:
-            raise PlanError(f"{path} has sha256 {digest}, the manifest says {head.sha256}: the file was "
+        if digest != expected:
+            raise PlanError(f"{path} has sha256 {digest}, the manifest says {expected}: the file was "
                             "changed or damaged; export the heads again")
         return data
 

@@ -153,3 +153,35 @@ def test_a_decision_for_a_cut_without_a_head_runs_on_the_device(setup, tmp_path)
         results = list(client.map(x.numpy()[:4]))
     assert [r.top1 for r in results] == expected[:4]
     assert {r.where for r in results} == {"device"} and "no exported head for cut 5" in results[0].note
+
+
+def test_a_given_back_inference_finishes_by_the_exported_tail(setup, tmp_path):
+    from concurrent.futures import Future
+
+    from dyno.device import OrtHeads
+    from dyno.device._worker import OrtDeviceWorker
+    from dyno.monitor import Monitors
+    from dyno.policy import SLO, make
+    from dyno.runtime.inflight import Inference, Telemetry
+
+    root, plan, model, x, expected, _ = setup
+    last = len(plan.cuts) - 1
+    export.export_plan(plan, model, tmp_path, only=(4, last), tails=True)
+    heads = OrtHeads(tmp_path, plan)
+    assert heads.has_tail(4) and not heads.has_tail(last)
+    worker = OrtDeviceWorker(plan, heads, make("device-only"), SLO(), telemetry=Telemetry(Monitors(plan)),
+                             deliver=lambda inference, result: inference.future.set_result(result))
+    worker.start(None)
+    results = []
+    try:
+        for i, cut in enumerate((4, 4, 4, 3)):  # cut 3 has no exported head or tail: the whole model
+            inference = Inference(i, x[i:i + 1].numpy(), Future())  # type: ignore[arg-type]
+            inference.decision = Decision(cut, "fp32", None)
+            inference.activation = heads.run(4, inference.x) if cut == 4 else None
+            worker.fall_back(inference, "no reply in time")
+            results.append(inference.future.result(30))
+    finally:
+        worker.stop()
+    assert [r.top1 for r in results] == expected[:4] and {r.where for r in results} == {"fallback"}
+    assert [r.note for r in results[:3]] == ["no reply in time"] * 3 and "no tail exported" in results[3].note
+    assert (4, True) in heads._sessions  # the tail ran

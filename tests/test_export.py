@@ -144,3 +144,27 @@ def test_export_from_the_command_line(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "dyno", "export", "fmnist-resnet", "--plan", str(plan_path),
                               "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "either MODEL or --plan" in refused.stderr
+
+
+def test_tails_exported_with_the_heads_finish_the_model(tmp_path):
+    sys.path.insert(0, str(TESTS))
+    from mypkg.models import SideNet
+
+    torch.manual_seed(0)
+    model = SideNet().eval()
+    cuts = partition.cuts(model, torch.zeros(1, 1, 28, 28))
+    manifest = export.export_heads(model, cuts, tmp_path, model_name="sidenet", tails=True)
+    last = len(cuts) - 1
+    assert all(bool(h.tail_file) == (h.cut != last) for h in manifest.heads)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    for entry in manifest.heads[:-1]:
+        head = _session(manifest, tmp_path, entry.cut)
+        options = ort.SessionOptions()
+        tail = ort.InferenceSession(manifest.verified_file(tmp_path, entry.cut, tail=True), options,
+                                    providers=["CPUExecutionProvider"])
+        got = tail.run(None, {"input": head.run(None, {"input": x.numpy()})[0]})[0]
+        assert np.abs(got - expected).max() <= 1e-5, entry.cut   # the batch size recomputed in the tail
+    with pytest.raises(PlanError, match="no exported tail"):
+        manifest.verified_file(tmp_path, last, tail=True)

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="directory to write the heads and manifest.json into")
     p.add_argument("--weights", default=None, help=PLAN_WEIGHTS_HELP + "; with MODEL: default trained")
     p.add_argument("--opset", type=bounded_int(13, 21), default=None, help="ONNX opset (default 17)")
+    p.add_argument("--tails", action="store_true",
+                   help="also export each cut's tail (tail-NNN.onnx), so that a device without torch finishes an "
+                   "inference the cloud gives back from its activation instead of rerunning the whole model")
     p.add_argument("--cuts", type=int_list, default=None, help="only these cut ids, e.g. 1,5,9 (default all)")
     p.add_argument("--compare", type=nonnegative_int, default=0, metavar="N",
                    help="then compare every head with the torch head on N real inputs of the model's data: max "
@@ -57,6 +60,7 @@ def _export(args: argparse.Namespace) -> None:
             model = zoo.load_model(plan.model, weights=plan_weights(args.plan, args.weights))
             cuts = export.plan_cuts(plan, model)
             manifest = export.export_plan(plan, model, args.out, opset=opset, only=args.cuts, progress=progress,
+                                          tails=args.tails,
                                           notes=export.device_notes(zoo.get_model(plan.model)))
             name, data = plan.model, args.data or plan.data or None
         else:
@@ -66,7 +70,8 @@ def _export(args: argparse.Namespace) -> None:
 
             cuts = partition.cuts(model, torch.zeros(1, *entry.input_shape))
             manifest = export.export_heads(model, cuts, args.out, model_name=entry.name, opset=opset,
-                                           only=args.cuts, progress=progress, notes=export.device_notes(entry))
+                                           only=args.cuts, progress=progress, notes=export.device_notes(entry),
+                                           tails=args.tails)
             name, data = entry.name, args.data
         rows = _compare(args, name, data, manifest, model, cuts, progress) if args.compare else []
     document: dict[str, Any] = {

@@ -41,25 +41,34 @@ class OrtHeads:
             raise PlanError(f"the heads in {self.directory} do not include the whole model (cut {self.last}); "
                             "export every cut with `dyno export --plan PLAN`")
         self.threads = threads
-        self._sessions: dict[int, Any] = {}
+        self._sessions: dict[tuple[int, bool], Any] = {}
         self._lock = threading.Lock()
 
     def has(self, cut_id: int) -> bool:
         return cut_id == 0 or cut_id in self.manifest.cuts
 
-    def session(self, cut_id: int) -> Any:
-        session = self._sessions.get(cut_id)
+    def has_tail(self, cut_id: int) -> bool:
+        """Whether the tail of ``cut_id`` was exported (``dyno export --tails``)."""
+        return cut_id in self.manifest.cuts and bool(self.manifest.head(cut_id).tail_file)
+
+    def session(self, cut_id: int, *, tail: bool = False) -> Any:
+        key = (cut_id, tail)
+        session = self._sessions.get(key)
         if session is None:
             with self._lock:
-                session = self._sessions.get(cut_id)
+                session = self._sessions.get(key)
                 if session is None:
                     options = self._ort.SessionOptions()
                     options.intra_op_num_threads = self.threads
                     options.inter_op_num_threads = 1
-                    data = self.manifest.verified_file(self.directory, cut_id)
+                    data = self.manifest.verified_file(self.directory, cut_id, tail=tail)
                     session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-                    self._sessions[cut_id] = session
+                    self._sessions[key] = session
         return session
+
+    def run_tail(self, cut_id: int, activation: np.ndarray) -> np.ndarray:
+        """The logits from the activation at ``cut_id`` (its exported tail)."""
+        return self.session(cut_id, tail=True).run(None, {"input": activation})[0]
 
     def run(self, cut_id: int, x: np.ndarray) -> np.ndarray:
         if cut_id == 0:

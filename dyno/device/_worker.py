@@ -1,9 +1,9 @@
 """The device thread of the onnxruntime client: decide, run the head, encode, send; finish on the device.
 
 The same protocol as ``dyno.runtime.device_worker`` (the torch device) with numpy arrays and exported
-heads. The one difference: a device without torch holds no tails, so an inference the cloud gives back
-finishes by running the whole model from its input (``where="fallback"``, noted), not the tail from
-the activation.
+heads. An inference the cloud gives back finishes from its activation by the cut's exported tail when
+the heads were exported with ``--tails``; otherwise by running the whole model from its input
+(``where="fallback"``, the note says which).
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ class OrtDeviceWorker:
             try:
                 if kind == _START:
                     self._start(inference)
+                elif inference.activation is not None and self.heads.has_tail(inference.cut):
+                    self._tail(inference, note)
                 else:
-                    self._whole(inference, "fallback", f"{note} (whole model on the device: it holds no tails)")
+                    self._whole(inference, "fallback", f"{note} (whole model on the device: no tail exported)")
             except Exception as error:
                 if not inference.future.done():
                     inference.future.set_exception(error)
@@ -114,10 +116,20 @@ class OrtDeviceWorker:
         inference.nbytes = inference.request.ByteSize()
         self._cloud.send(inference)
 
+    def _tail(self, inference: Inference, note: str) -> None:
+        """The fallback from the activation already computed, by the cut's exported tail."""
+        cut = inference.cut
+        logits, ms = self._on_device(lambda a: self.heads.run_tail(cut, a), inference.activation)
+        inference.device_ms += ms
+        self._finish(inference, logits, "fallback", note)
+
     def _whole(self, inference: Inference, where: str, note: str) -> None:
         logits, ms = self._on_device(self.heads.head(self.last), inference.x)
         self.telemetry.record_device(self.last, ms)
         inference.device_ms += ms
+        self._finish(inference, logits, where, note)
+
+    def _finish(self, inference: Inference, logits: Any, where: str, note: str) -> None:
         vector = np.asarray(logits, dtype=np.float32).reshape(-1)
         classes, scores = top_k(vector, self.top_k)
         decision = inference.decision

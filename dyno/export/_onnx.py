@@ -60,7 +60,8 @@ def plan_cuts(plan: Plan, model: nn.Module) -> list[partition.Cut]:
 
 def export_plan(plan: Plan, model: nn.Module, out: str | os.PathLike, *, opset: int = OPSET,
                 only: Sequence[int] | None = None, check: torch.Tensor | None = None,
-                notes: dict[str, Any] | None = None, progress: Progress = NO_PROGRESS) -> HeadsManifest:
+                notes: dict[str, Any] | None = None, tails: bool = False,
+                progress: Progress = NO_PROGRESS) -> HeadsManifest:
     """The heads of every cut of ``plan`` (or of ``only``) as ONNX files in ``out``, with the manifest."""
     from dyno.zoo import weights_hash
 
@@ -68,12 +69,12 @@ def export_plan(plan: Plan, model: nn.Module, out: str | os.PathLike, *, opset: 
         raise PlanError(f"the plan was made for weights sha256 {plan.weights_sha256}, not these "
                         f"({weights_hash(model)}); pass the weights the plan was made with")
     return export_heads(model, plan_cuts(plan, model), out, model_name=plan.model, plan_hash=plan.hash,
-                        opset=opset, only=only, check=check, notes=notes, progress=progress)
+                        opset=opset, only=only, check=check, notes=notes, tails=tails, progress=progress)
 
 
 def export_heads(model: nn.Module, cuts: Sequence[partition.Cut], out: str | os.PathLike, *, model_name: str,
                  plan_hash: str = "", opset: int = OPSET, only: Sequence[int] | None = None,
-                 check: torch.Tensor | None = None, notes: dict[str, Any] | None = None,
+                 check: torch.Tensor | None = None, notes: dict[str, Any] | None = None, tails: bool = False,
                  progress: Progress = NO_PROGRESS) -> HeadsManifest:
     """Export the head of each cut (all but the input cut; ``only``: those ids) and write the manifest.
 
@@ -102,7 +103,7 @@ def export_heads(model: nn.Module, cuts: Sequence[partition.Cut], out: str | os.
         if reason:
             refused.append(Refused(cut=cut.id, name=cut.name, reason=reason))
         else:
-            heads.append(_export_one(model, cut, out, opset, check))
+            heads.append(_export_one(model, cut, out, opset, check, tail=tails and cut.id != len(cuts) - 1))
         tick()
     if not heads:
         raise ConfigError("no head to export: " + "; ".join(f"cut {r.cut}: {r.reason}" for r in refused))
@@ -112,7 +113,8 @@ def export_heads(model: nn.Module, cuts: Sequence[partition.Cut], out: str | os.
                              notes={**(notes or {}), "check_inputs": int(check.shape[0])})
     manifest.save(out / MANIFEST)
     kept = {h.file for h in heads}
-    for stale in out.glob("head-*.onnx"):  # heads of an earlier export the manifest no longer lists
+    kept |= {h.tail_file for h in heads if h.tail_file}
+    for stale in [*out.glob("head-*.onnx"), *out.glob("tail-*.onnx")]:  # of an earlier export
         if stale.name not in kept:
             stale.unlink()
     return manifest
@@ -129,29 +131,43 @@ def _refusal(cut: partition.Cut, last: bool) -> str:
     return ""
 
 
-def _export_one(model: nn.Module, cut: partition.Cut, out: Path, opset: int, check: torch.Tensor) -> Head:
-    head, _ = partition.split(model, cut)
-    head.eval()
+def _export_one(model: nn.Module, cut: partition.Cut, out: Path, opset: int, check: torch.Tensor,
+                tail: bool = False) -> Head:
+    head, tail_module = partition.split(model, cut)
     path = out / f"head-{cut.id:03d}.onnx"
     with torch.no_grad():
-        expected = head(check)
-    if not isinstance(expected, torch.Tensor):
-        raise PartitionError(f"the head of cut {cut.id} returns {type(expected).__name__}, not one tensor")
+        activation = head.eval()(check)
+    if not isinstance(activation, torch.Tensor):
+        raise PartitionError(f"the head of cut {cut.id} returns {type(activation).__name__}, not one tensor")
+    diff, scale = _write(head, check, path, opset, f"head of cut {cut.id} ({cut.name})")
+    extra = {}
+    if tail:
+        tail_path = out / f"tail-{cut.id:03d}.onnx"
+        _write(tail_module.eval(), activation, tail_path, opset, f"tail of cut {cut.id} ({cut.name})")
+        extra = {"tail_file": tail_path.name, "tail_sha256": sha256_file(tail_path)}
+    return Head(cut=cut.id, name=cut.name, file=path.name, sha256=sha256_file(path),
+                input_shape=tuple(check.shape[1:]), output_shape=tuple(cut.shape), max_abs_diff=diff,
+                max_abs_ref=scale, nonnegative=bool(cut.nonnegative), **extra)
+
+
+def _write(module: nn.Module, x: torch.Tensor, path: Path, opset: int, what: str) -> tuple[float, float]:
+    """Export ``module`` (one tensor in, one out, dynamic batch) to ``path``; check it with onnxruntime on
+    ``x`` and return (max |ORT - torch|, max |torch|)."""
+    with torch.no_grad():
+        expected = module(x)
     with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
-        torch.onnx.export(head, (check[:1],), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT],
+        torch.onnx.export(module, (x[:1],), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                           do_constant_folding=True)
-    got = _run_ort(path.read_bytes(), check.numpy())
+    got = _run_ort(path.read_bytes(), x.numpy())
     ref = expected.numpy()
     diff = float(np.abs(got - ref).max()) if ref.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     if got.shape != ref.shape or not diff <= 1e-3 * max(scale, 1.0):
-        raise PartitionError(f"the ONNX head of cut {cut.id} ({cut.name}) differs from the torch head by {diff:.3g} "
-                             f"(largest value {scale:.3g}, shapes {got.shape} vs {ref.shape})")
-    return Head(cut=cut.id, name=cut.name, file=path.name, sha256=sha256_file(path),
-                input_shape=tuple(check.shape[1:]), output_shape=tuple(cut.shape), max_abs_diff=diff,
-                max_abs_ref=scale, nonnegative=bool(cut.nonnegative))
+        raise PartitionError(f"the ONNX {what} differs from torch by {diff:.3g} (largest value {scale:.3g}, "
+                             f"shapes {got.shape} vs {ref.shape})")
+    return diff, scale
 
 
 def _run_ort(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

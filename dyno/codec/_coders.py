@@ -35,8 +35,8 @@ __all__ = ["fold", "unfold", "zstd_compress", "zstd_decompress", "rans_encode", 
            "CENTRE_ZSTD_LEVEL", "ZSTD_LEVEL", "RANS_SAMPLE"]
 
 #: blosc2 Zstandard level of ``centre-zstd`` (as ``shuffle-zstd``). Measured on EfficientNet-Lite0
-#: activations (cuts 12-68, 2-8 bits), blosc2's level 3 encoded 3-10x slower than level 1 for 0-2% fewer
-#: bytes (a few % on payloads of a few kB): the centring, not the level, is what pays.
+#: activations (cuts 12-68, 2-8 bits), blosc2's level 3 encoded up to 18x slower than level 1 for -2..+5%
+#: bytes (7-12% fewer on payloads of a few kB): the centring, not the level, is what pays.
 CENTRE_ZSTD_LEVEL = 1
 #: Zstandard level of ``zstd``: at 3 it encodes ~1-3 GB/s of fp32 tensor here, within a few % of level 6.
 ZSTD_LEVEL = 3

@@ -9,7 +9,7 @@ changes at once at each step with no restart between them.
 
 While the fleet runs, the front's metrics are read every ``poll_s``: ``dyno_replicas`` (replicas
 running, as the front's ``ReplicaWatch`` sees them through ``serve.status``) and ``dyno_load``. The
-document holds that timeline, the answers per second, and per step the goodput and p50/p95 latency;
+document holds that timeline, the answers per second, and per step the answers per second and p50/p95 latency;
 ``plot_autoscale`` draws replicas over time above the offered and answered load (one PNG).
 
     document = autoscale_bench("plan.json", traces=trace_set("synthetic"), steps=[(4, 20), (64, 40), (4, 60)])
@@ -103,7 +103,7 @@ def _per_step(steps: Sequence[tuple[int, float]], reports: list[dict[str, Any]],
     for devices, seconds in steps:
         inside = [latency for t, latency in answers if at <= t < at + seconds]
         p50, p95 = np.percentile(inside, [50, 95]) if inside else (float("nan"), float("nan"))
-        out.append({"devices": devices, "from_s": at, "seconds": seconds, "goodput": len(inside) / seconds,
+        out.append({"devices": devices, "from_s": at, "seconds": seconds, "answered_per_s": len(inside) / seconds,
                     "p50_ms": float(p50), "p95_ms": float(p95)})
         at += seconds
     return out

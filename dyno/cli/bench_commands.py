@@ -179,7 +179,7 @@ def _autoscale_run(args: argparse.Namespace) -> None:
         print(json.dumps(document))
         return
     for step in document["per_step"]:
-        print(f"{step['devices']:>4} devices from {step['from_s']:>5.0f} s: {step['goodput']:.1f} answered/s, "
+        print(f"{step['devices']:>4} devices from {step['from_s']:>5.0f} s: {step['answered_per_s']:.1f} answered/s, "
               f"p50 {step['p50_ms']:.1f} ms, p95 {step['p95_ms']:.1f} ms")
     print(f"replicas seen: up to {document['max_replicas_seen']}" +
           (f"; plot: {document['plot']}" if "plot" in document else ""))

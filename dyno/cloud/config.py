@@ -56,7 +56,9 @@ class RayConfig:
     - ``max_ongoing``: batches a replica holds at once (one computing, the rest queued in it); the
       front keeps at most (max replicas x ``max_ongoing``) batches in flight.
     - ``batch_in``: "front" (dyno's batcher in the front, one deployment call per batch) or "replica"
-      (one call per request, batched in the replica by ``@serve.batch``; measured slower, see README).
+      (one call per request, batched in the replica by ``@serve.batch``; the design not chosen: one
+      handle call per request, where the front makes one per batch; side by side in
+      ``dyno bench-runtime --what scale-out --batch-in replica``).
     - ``app``: the Serve application's name (None: ``dyno-<model>``); ``timeout_s``: the longest a
       batch may take on the deployment (then it fails, and its devices finish on their own);
       ``retries``: a batch whose replica died is sent again this many times.

@@ -52,3 +52,26 @@ def traces_dir() -> Path:
     if not (TRACES / "norway-hsdpa").is_dir():
         pytest.skip(f"{TRACES} not present")
     return TRACES
+
+
+# The runtime's tests share one small untrained CNN (tests/nets.py) and its nominal plan; a module that
+# needs another model defines its own fixtures of these names.
+@pytest.fixture(scope="module")
+def model():
+    from nets import tiny_model
+
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def plan(model):
+    from dyno.offline import nominal_plan
+
+    return nominal_plan(model)
+
+
+@pytest.fixture(scope="module")
+def splits(model, plan):
+    from dyno.runtime import Splits
+
+    return Splits(model, plan)

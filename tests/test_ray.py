@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nets import tiny_model
 
 from dyno import codec
-from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
-from dyno.runtime import BatchConfig, Client, ServerConfig, ServerThread, Splits
+from dyno.runtime import BatchConfig, Client, ServerConfig, ServerThread
 from dyno.runtime.config import channel_options
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
@@ -54,21 +52,6 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})  # replicas unpickle tests/nets.py's model
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 @pytest.fixture(scope="module")

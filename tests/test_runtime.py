@@ -13,13 +13,12 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from nets import tiny_model
 
 from dyno import codec
 from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
-from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
+from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, TLSConfig
 from dyno.runtime.config import channel_options
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
@@ -36,21 +35,6 @@ class Fixed(Policy):
 
     def decide(self, _state):
         return Decision(self.cut, self.codec, self.bits)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 @pytest.fixture(scope="module")

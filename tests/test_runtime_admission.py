@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torch.fx
-from nets import tiny_model
 from torch import nn
 
 from dyno import codec
 from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
-from dyno.runtime import BatchConfig, ServerConfig, ServerThread, Splits
+from dyno.runtime import BatchConfig, ServerConfig, ServerThread
 from dyno.runtime.admission import EVICTABLE_AFTER_S, client_ip
 from dyno.runtime.config import IDLE_CLOSE, LIFETIME_CLOSE, channel_options
 from dyno.runtime.proto import inference_pb2 as pb
@@ -30,21 +29,6 @@ from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 OK, EXHAUSTED, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE
 #: requests sit in the batcher this long (eager=False): a stream holding one is busy, never idle
 HOLD = BatchConfig(max_batch=64, max_wait_ms=1500, eager=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 def request(plan, rid: int = 0, cut: int = 8) -> pb.Request:

@@ -15,11 +15,9 @@ import time
 import grpc
 import pytest
 import torch
-from nets import tiny_model
 
-from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
-from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, Splits, TLSConfig
+from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, TLSConfig
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.replies import WRITE_RACE
@@ -33,21 +31,6 @@ class Fixed(Policy):
 
     def decide(self, _state):
         return Decision(self.cut, "fp32", None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,15 @@ import weakref
 import grpc
 import numpy as np
 import pytest
-from nets import tiny_model
 
 from dyno import codec
 from dyno.errors import FrameError
-from dyno.offline import nominal_plan as tiny_plan
-from dyno.runtime import BatchConfig, ServerConfig, ServerThread, Splits
+from dyno.runtime import BatchConfig, ServerConfig, ServerThread
 from dyno.runtime.batching import Batcher, BatchError
 from dyno.runtime.config import channel_options
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.tails import MAX_ERROR_TEXT, Tails
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 def request(plan, cut: int, rid: int = 0, **fields) -> pb.Request:

@@ -20,7 +20,7 @@ from dyno import codec
 from dyno.errors import ModelError, PlanError, RuntimeServiceError
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
-from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, Splits, from_plan_file
+from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, from_plan_file
 from dyno.runtime.config import channel_options
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
@@ -45,21 +45,6 @@ class Fixed(Policy):
 
     def decide(self, _state):
         return Decision(self.cut, "fp32", None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def plan(model):
-    return tiny_plan(model)
-
-
-@pytest.fixture(scope="module")
-def splits(model, plan):
-    return Splits(model, plan)
 
 
 def metrics(url: str) -> dict:

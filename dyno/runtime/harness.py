@@ -15,12 +15,20 @@ three placements.
 
 Every placement stops gracefully by default: new requests are refused, accepted ones answered, then
 every stream ends with UNAVAILABLE (``Server.stop``); ``grace=None`` (or ``kill()``) stops at once.
+
+The placements take what they run as a parameter, a *serve coroutine*
+``serve(*args, address=..., until=..., ready=...)`` of :func:`run_server`'s shape (start, call
+``ready(started)``, await ``until`` for the grace, stop): :class:`LoopThread` and :func:`serve_until_signal`
+run any such coroutine, :class:`ServerProcess` any :class:`Serving` (a module-level serve coroutine and
+data arguments, pickled into the child). The embedded server is one use of them; ``dyno.cloud``'s Ray
+front (``RayServer``, ``RayServerProcess``, ``serve_ray``) is another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -31,7 +39,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine, Self
 
 import torch
 from torch import nn
@@ -43,9 +51,12 @@ from dyno.runtime.config import ServerConfig
 from dyno.runtime.server import Server, create_server
 from dyno.runtime.splits import Splits
 
-__all__ = ["ServerThread", "ServerProcess", "serve", "run_server", "ready_info", "from_plan_file"]
+__all__ = ["ServerThread", "ServerProcess", "LoopThread", "Serving", "serve", "serve_until_signal", "run_server",
+           "ready_info", "from_plan_file"]
 
 DEFAULT_GRACE = 5.0
+#: A serve coroutine function, :func:`run_server`'s shape: ``serve(*args, address=, until=, ready=)``.
+ServeCoroutine = Callable[..., Coroutine[Any, Any, None]]
 log = logging.getLogger("dyno.server")
 
 
@@ -90,6 +101,19 @@ def _stop_on_signals(until: asyncio.Future, grace: float) -> None:
 # ---------------------------------------------------------------------------------------- serve
 
 
+def serve_until_signal(serve_coroutine: ServeCoroutine, *args: Any, address: str,
+                       ready: Callable[[Any], None], grace: float = DEFAULT_GRACE) -> None:
+    """Run ``serve_coroutine(*args, address=, until=, ready=)`` in this process until SIGINT/SIGTERM,
+    which stop it with ``grace`` seconds to drain."""
+
+    async def main() -> None:
+        until = asyncio.get_running_loop().create_future()
+        _stop_on_signals(until, grace)
+        await serve_coroutine(*args, address=address, until=until, ready=ready)
+
+    asyncio.run(main())
+
+
 def serve(plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
           address: str = "127.0.0.1:50051", ready_file: str | Path | None = None,
           grace: float = DEFAULT_GRACE) -> None:
@@ -107,44 +131,35 @@ def serve(plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
         if ready_file is not None:
             atomic_write(ready_file, json.dumps(info))
 
-    async def main() -> None:
-        until = asyncio.get_running_loop().create_future()
-        _stop_on_signals(until, grace)
-        await run_server(plan, model, config, address=address, until=until, ready=announce)
-
-    asyncio.run(main())
+    serve_until_signal(run_server, plan, model, config, address=address, ready=announce, grace=grace)
 
 
 # ---------------------------------------------------------------------------------------- thread
 
 
-class ServerThread:
-    """A server on its own event loop in a background thread, for synchronous callers.
+class LoopThread:
+    """A serve coroutine on its own event loop in a background thread, for synchronous callers:
+    ``serve_coroutine(*args, address=, until=, ready=, **kwargs)`` (:func:`run_server`'s shape). The
+    constructor returns once it has called ``ready(started)`` (``self.started``), or raises why it ended
+    before; ``stop(grace)`` gives ``until`` the grace and waits for the coroutine to end."""
 
-        with ServerThread(plan, model, config) as running:
-            client = Client(plan, model, server=running.address)
-        running.stop(grace=0)      # or kill(): stop at once, dropping in-flight work
-    """
-
-    def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
-                 address: str = "127.0.0.1:0", splits: Splits | None = None, warm: bool = True):
+    def __init__(self, serve_coroutine: ServeCoroutine, *args: Any, address: str,
+                 name: str = "dyno-server-loop", **kwargs: Any):
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dyno-server-loop", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
         self._until: asyncio.Future = self.call(self._future())
-        started: concurrent.futures.Future[Server] = concurrent.futures.Future()
+        started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._running = asyncio.run_coroutine_threadsafe(
-            run_server(plan, model, config, address=address, until=self._until, ready=started.set_result,
-                       splits=splits, warm=warm), self._loop)
+            serve_coroutine(*args, address=address, until=self._until, ready=started.set_result, **kwargs),
+            self._loop)
         either: list[concurrent.futures.Future[Any]] = [started, self._running]
         concurrent.futures.wait(either, return_when=concurrent.futures.FIRST_COMPLETED)
         if not started.done():
             self._close_loop()
             self._running.result()  # raises why the server did not start
             raise RuntimeServiceError("the server stopped before it started")
-        self.server = started.result()
-        self.port = self.server.port
-        self.address = _bound(address, self.port)
+        self.started: Any = started.result()
         self._stopped = False
 
     @staticmethod
@@ -154,14 +169,6 @@ class ServerThread:
     def call(self, coroutine: Any, timeout: float | None = 60) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.server.metrics_port
-
-    @property
-    def metrics_url(self) -> str | None:
-        return self.server.config.metrics_url(self.server.metrics_port)
 
     def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
         """Stop the server, draining for up to ``grace`` seconds (None: at once)."""
@@ -183,11 +190,35 @@ class ServerThread:
         self._thread.join(10)
         self._loop.close()
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop(grace=1.0)
+
+
+class ServerThread(LoopThread):
+    """A server on its own event loop in a background thread, for synchronous callers.
+
+        with ServerThread(plan, model, config) as running:
+            client = Client(plan, model, server=running.address)
+        running.stop(grace=0)      # or kill(): stop at once, dropping in-flight work
+    """
+
+    def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig | None = None, *,
+                 address: str = "127.0.0.1:0", splits: Splits | None = None, warm: bool = True):
+        super().__init__(run_server, plan, model, config, address=address, splits=splits, warm=warm)
+        self.server: Server = self.started
+        self.port = self.server.port
+        self.address = _bound(address, self.port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.server.config.metrics_url(self.server.metrics_port)
 
 
 # ---------------------------------------------------------------------------------------- process
@@ -205,9 +236,29 @@ def from_plan_file(plan_path: str | Path, weights: str = "trained") -> tuple[Pla
     return plan, model
 
 
-def _child(build: Callable[..., tuple[Plan, nn.Module]], args: tuple, config: ServerConfig | None,
-           threads: int, address: str, log: str | None, conn: multiprocessing.connection.Connection) -> None:
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """What a :class:`ServerProcess` child serves; pickled into it, so module-level functions and data.
+
+    ``serve(plan, model, config, *args, address=, until=, ready=)``: the serve coroutine
+    (:func:`run_server`'s shape); ``report(started, address) -> dict``: the ready info the parent gets
+    (``ServerProcess.info``) from what ``serve`` passed to ``ready``; ``name``: the child process's name;
+    ``own_group``: the child leads a process group of its own, and ``kill`` sends SIGKILL to the whole
+    group (what the child started goes with it)."""
+
+    serve: ServeCoroutine = run_server
+    report: Callable[[Any, str], dict[str, Any]] = ready_info
+    args: tuple = ()
+    name: str = "dyno-server"
+    own_group: bool = False
+
+
+def _child(serving: Serving, build: Callable[..., tuple[Plan, nn.Module]], args: tuple,
+           config: ServerConfig | None, threads: int, address: str, log: str | None,
+           conn: multiprocessing.connection.Connection) -> None:
     """The child process of a ServerProcess: build, serve, report through ``conn``, stop when told."""
+    if serving.own_group:
+        os.setsid()
     if log is not None:  # the child's stdout and stderr go to the log file
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
@@ -215,7 +266,7 @@ def _child(build: Callable[..., tuple[Plan, nn.Module]], args: tuple, config: Se
     torch.set_num_threads(threads)
     try:
         plan, model = build(*args)
-        asyncio.run(_serve_child(plan, model, config, address, conn))
+        asyncio.run(_serve_child(serving, plan, model, config, address, conn))
     except BaseException:
         text = traceback.format_exc(limit=8)
         print(text, file=sys.stderr, flush=True)
@@ -226,7 +277,7 @@ def _child(build: Callable[..., tuple[Plan, nn.Module]], args: tuple, config: Se
         sys.exit(1)
 
 
-async def _serve_child(plan: Plan, model: nn.Module, config: ServerConfig | None, address: str,
+async def _serve_child(serving: Serving, plan: Plan, model: nn.Module, config: ServerConfig | None, address: str,
                        conn: multiprocessing.connection.Connection) -> None:
     loop = asyncio.get_running_loop()
     until = loop.create_future()
@@ -241,8 +292,8 @@ async def _serve_child(plan: Plan, model: nn.Module, config: ServerConfig | None
         _settle(until, grace)
 
     loop.add_reader(conn.fileno(), on_message)
-    await run_server(plan, model, config, address=address, until=until,
-                     ready=lambda server: conn.send(("ready", ready_info(server, address))))
+    await serving.serve(plan, model, config, *serving.args, address=address, until=until,
+                        ready=lambda started: conn.send(("ready", serving.report(started, address))))
 
 
 class ServerProcess:
@@ -250,8 +301,9 @@ class ServerProcess:
 
     ``build(*args) -> (plan, model)`` runs in the child: a module-level function (it is pickled by
     name), e.g. :func:`from_plan_file`. ``threads`` is the child's torch intra-op threads; ``log``
-    a file for the child's stdout and stderr (default: this process's). Attributes: ``address``,
-    ``port``, ``metrics_port``, ``metrics_url``, ``pid``, ``info`` (as ``dyno serve --ready-file``).
+    a file for the child's stdout and stderr (default: this process's); ``serving`` what the child
+    serves (default: the embedded server, :func:`run_server`). Attributes: ``address``, ``port``,
+    ``metrics_port``, ``metrics_url``, ``pid``, ``info`` (as ``dyno serve --ready-file``).
 
         with ServerProcess(from_plan_file, "plan.json", "trained", config=ServerConfig()) as cloud:
             ...
@@ -259,13 +311,15 @@ class ServerProcess:
 
     def __init__(self, build: Callable[..., tuple[Plan, nn.Module]], *args: Any,
                  config: ServerConfig | None = None, threads: int = 1, address: str = "127.0.0.1:0",
-                 timeout: float = 120.0, log: str | Path | None = None):
+                 timeout: float = 120.0, log: str | Path | None = None, serving: Serving | None = None):
         self.config = config or ServerConfig()
+        self.serving = serving = serving or Serving()
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_child, name="dyno-server", daemon=True,
-            args=(build, args, self.config, threads, address, None if log is None else str(log), child_conn))
+            target=_child, name=serving.name, daemon=True,
+            args=(serving, build, args, self.config, threads, address, None if log is None else str(log),
+                  child_conn))
         self.process.start()
         child_conn.close()
         self._stopped = False
@@ -316,14 +370,22 @@ class ServerProcess:
         self._conn.close()
 
     def kill(self) -> None:
-        """SIGKILL: no goodbye; in-flight requests are lost to the server (clients fall back)."""
+        """SIGKILL: no goodbye; in-flight requests are lost to the server (clients fall back). To the
+        child's process group if it leads one (``Serving.own_group``)."""
         self._stopped = True
+        pid = self.process.pid
         if self.process.is_alive():
-            self.process.kill()
+            try:
+                if self.serving.own_group and pid is not None:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    self.process.kill()
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
         self.process.join(10)
         self._conn.close()
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,11 +21,9 @@ application is deleted (its replicas finish what they hold), then Ray is shut do
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import os
-import threading
 from typing import Any, Awaitable, Callable
 
 from grpc_health.v1 import health_pb2
@@ -33,14 +31,14 @@ from torch import nn
 
 from dyno.cloud.config import INSTALL_HINT, RayConfig
 from dyno.cloud.front import DeploymentLoad, RayTails, ReplicaWatch
-from dyno.errors import ConfigError, RuntimeServiceError
+from dyno.errors import ConfigError
 from dyno.plan import Plan
 from dyno.runtime.config import ServerConfig
-from dyno.runtime.harness import DEFAULT_GRACE, ready_info
+from dyno.runtime.harness import DEFAULT_GRACE, LoopThread, ready_info
 from dyno.runtime.server import SERVICE_NAME, Server
 from dyno.runtime.splits import Splits
 
-__all__ = ["RayServer", "connect", "deploy", "undeploy", "run_front", "Front", "SERVE_ENV"]
+__all__ = ["RayServer", "connect", "deploy", "undeploy", "run_front", "front_info", "Front", "SERVE_ENV"]
 
 log = logging.getLogger("dyno.cloud")
 
@@ -182,51 +180,37 @@ async def run_front(plan: Plan, model: nn.Module, config: ServerConfig | None, r
         await server.stop(grace)
 
 
-def _settle(future: asyncio.Future, value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
+def front_info(front: Front, address: str) -> dict[str, Any]:
+    """What a started Ray front reports: the embedded server's ready info, plus the application, its
+    replicas up and their torch device."""
+    return ready_info(front.server, address) | {
+        "server": "ray", "app": front.watch.app, "replicas": front.watch.load.running, "device": front.device}
 
 
-class RayServer:
-    """The front on its own loop in a background thread, the tails on Ray Serve (module docstring).
-    Attributes: ``address``, ``port``, ``metrics_port``, ``server``, ``runner`` (the deployment's load),
-    ``watch`` (its replicas over time), ``app``, ``handle``, ``device``."""
+class RayServer(LoopThread):
+    """The front on its own loop in a background thread, the tails on Ray Serve (module docstring): the
+    runtime's ``LoopThread`` running :func:`run_front`. Attributes: ``address``, ``port``, ``metrics_port``,
+    ``info`` (:func:`front_info`), ``server``, ``runner`` (the deployment's load), ``watch`` (its replicas
+    over time), ``app``, ``handle``, ``device``."""
 
     def __init__(self, plan: Plan, model: nn.Module, config: ServerConfig | None = None,
                  ray: RayConfig | None = None, *, address: str = "127.0.0.1:0", splits: Splits | None = None):
         self.ray_config = ray or RayConfig()
         self.app = self.ray_config.app_name(plan.model)
         self._started = connect(self.ray_config.address)
-        self._stopped = False
         try:
             self.handle, device = deploy(plan, model, self.ray_config, config or ServerConfig())
-            self._start_front(plan, model, config, device, address, splits)
+            super().__init__(run_front, plan, model, config, self.ray_config, self.handle, device, address=address,
+                             splits=splits, name="dyno-ray-front")
         except BaseException:
             undeploy(self.app, started=self._started)
             raise
-
-    def _start_front(self, plan: Plan, model: nn.Module, config: ServerConfig | None, device: str, address: str,
-                     splits: Splits | None) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dyno-ray-front", daemon=True)
-        self._thread.start()
-        self._until: asyncio.Future = asyncio.run_coroutine_threadsafe(_future(), self._loop).result(10)
-        started: concurrent.futures.Future[Front] = concurrent.futures.Future()
-        self._running = asyncio.run_coroutine_threadsafe(
-            run_front(plan, model, config, self.ray_config, self.handle, device, address=address,
-                      until=self._until, ready=started.set_result, splits=splits), self._loop)
-        either: list[concurrent.futures.Future[Any]] = [started, self._running]
-        concurrent.futures.wait(either, return_when=concurrent.futures.FIRST_COMPLETED)
-        if not started.done():
-            self._close_loop()
-            self._running.result()
-            raise RuntimeServiceError("the front stopped before it started")
-        front = started.result()
+        front: Front = self.started
         self.server, self.runner, self.watch, self.device = front.server, front.runner, front.watch, front.device
-        self.port = self.server.port
-        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self.info = front_info(front, address)
+        self.address: str = self.info["address"]
+        self.port: int = self.server.port
         self.metrics_port = self.server.metrics_port
-        self.info = ready_info(self.server, address) | {"replicas": self.watch.load.running, "device": device}
 
     def replicas(self) -> int:
         """Replicas running now (asks Ray Serve)."""
@@ -236,29 +220,7 @@ class RayServer:
         """Drain the front for up to ``grace`` seconds (None: at once), then delete the application."""
         if self._stopped:
             return
-        self._stopped = True
         try:
-            self._loop.call_soon_threadsafe(_settle, self._until, grace)
-            self._running.result((grace or 0) + 30)
+            super().stop(grace)
         finally:
-            self._close_loop()
             undeploy(self.app, started=self._started)
-
-    def kill(self) -> None:
-        """Stop at once: in-flight requests are dropped."""
-        self.stop(grace=None)
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> RayServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(grace=1.0)
-
-
-async def _future() -> asyncio.Future:
-    return asyncio.get_running_loop().create_future()

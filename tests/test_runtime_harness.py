@@ -1,14 +1,18 @@
 """The server harness's child process: a real server in its own interpreter (multiprocessing "spawn")
 on a free loopback port, built there from a picklable builder, answering like the in-process model;
-stopped gracefully (in-flight requests answered, exit code 0) or killed (clients lose nothing)."""
+stopped gracefully (in-flight requests answered, exit code 0) or killed (clients lose nothing). And the
+harness's generic parts: a ServerProcess serves and reports what its Serving says (a process group of its
+own when asked), a LoopThread runs any serve coroutine and hands it the grace."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,6 +26,7 @@ from dyno.offline import nominal_plan as tiny_plan
 from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, from_plan_file
 from dyno.runtime.config import channel_options
+from dyno.runtime.harness import LoopThread, Serving, ready_info, run_server
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
@@ -35,6 +40,25 @@ def build_tiny(seed: int):
 
 def build_nothing():
     raise ModelError("this builder always fails")
+
+
+async def serve_with_helper(plan, model, config, seconds, *, address, until, ready):
+    """A serve coroutine for a Serving: the embedded server, and a helper process the child starts."""
+    helper = subprocess.Popen(["sleep", str(seconds)])
+    await run_server(plan, model, config, address=address, until=until, ready=lambda server: ready((server, helper)))
+
+
+def helper_info(started, address):
+    server, helper = started
+    return ready_info(server, address) | {"helper": helper.pid}
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is no zombie (a killed orphan may wait for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
 
 
 class Fixed(Policy):
@@ -190,3 +214,64 @@ def test_from_plan_file_serves_the_plan_and_refuses_other_weights(tmp_path):
                              path=tmp_path / "other.pt")
     with pytest.raises(PlanError, match="weights"):
         from_plan_file(path, str(other))
+
+
+@pytest.mark.parametrize("own_group", [True, False])
+def test_a_server_process_serves_and_reports_what_its_serving_says(plan, own_group):
+    serving = Serving(serve_with_helper, helper_info, (600,), name="dyno-test-server", own_group=own_group)
+    cloud = ServerProcess(build_tiny, 0, serving=serving)
+    helper = cloud.info["helper"]
+    try:
+        assert cloud.process.name == "dyno-test-server" and cloud.info["plan_hash"] == plan.hash
+        assert alive(helper) and os.getpgid(helper) == os.getpgid(cloud.pid)
+        assert (os.getpgid(cloud.pid) == cloud.pid) is own_group  # it leads a group of its own only if asked
+        with Client(plan, tiny_model(seed=0), server=cloud.address, policy=Fixed(4)) as client:
+            assert [r.where for r in client.map(torch.zeros(2, 1, 28, 28))] == ["cloud"] * 2
+    finally:
+        cloud.kill()
+    assert cloud.process.exitcode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while own_group and alive(helper):  # SIGKILL to the whole group took the helper with it
+        assert time.monotonic() < deadline, "the helper outlived its process group's kill"
+        time.sleep(0.02)
+    if not own_group:  # SIGKILL to the child alone: the helper is still there
+        assert alive(helper)
+        os.kill(helper, signal.SIGKILL)
+
+
+async def hold(value, *, address, until, ready, told):
+    """A serve coroutine with no server: ready with what it was given, then note the grace it is told."""
+    ready((value, address))
+    told.append(await until)
+
+
+async def fail_early(**_serving):
+    raise ModelError("it failed before it was ready")
+
+
+async def end_early(**_serving):
+    return
+
+
+def loop_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == name]
+
+
+def test_a_loop_thread_runs_any_serve_coroutine_and_hands_it_the_grace():
+    told: list = []
+    with LoopThread(hold, "x", address="here", told=told, name="dyno-test-loop") as running:
+        assert running.started == ("x", "here") and told == [] and len(loop_threads("dyno-test-loop")) == 1
+    assert told == [1.0] and not loop_threads("dyno-test-loop")  # the context manager stops with grace 1
+    running.stop(grace=7)  # once only
+    again = LoopThread(hold, "y", address="there", told=told)
+    again.stop(grace=3)
+    LoopThread(hold, "z", address="there", told=told).kill()
+    assert told == [1.0, 3, None]
+
+
+def test_a_loop_thread_whose_coroutine_ends_before_ready_says_why():
+    with pytest.raises(ModelError, match="before it was ready"):
+        LoopThread(fail_early, address="here", name="dyno-test-failing")
+    with pytest.raises(RuntimeServiceError, match="stopped before it started"):
+        LoopThread(end_early, address="here", name="dyno-test-failing")
+    assert not loop_threads("dyno-test-failing")

@@ -319,7 +319,7 @@ def test_probe_after_a_run_of_device_only_decisions():
 # ------------------------------------------------------------------------------------------ baselines
 
 def test_registry():
-    assert names() == sorted(["dyno", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon",
+    assert names() == sorted(["dyno", "dyno-mix", "device-only", "cloud-only", "cloud-only-raw", "neurosurgeon",
                               "split-int8", "jalad"])
     with pytest.raises(PolicyError, match="unknown policy 'nope'; known: cloud-only"):
         make("nope")

@@ -12,12 +12,18 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
    (relative) on the first objective where the two differ beyond the tolerance, and the current one
    still meets the SLO;
 5. if nothing meets the SLO, pick the least-violating row and say so (``note``, ``meets_slo=False``);
-6. exploration (``dyno.policy.explore``): after ``probe_every`` device-only decisions in a row and at
+6. with ``mix=True`` (registered as ``dyno-mix``) and throughput as the first objective, a second row
+   beside the chosen one (``dyno.policy.mix``): the share of inferences the idle stages can carry goes
+   by it, when that raises the predicted throughput by more than ``margin``. Off by default: the
+   simulator shows the gain, but on the 2-core VM this was built on the real runtime lost throughput
+   with it (fmnist-resnet demo: 407-459/s against device-only's 601-634/s, with seconds at 130/s),
+   because an offloaded inference costs the client's one core more than the calibrated overhead says;
+7. exploration (``dyno.policy.explore``): after ``probe_every`` device-only decisions in a row and at
    least ``probe_interval_s`` of device time, offload one inference (the best offloading row that
    meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by the device's own
    transfers, cannot go stale forever. ``probe_every=0`` turns this off.
 
-The pure rule (steps 1-3, 5) is remembered for the last estimates it saw: a device whose estimates have
+The pure rule (steps 1-3, 5) and the mix are remembered for the last estimates it saw: a device whose estimates have
 not changed since its last decision (a device-only streak) pays only for steps 4 and 6.
 
 The coder is a dimension of the rows like the cut and the bits: a plan lists each width with every
@@ -28,17 +34,32 @@ restricts the quantising coders a policy may use (fp32, fp16 and the input's ima
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from dyno.errors import PolicyError
 from dyno.packing import QUANT_CODECS
-from dyno.policy.base import OBJECTIVES, SLO, Decision, Policy, State
+from dyno.policy.base import OBJECTIVES, SLO, Decision, Estimates, Policy, State
 from dyno.policy.explore import PROBE_INTERVAL_S, Explorer
 from dyno.policy.floor import FloorResolver
+from dyno.policy.mix import Mix, Mixer, best_mix
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
 
-__all__ = ["DynoPolicy"]
+__all__ = ["DynoPolicy", "DynoMixPolicy", "MIX_TOLERANCE"]
+
+#: Relative change of any estimate (absolute below 0.1 ms or 1 bit/s) that prices the mix again.
+MIX_TOLERANCE = 0.05
+
+
+def _close(a: Estimates | None, b: Estimates) -> bool:
+    if a is None:
+        return False
+    for x, y in zip(vars(a).values(), vars(b).values()):
+        if abs(x - y) > max(MIX_TOLERANCE * max(abs(x), abs(y)), 0.1):
+            return False
+    return True
 
 
 @register("dyno")
@@ -46,7 +67,7 @@ class DynoPolicy(Policy):
     """DynO: every (cut, bits) priced by the performance model, constrained and ordered by the SLO."""
 
     def __init__(self, *, margin: float = 0.05, probe_every: int = 20, probe_interval_s: float = PROBE_INTERVAL_S,
-                 power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None) -> None:
+                 power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None, mix: bool = False) -> None:
         if margin < 0:
             raise PolicyError("hysteresis margin must be >= 0")
         if probe_every < 0:
@@ -57,6 +78,7 @@ class DynoPolicy(Policy):
         self.probe_every = probe_every
         self.probe_interval_s = probe_interval_s
         self.codecs = None if codecs is None else tuple(codecs)
+        self.mix = mix
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
         self._models = ModelCache(power)
         self._floors = FloorResolver()
@@ -72,6 +94,8 @@ class DynoPolicy(Policy):
         self._last_model: PerfModel | None = None
         self._explorer = Explorer(self.probe_every, self.probe_interval_s, self._phase)
         self._memo: tuple[tuple, tuple[int, bool, PerfModel, Evaluation, float | None]] | None = None
+        self._mixer = Mixer()
+        self._mix_memo: tuple[tuple | None, Estimates | None, Mix | None] = (None, None, None)
 
     def allowed(self, model: PerfModel) -> np.ndarray | None:
         """The rows this policy may choose (None: all): those of its ``codecs``, floats, images, device-only."""
@@ -110,17 +134,19 @@ class DynoPolicy(Policy):
         return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor
 
     def decide(self, state: State) -> Decision:
-        i, note, model, floor = self._pick(state)
+        i, note, model, floor, mix = self._pick(state)
         row = model.rows[i]
-        return Decision(row.cut, row.codec, row.bits,
-                        model.prediction(i, state.estimates, state.batch, state.slo, floor, state.in_flight), note)
+        predicted = model.prediction(i, state.estimates, state.batch, state.slo, floor, state.in_flight)
+        if mix is not None:  # the throughput both rows reach together, not this row's alone
+            predicted = dataclasses.replace(predicted, throughput=mix.throughput)
+        return Decision(row.cut, row.codec, row.bits, predicted, note)
 
     def choose_index(self, state: State) -> int:
         """``decide``'s row (``PerfModel`` order) without building its ``Prediction`` (the simulator)."""
         return self._pick(state)[0]
 
-    def _pick(self, state: State) -> tuple[int, str, PerfModel, float | None]:
-        """(row, note, model, floor): the pure rule, then hysteresis, then exploration."""
+    def _pick(self, state: State) -> tuple[int, str, PerfModel, float | None, Mix | None]:
+        """(row, note, model, floor, mix): the pure rule, then hysteresis, the mix, exploration."""
         best, ok, model, ev, floor = self.choose(state)
         note = "" if ok else "no option meets the SLO; least-violating chosen"
         slo = state.slo
@@ -136,13 +162,39 @@ class DynoPolicy(Policy):
             if still and not self._gain_beats_margin(ev, best, current, slo, state.batch):
                 best = current
         self._current = best
+        mix = self._mix_of(model, ev, best, state) if ok else None
+        if mix is not None:
+            congested = state.estimates.queue_ms > float(ev.intrinsic[mix.partner])
+            if self._mixer.take(mix.share, congested):
+                best, note = mix.partner, f"mix: {self._mixer.share:.0%} of inferences beside the chosen option"
+        else:
+            self._mixer.share = 0.0
         if model.rows[best].offloaded:
             self._explorer.offloaded()
         elif self._explorer.device_only(float(ev.device[best])):
             probe = self._probe_row(model, ev, slo, state.batch)
             if probe is not None:
-                return probe, "probe: one offloaded inference to refresh the bandwidth estimate", model, floor
-        return best, note, model, floor
+                return probe, "probe: one offloaded inference to refresh the bandwidth estimate", model, floor, None
+        return best, note, model, floor, mix
+
+    def _mix_of(self, model: PerfModel, ev: Evaluation, chosen: int, state: State) -> Mix | None:
+        """The second row beside ``chosen`` (``dyno.policy.mix``) when throughput comes first and the mix
+        gains more than ``margin``; remembered while the chosen row stays and the estimates move less than
+        ``MIX_TOLERANCE`` (a runtime's estimates move a little with every inference, and pricing every pair
+        of rows again each time cost 0.2 ms per decision on a 1.5 ms model)."""
+        if not self.mix or not state.slo.objectives or state.slo.objectives[0] != "throughput":
+            return None
+        key = (id(state.plan), state.slo, state.batch, state.in_flight, chosen)
+        held_key, held_est, held = self._mix_memo
+        if held_key == key and _close(held_est, state.estimates):
+            return held
+        static = model.static_mask(state.slo, self.allowed(model))
+        partners = np.flatnonzero(model.feasible(ev, state.slo, None, static))
+        mix = best_mix(ev, chosen, partners, state.in_flight)
+        if mix is not None and not mix.throughput > float(ev.throughput[chosen]) * (1.0 + self.margin):
+            mix = None
+        self._mix_memo = (key, state.estimates, mix)
+        return mix
 
     def _gain_beats_margin(self, ev, new: int, old: int, slo: SLO, batch: int) -> bool:
         for objective in slo.objectives:
@@ -161,3 +213,10 @@ class DynoPolicy(Policy):
             return None
         return model.select(ev, candidates, ("throughput", "bytes"), 0.0, batch)
 
+
+@register("dyno-mix")
+class DynoMixPolicy(DynoPolicy):
+    """DynO with a second row beside the chosen one when throughput comes first (``dyno.policy.mix``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{"mix": True, **kwargs})

@@ -52,3 +52,23 @@ def test_systems_run_the_same_pattern_and_are_summarised(setup, tmp_path):
     assert rates <= {8_000_000, 1_000_000, 300_000, 4_000_000}
     png = plot_timeline(runs, pattern, 2.0, tmp_path / "timeline.png", "test")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rounds_alternate_the_order_and_count_every_round():
+    runs = D.schedule(["dyno", "device-only", "cloud-only"], 3, 5.0)
+    assert [(r.name, r.round) for r in runs] == [
+        ("dyno", 0), ("device-only", 0), ("cloud-only", 0), ("cloud-only", 1), ("device-only", 1), ("dyno", 1),
+        ("dyno", 2), ("device-only", 2), ("cloud-only", 2)]
+    dyno = [r for r in runs if r.name == "dyno"]
+    # 1,000 inferences in 5 s (200/s), then 1,500 in 5 s: 250/s over the 10 s, not the mean of the rates
+    for run, (n, rate, p50, accuracy) in zip(dyno, ((1000, 200.0, 10.0, 0.9), (1500, 300.0, 30.0, 0.8),
+                                                   (500, 100.0, 20.0, 1.0))):
+        run.summary = {"n": n, "accuracy": accuracy, "throughput": rate, "bytes_mean": 100.0, "p50_ms": p50,
+                       "p95_ms": 2 * p50, "fallbacks": 1, "evidence": {"round": run.round}, "stats": {"replies": n}}
+    summary = D.combined(dyno)
+    assert summary["n"] == 3000 and summary["throughput"] == pytest.approx(3000 / 15.0)
+    assert summary["accuracy"] == pytest.approx((900 + 1200 + 500) / 3000)
+    assert (summary["p50_ms"], summary["p95_ms"], summary["fallbacks"]) == (20.0, 40.0, 3)
+    assert summary["stats"] == {"replies": 3000} and summary["evidence"] == {"round": 0}
+    assert [s["n"] for s in summary["rounds"]] == [1000, 1500, 500]
+    assert D.combined(dyno[:1]) is dyno[0].summary

@@ -14,7 +14,11 @@ device client in this process (``dyno.bench.session``) with:
 
 Every system replays the *same* pattern for the *same* wall time (one pass of the pattern), feeding
 labelled inputs as fast as it can take them (cycling through ``n`` distinct inputs), under the same SLO,
-so the systems see identical conditions and throughput is a fair comparison. Before the first system
+so the systems see identical conditions and throughput is a fair comparison. On a machine whose load
+moves, one system after another is not: ``rounds=R`` runs every system R times, the order reversed
+every other round (A B C, C B A, ...), so a drift in the load falls on every system alike; a system's
+summary then counts all its rounds (throughput: all completions over all its seconds; latency
+percentiles: the median of its rounds') and lists each round's under ``"rounds"``. Before the first system
 the client's own cost per inference is measured once (``dyno.bench.calibrate``) and every policy prices
 it. Each system's summary carries its ``evidence``: the SLO, the histogram of choices, a per-second
 timeline (true and estimated bandwidth, cut, bits, completions), predicted against observed throughput,
@@ -30,6 +34,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,7 +50,7 @@ from dyno.errors import ConfigError
 from dyno.policy import DEFAULT_SLO
 from dyno.runtime import ClientConfig
 
-__all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "demo", "prepare", "print_summary"]
+__all__ = ["BUILTIN_PATTERN_MBPS", "builtin_trace", "combined", "demo", "prepare", "print_summary", "schedule"]
 
 #: The default uplink pattern, Mbit/s, one step per ``segment_s`` seconds.
 BUILTIN_PATTERN_MBPS = (8.0, 1.0, 0.3, 4.0)
@@ -92,7 +97,7 @@ class _Live:
             choice = "device" if last.where == "device" else \
                 f"{last.cut}:{choice_label(last.codec, last.bits)}" + (" (fb)" if last.where == "fallback" else "")
         status = "done" if run.done else (f"{elapsed:4.1f}/{run.duration:.0f}s" if run.start else "waiting")
-        return [run.name, status,
+        return [run.name + (f" #{run.round + 1}" if run.round else ""), status,
                 f"{run.link.rate_bps() / 1e6:.2f}" if run.link is not None and not run.done else "",
                 f"{last.estimate_bps / 1e6:.2f}" if last else "", choice, str(done),
                 f"{done / elapsed:.1f}" if elapsed > 0 and done else "",
@@ -150,7 +155,7 @@ def prepare(model_name: str, data: str | None) -> tuple[Any, Any, Path]:
 def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
          systems: Sequence[str] = ("dyno", "device-only", "cloud-only"), slo: str | None = DEFAULT_SLO,
          tier: str | float = "mid", device_emulation: str = "pad", trace: str | None = None,
-         segment_s: float = 7.5, duration: float | None = None, in_flight: int = 8,
+         segment_s: float = 7.5, duration: float | None = None, in_flight: int = 8, rounds: int = 1,
          plot: str | Path | None = "dyno-demo.png", live: bool = True) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns ``{"systems": {NAME: summary}, ...}``."""
     from dyno import policy as policies
@@ -161,6 +166,8 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     unknown = [s for s in systems if s not in policies.names()]
     if unknown or not systems:
         raise ConfigError(f"unknown system(s) {unknown}; known: {', '.join(policies.names())}")
+    if len(set(systems)) != len(systems) or rounds < 1:
+        raise ConfigError(f"each system once and rounds >= 1, got {list(systems)} and {rounds}")
     _device(tier, 1.0, device_emulation).close()   # refuse a bad tier before minutes of preparation
     pattern = load_trace(trace) if trace else builtin_trace(segment_s)
     plan, net, plan_path = prepare(model, data)
@@ -173,8 +180,9 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     splits = Splits(net, plan)
     splits.warm()
     fp32 = _fp32_correct(net, xs, ys)
-    runs = [SystemRun(name, duration) for name in systems]
-    title = f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
+    runs = schedule(systems, rounds, duration)
+    title = (f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
+             + (f" x {rounds} rounds" if rounds > 1 else ""))
     parsed = policies.SLO.parse(slo) if slo else policies.SLO()
     with _server(plan_path) as server:
         overheads = client_overheads(plan, net, xs, server=server.address, device=device, splits=splits)
@@ -184,16 +192,48 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
                          pattern, device, splits, overheads, fp32)
     device.close()
     out: dict[str, Any] = {
-        "systems": {run.name: run.summary for run in runs}, "model": model, "plan_hash": plan.hash, "slo": str(parsed),
+        "systems": {name: combined([run for run in runs if run.name == name]) for name in systems},
+        "rounds": rounds, "model": model, "plan_hash": plan.hash, "slo": str(parsed),
         "device": device.description, "device_emulation": device_emulation, "uplink": pattern.name,
         "seconds_per_system": duration, "distinct_inputs": len(xs), "overheads": overheads,
         "speeds": {**speeds.describe({str(tier): device.requested}), "emulated_slowdown": device.slowdown,
                    "device_ms": device.slowdown * speeds.reference_ms}}
     if plot:
-        out["plot"] = str(plot_timeline(runs, pattern, duration, plot, title))
+        out["plot"] = str(plot_timeline([run for run in runs if run.round == 0], pattern, duration, plot, title))
     if live:
         _report(out, runs, model, duration)
     return out
+
+
+def schedule(systems: Sequence[str], rounds: int, duration: float) -> list[SystemRun]:
+    """The runs in the order they run: every system once a round, every other round reversed."""
+    return [SystemRun(name, duration, r) for r in range(rounds)
+            for name in (systems if r % 2 == 0 else list(reversed(systems)))]
+
+
+def combined(runs: list[SystemRun]) -> dict[str, Any]:
+    """One system's summary over its rounds (module docstring); a single round's as it is."""
+    summaries = [run.summary for run in runs if run.summary is not None]
+    if len(summaries) != len(runs):
+        raise ValueError("combined() needs finished runs")
+    if len(runs) == 1:
+        return summaries[0]
+    n = sum(s["n"] for s in summaries)
+    seconds = sum(s["n"] / s["throughput"] for s in summaries if s["throughput"])
+
+    def weighted(key: str) -> float | None:
+        pairs = [(s[key], s["n"]) for s in summaries if s[key] is not None and s["n"]]
+        return sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else None
+
+    def median(key: str) -> float | None:
+        values = sorted(s[key] for s in summaries if s[key] is not None)
+        return statistics.median(values) if values else None
+
+    return {"n": n, "accuracy": weighted("accuracy"), "throughput": n / seconds if seconds else 0.0,
+            "bytes_mean": weighted("bytes_mean"), "p50_ms": median("p50_ms"), "p95_ms": median("p95_ms"),
+            "fallbacks": sum(s["fallbacks"] for s in summaries), "evidence": summaries[0]["evidence"],
+            "stats": dict(sum((collections.Counter(s["stats"]) for s in summaries), collections.Counter())),
+            "rounds": summaries}
 
 
 def _device(tier: str | float, reference_ms: float, mode: str) -> Any:

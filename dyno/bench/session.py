@@ -87,8 +87,8 @@ def choice_label(codec: str | None, bits: int | None) -> str:
 class SystemRun:
     """State of one system's run, read by the live display while it runs."""
 
-    def __init__(self, name: str, duration: float):
-        self.name, self.duration = name, duration
+    def __init__(self, name: str, duration: float, round: int = 0):
+        self.name, self.duration, self.round = name, duration, round
         self.points: list[Point] = []
         self.start = 0.0
         self.done = False

@@ -54,6 +54,10 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds per step of the built-in bandwidth pattern (default 7.5: 30 s per system)")
     p.add_argument("--duration", type=positive_float, default=None,
                    help="seconds per system (default: one pass of the pattern; a --trace file: at most 60)")
+    p.add_argument("--rounds", type=bounded_int(1, 100), default=1,
+                   help="run every system this many times, the order reversed every other round, so that a "
+                   "change in the machine's load falls on every system alike; each system's figures count all "
+                   "its rounds (default 1)")
     p.add_argument("--in-flight", type=bounded_int(1, 1024), default=8,
                    help="inferences under way at once (default 8)")
     p.add_argument("--plot", type=optional_output, default="dyno-demo.png",
@@ -68,7 +72,8 @@ def _demo(args: argparse.Namespace) -> None:
     summary = demo(model=args.model, data=args.data, n=args.n,
                    systems=[s.strip() for s in args.systems.split(",") if s.strip()], slo=args.slo,
                    tier=args.tier, device_emulation=args.device_emulation, trace=args.trace,
-                   segment_s=args.segment_s, duration=args.duration, in_flight=args.in_flight, plot=args.plot or None,
+                   segment_s=args.segment_s, duration=args.duration, in_flight=args.in_flight, rounds=args.rounds,
+                   plot=args.plot or None,
                    live=not args.json)
     if args.json:
         print(json.dumps(summary))

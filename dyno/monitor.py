@@ -34,7 +34,7 @@ from dyno.errors import ConfigError, PolicyError
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S"]
+__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "MIN_PROFILED_MS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +120,8 @@ class BandwidthEstimator:
 CLOUD_WINDOW_S = 1.0
 #: The least capacity a device prices the cloud at, so that a saturated cloud is very slow, not impossible.
 MIN_CLOUD_CAPACITY = 0.01
+#: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
+MIN_PROFILED_MS = 0.05
 
 
 def _median(samples: collections.deque[float], default: float) -> float:
@@ -137,7 +139,7 @@ class Monitors:
 
     - ``record_transfer(nbytes, seconds)``: one uplink transfer (wire bytes, seconds on the link).
     - ``record_device(cut_id, head_ms)``: observed head time at a cut; slowdown = head_ms / plan's
-      ``device_ms`` (cuts profiled below 0.05 ms, e.g. the input cut, are ignored).
+      ``device_ms`` (cuts profiled below ``MIN_PROFILED_MS``, e.g. the input cut, are ignored).
     - ``record_reply(cut_id, compute_ms, batch, queue_ms, headroom, at=..., decode_ms=...)``: one
       reply. ``compute_ms`` is the tail time of the batch the request ran in and ``batch`` its size, so
       the per-sample time is ``compute_ms / batch``, compared with the plan's
@@ -189,7 +191,7 @@ class Monitors:
 
     def record_device(self, cut_id: int, head_ms: float) -> None:
         profiled = self.plan.cuts[cut_id].device_ms
-        if profiled >= 0.05 and head_ms > 0 and math.isfinite(head_ms):
+        if profiled >= MIN_PROFILED_MS and head_ms > 0 and math.isfinite(head_ms):
             self._slowdown.append(head_ms / profiled)
             self._cached = None
 

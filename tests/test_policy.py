@@ -316,6 +316,25 @@ def test_probe_after_a_run_of_device_only_decisions():
     assert probes == [1000, 3501]
 
 
+def test_a_streak_of_input_offloads_runs_one_inference_on_the_device():
+    # k_d 10 on a fast link: cut 0 (10 ms of cloud) beats cut 1 (40 ms on the device) and device-only
+    # (100 ms); cut 0 runs no layer on the device, so after a streak one inference goes there to read
+    # the device's speed again
+    plan = tiny_plan()
+    state = State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=10.0), SLO.parse("throughput"))
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    decisions = [policy.decide(state) for _ in range(9)]
+    assert [d.cut for d in decisions] == [0, 0, 0, 2, 0, 0, 0, 2, 0]
+    assert decisions[3].note.startswith("probe: one inference on the device")
+    # and after at least probe_interval_s of the pipeline's time: 10 ms a decision, 50 ms -> every fifth
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.05)
+    assert [policy.decide(state).cut for _ in range(10)] == [0, 0, 0, 0, 2, 0, 0, 0, 0, 2]
+    # an offload at cut 1 runs its head on the device: no device probe however long the streak
+    slow_cloud = State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.0), SLO.parse("throughput"))
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    assert {policy.decide(slow_cloud).cut for _ in range(50)} == {1}
+
+
 # ------------------------------------------------------------------------------------------ baselines
 
 def test_registry():

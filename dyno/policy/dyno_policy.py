@@ -21,7 +21,9 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
 7. exploration (``dyno.policy.explore``): after ``probe_every`` device-only decisions in a row and at
    least ``probe_interval_s`` of device time, offload one inference (the best offloading row that
    meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by the device's own
-   transfers, cannot go stale forever. ``probe_every=0`` turns this off.
+   transfers, cannot go stale forever; after as long a streak of offloads at the input cut, which run
+   nothing on the device, run one on the device so the device's estimate cannot either.
+   ``probe_every=0`` turns this off.
 
 The pure rule (steps 1-3, 5) and the mix are remembered for the last estimates it saw: a device whose estimates have
 not changed since its last decision (a device-only streak) pays only for steps 4 and 6.
@@ -39,6 +41,7 @@ import dataclasses
 import numpy as np
 
 from dyno.errors import PolicyError
+from dyno.monitor import MIN_PROFILED_MS
 from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Estimates, Policy, State
 from dyno.policy.explore import PROBE_INTERVAL_S, Explorer
@@ -170,7 +173,11 @@ class DynoPolicy(Policy):
         else:
             self._mixer.share = 0.0
         if model.rows[best].offloaded:
-            self._explorer.offloaded()
+            if model.device_ms[best] >= MIN_PROFILED_MS:
+                self._explorer.offloaded()
+            elif self._explorer.blind(1000.0 / max(float(ev.throughput[best]), 1e-9)):
+                return model.device_only, "probe: one inference on the device to refresh its estimate", model, \
+                    floor, None
         elif self._explorer.device_only(float(ev.device[best])):
             probe = self._probe_row(model, ev, slo, state.batch)
             if probe is not None:

@@ -7,6 +7,12 @@ of probing a fixed share of a fast device's time: counting decisions alone, a de
 inference every 0.1 ms would probe every 2 ms, fill its request window with probes and stall (seen in
 the simulator at the high tier: 3.9k/s against device-only's 11k/s).
 
+The other way round, an offload at the input cut runs no layer on the device, so the device's slowdown
+estimate is not refreshed while the policy sends the input: a slowdown read during a burst of load
+elsewhere on the machine then holds forever (seen in ``dyno demo`` on a shared machine: DynO sent WebP
+at 91/s against the device's ~600/s for seconds, its slowdown estimate stuck at 9). The same two bounds
+on such a *blind* streak run one inference on the device as a device probe.
+
 Devices that start together at the same speed and frame rate would all probe at the same moment (a
 fleet's probes then arrive at the cloud as one burst: seen in the fleet simulator, 1,024 devices, ~400
 probes within one frame period); ``phase`` in [0, 1) starts every streak before the first probe that
@@ -16,7 +22,8 @@ different phases probes spread out; after its first probe a device keeps the cad
 
     explorer = Explorer(every=20, interval_s=0.5)
     if explorer.device_only(device_ms=0.09): ...probe...
-    explorer.offloaded()
+    explorer.offloaded()                         # at a cut whose head runs on the device
+    if explorer.blind(stage_ms=1.8): ...run one on the device...
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ PROBE_INTERVAL_S = 0.5
 class Explorer:
     """Counts a device-only streak in decisions and predicted device seconds (module docstring)."""
 
-    __slots__ = ("every", "interval_s", "phase", "run", "seconds", "probed")
+    __slots__ = ("every", "interval_s", "phase", "run", "seconds", "probed", "blind_run", "blind_seconds")
 
     def __init__(self, every: int = 20, interval_s: float = PROBE_INTERVAL_S, phase: float = 0.0) -> None:
         if every < 0 or interval_s < 0:
@@ -50,15 +57,30 @@ class Explorer:
     def _restart(self) -> None:
         phase = 0.0 if self.probed else self.phase
         self.run, self.seconds = int(phase * self.every), phase * self.interval_s
+        self.blind_run, self.blind_seconds = self.run, self.seconds
 
     def offloaded(self) -> None:
+        """An offload whose head runs on the device (it refreshes the device's estimate)."""
         self._restart()
+
+    def blind(self, stage_ms: float) -> bool:
+        """An offload at the input cut, one pipeline stage of ``stage_ms``: True when a device probe is
+        due (then the blind streak restarts). The device-only streak restarts too: this was an offload."""
+        run, seconds = self.blind_run + 1, self.blind_seconds + stage_ms / 1000.0
+        self._restart()
+        if self.every and run > self.every and seconds >= self.interval_s:
+            self.probed = True
+            self._restart()
+            return True
+        self.blind_run, self.blind_seconds = run, seconds
+        return False
 
     def device_only(self, device_ms: float) -> bool:
         """One more device-only decision taking ``device_ms``: True when a probe is due (then the streak
         restarts)."""
         self.run += 1
         self.seconds += device_ms / 1000.0
+        self.blind_run, self.blind_seconds = 0, 0.0
         if self.every and self.run > self.every and self.seconds >= self.interval_s:
             self.probed = True
             self._restart()

@@ -6,6 +6,7 @@ own when asked), a LoopThread runs any serve coroutine and hands it the grace.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -227,16 +228,17 @@ def test_a_server_process_serves_and_reports_what_its_serving_says(plan, own_gro
         assert (os.getpgid(cloud.pid) == cloud.pid) is own_group  # it leads a group of its own only if asked
         with Client(plan, tiny_model(seed=0), server=cloud.address, policy=Fixed(4)) as client:
             assert [r.where for r in client.map(torch.zeros(2, 1, 28, 28))] == ["cloud"] * 2
+        cloud.kill()
+        assert cloud.process.exitcode == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while own_group and alive(helper):  # SIGKILL to the whole group took the helper with it
+            assert time.monotonic() < deadline, "the helper outlived its process group's kill"
+            time.sleep(0.02)
+        assert alive(helper) is not own_group  # SIGKILL to the child alone: the helper is still there
     finally:
         cloud.kill()
-    assert cloud.process.exitcode == -signal.SIGKILL
-    deadline = time.monotonic() + 30
-    while own_group and alive(helper):  # SIGKILL to the whole group took the helper with it
-        assert time.monotonic() < deadline, "the helper outlived its process group's kill"
-        time.sleep(0.02)
-    if not own_group:  # SIGKILL to the child alone: the helper is still there
-        assert alive(helper)
-        os.kill(helper, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # reaped already
+            os.kill(helper, signal.SIGKILL)
 
 
 async def hold(value, *, address, until, ready, told):

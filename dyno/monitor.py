@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import time
 from typing import TYPE_CHECKING
 
 from dyno.errors import ConfigError, PolicyError
@@ -34,7 +35,7 @@ from dyno.errors import ConfigError, PolicyError
 if TYPE_CHECKING:
     from dyno.plan import Plan
 
-__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "MIN_PROFILED_MS"]
+__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "DEVICE_STALE_S", "MIN_PROFILED_MS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,8 @@ class BandwidthEstimator:
 CLOUD_WINDOW_S = 1.0
 #: The least capacity a device prices the cloud at, so that a saturated cloud is very slow, not impossible.
 MIN_CLOUD_CAPACITY = 0.01
+#: Seconds without a device sample after which the device's earlier samples no longer count.
+DEVICE_STALE_S = 1.0
 #: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
 MIN_PROFILED_MS = 0.05
 
@@ -138,8 +141,11 @@ class Monitors:
     """All run-time estimates for one device and plan, fed by the client's own traffic.
 
     - ``record_transfer(nbytes, seconds)``: one uplink transfer (wire bytes, seconds on the link).
-    - ``record_device(cut_id, head_ms)``: observed head time at a cut; slowdown = head_ms / plan's
-      ``device_ms`` (cuts profiled below ``MIN_PROFILED_MS``, e.g. the input cut, are ignored).
+    - ``record_device(cut_id, head_ms, at=...)``: observed head time at a cut; slowdown = head_ms / plan's
+      ``device_ms`` (cuts profiled below ``MIN_PROFILED_MS``, e.g. the input cut, are ignored). A
+      sample more than ``DEVICE_STALE_S`` after the one before starts the window afresh: a device that
+      sent its input to the cloud for seconds learns its speed from its next head, not from a median
+      of heads timed before (``at``: seconds on the caller's clock, default ``time.monotonic()``).
     - ``record_reply(cut_id, compute_ms, batch, queue_ms, headroom, at=..., decode_ms=...)``: one
       reply. ``compute_ms`` is the tail time of the batch the request ran in and ``batch`` its size, so
       the per-sample time is ``compute_ms / batch``, compared with the plan's
@@ -154,7 +160,11 @@ class Monitors:
 
     ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
     once when the client starts (``dyno.bench.calibrate``), not learned here: the device thread does not
-    report its per-inference time yet.
+    report its per-inference time yet. They run on the device's CPU like the heads, so when the heads run
+    slower than ``initial_slowdown`` (the device as emulated or profiled: other work has taken the CPU
+    since) they are estimated slower by the same factor; never faster than measured. (Seen in ``dyno
+    demo`` on a loaded machine: with the overheads as measured, a slower head made offloading at cut 7 look
+    as fast as device-only, and it was 10% slower.)
     """
 
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
@@ -180,6 +190,7 @@ class Monitors:
         self._own_sum = 0.0
         self._headroom: float | None = None
         self._pressure = 1.0
+        self._last_device = -math.inf
         self._cached: Estimates | None = None
         self._previous: Estimates | None = None
         self._values: tuple[float, ...] = ()
@@ -189,9 +200,13 @@ class Monitors:
         self.bandwidth.update(nbytes, seconds)
         self._cached = None
 
-    def record_device(self, cut_id: int, head_ms: float) -> None:
+    def record_device(self, cut_id: int, head_ms: float, *, at: float | None = None) -> None:
         profiled = self.plan.cuts[cut_id].device_ms
         if profiled >= MIN_PROFILED_MS and head_ms > 0 and math.isfinite(head_ms):
+            at = time.monotonic() if at is None else at
+            if at - self._last_device > DEVICE_STALE_S:   # what came before the gap is stale
+                self._slowdown.clear()
+            self._last_device = at
             self._slowdown.append(head_ms / profiled)
             self._cached = None
 
@@ -237,10 +252,12 @@ class Monitors:
         if self._cached is None:
             bandwidth = self.bandwidth.estimate_bps
             capacity = 1.0 if self._headroom is None else (self.own_cloud_use + self._headroom) / self._pressure
+            slowdown = _median(self._slowdown, self.initial_slowdown)
+            busier = max(1.0, slowdown / self.initial_slowdown)   # the client's own work shares the CPU
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
-                      _median(self._rtt, self.initial_rtt_ms), _median(self._slowdown, self.initial_slowdown),
+                      _median(self._rtt, self.initial_rtt_ms), slowdown,
                       _median(self._server, self.initial_server_factor), _median(self._queue, 0.0),
-                      max(capacity, MIN_CLOUD_CAPACITY), *self.overheads_ms)
+                      max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms))
             cached = self._previous
             if cached is None or values != self._values:   # unchanged figures: the same object
                 cached = self._previous = Estimates(*values)
@@ -255,4 +272,5 @@ class Monitors:
         self._own_sum = 0.0
         self._headroom = None
         self._pressure = 1.0
+        self._last_device = -math.inf
         self._cached = None

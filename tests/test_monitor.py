@@ -6,7 +6,7 @@ import pytest
 from plan_factory import make_plan
 
 from dyno.errors import ConfigError
-from dyno.monitor import BandwidthEstimator, Monitors
+from dyno.monitor import DEVICE_STALE_S, BandwidthEstimator, Monitors
 from dyno.policy import Estimates
 
 
@@ -95,3 +95,29 @@ def test_monitors_estimates():
     assert m.estimates().rtt_ms == 60
     m.reset()
     assert m.estimates().bandwidth_bps == 2e6 and m.estimates().device_slowdown == 8.0
+
+
+def test_the_client_s_own_work_slows_with_the_heads_never_speeds_up():
+    plan = make_plan(5, seed=0)
+    cut = plan.cuts[2]
+    m = Monitors(plan, initial_slowdown=2.0, overheads_ms=(0.9, 0.4), window=3)
+    assert (m.estimates().offload_overhead_ms, m.estimates().local_overhead_ms) == (0.9, 0.4)
+    for _ in range(3):                                  # heads 3x the profile where 2x was emulated
+        m.record_device(2, cut.device_ms * 3.0)
+    e = m.estimates()
+    assert (e.offload_overhead_ms, e.local_overhead_ms) == (pytest.approx(1.35), pytest.approx(0.6))
+    for _ in range(3):                                  # faster than emulated: the overheads as measured
+        m.record_device(2, cut.device_ms * 1.0)
+    assert (m.estimates().offload_overhead_ms, m.estimates().local_overhead_ms) == (0.9, 0.4)
+
+
+def test_a_device_sample_after_a_gap_starts_the_window_afresh():
+    plan = make_plan(5, seed=0)
+    cut = plan.cuts[2]
+    m = Monitors(plan, window=8)
+    for i in range(8):                                  # a burst of load: heads 9x the profile
+        m.record_device(2, cut.device_ms * 9.0, at=0.1 * i)
+    m.record_device(2, cut.device_ms * 1.0, at=0.9)     # one fast head within the window: the median holds
+    assert m.estimates().device_slowdown == pytest.approx(9.0)
+    m.record_device(2, cut.device_ms * 1.2, at=0.9 + DEVICE_STALE_S + 0.01)   # seconds later: it alone counts
+    assert m.estimates().device_slowdown == pytest.approx(1.2)

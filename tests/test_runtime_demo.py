@@ -64,11 +64,13 @@ def test_rounds_alternate_the_order_and_count_every_round():
     for run, (n, rate, p50, accuracy) in zip(dyno, ((1000, 200.0, 10.0, 0.9), (1500, 300.0, 30.0, 0.8),
                                                    (500, 100.0, 20.0, 1.0))):
         run.summary = {"n": n, "accuracy": accuracy, "throughput": rate, "bytes_mean": 100.0, "p50_ms": p50,
-                       "p95_ms": 2 * p50, "fallbacks": 1, "evidence": {"round": run.round}, "stats": {"replies": n}}
+                       "p95_ms": 2 * p50, "fallbacks": 1, "evidence": {"round": run.round, "choices": {"device": n - 10, "cut 1 jpeg:90": 10}},
+                       "stats": {"replies": n}}
     summary = D.combined(dyno)
     assert summary["n"] == 3000 and summary["throughput"] == pytest.approx(3000 / 15.0)
     assert summary["accuracy"] == pytest.approx((900 + 1200 + 500) / 3000)
     assert (summary["p50_ms"], summary["p95_ms"], summary["fallbacks"]) == (20.0, 40.0, 3)
-    assert summary["stats"] == {"replies": 3000} and summary["evidence"] == {"round": 0}
+    assert summary["stats"] == {"replies": 3000}
+    assert summary["evidence"] == {"round": 0, "choices": {"device": 2970, "cut 1 jpeg:90": 30}}
     assert [s["n"] for s in summary["rounds"]] == [1000, 1500, 500]
     assert D.combined(dyno[:1]) is dyno[0].summary

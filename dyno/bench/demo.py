@@ -18,7 +18,8 @@ so the systems see identical conditions and throughput is a fair comparison. On 
 moves, one system after another is not: ``rounds=R`` runs every system R times, the order reversed
 every other round (A B C, C B A, ...), so a drift in the load falls on every system alike; a system's
 summary then counts all its rounds (throughput: all completions over all its seconds; latency
-percentiles: the median of its rounds') and lists each round's under ``"rounds"``. Before the first system
+percentiles: the median of its rounds'; evidence: the first round's timeline and every round's choices)
+and lists each round's under ``"rounds"``. Before the first system
 the client's own cost per inference is measured once (``dyno.bench.calibrate``) and every policy prices
 it. Each system's summary carries its ``evidence``: the SLO, the histogram of choices, a per-second
 timeline (true and estimated bandwidth, cut, bits, completions), predicted against observed throughput,
@@ -231,9 +232,18 @@ def combined(runs: list[SystemRun]) -> dict[str, Any]:
 
     return {"n": n, "accuracy": weighted("accuracy"), "throughput": n / seconds if seconds else 0.0,
             "bytes_mean": weighted("bytes_mean"), "p50_ms": median("p50_ms"), "p95_ms": median("p95_ms"),
-            "fallbacks": sum(s["fallbacks"] for s in summaries), "evidence": summaries[0]["evidence"],
+            "fallbacks": sum(s["fallbacks"] for s in summaries), "evidence": _evidence(summaries),
             "stats": dict(sum((collections.Counter(s["stats"]) for s in summaries), collections.Counter())),
             "rounds": summaries}
+
+
+def _evidence(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first round's evidence (its timeline), with the choices of every round counted."""
+    first = dict(summaries[0].get("evidence") or {})
+    if all("choices" in (s.get("evidence") or {}) for s in summaries):
+        counts = sum((collections.Counter(s["evidence"]["choices"]) for s in summaries), collections.Counter())
+        first["choices"] = dict(counts.most_common())
+    return first
 
 
 def _device(tier: str | float, reference_ms: float, mode: str) -> Any:

@@ -205,7 +205,7 @@ class _Engine:
             if kind == "x":
                 monitors.record_transfer(observed[1], observed[2])
             elif kind == "d":
-                monitors.record_device(observed[1], observed[2])
+                monitors.record_device(observed[1], observed[2], at=when)
             else:
                 _, cut, compute_ms, batch, queue_ms, headroom, pressure, decode_ms = observed
                 monitors.record_reply(cut, compute_ms, batch, queue_ms, headroom, at=when, decode_ms=decode_ms,

@@ -16,6 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("dyno",),                                         # the package root: errors and the version only
     ("packing", "datafile", "progress", "codec", "graph", "emulate"),
+    ("figures",),                                      # a matplotlib figure saved atomically (datafile)
     ("zoo",),
     ("plan", "manifest"),                              # manifest: the exported heads' file (no torch)
     ("monitor", "partition"),

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dyno.bench.session import SystemRun
-from dyno.datafile import atomic_path
+from dyno.figures import save_png
 from dyno.packing import IMAGE_CODECS, Packing
 
 __all__ = ["plot_timeline"]
@@ -54,8 +54,4 @@ def plot_timeline(runs: list[SystemRun], trace: Any, duration: float, path: str 
         ax.legend(loc="upper right", fontsize=8)
     axes[0].set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)

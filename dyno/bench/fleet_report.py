@@ -83,7 +83,7 @@ def plot_fleet(document: dict[str, Any], path: str | Path, *, title: str | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dyno.datafile import atomic_path
+    from dyno.figures import save_png
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     parts = [("measured", "-"), ("simulated", "--")] if "measured" in document else [(None, "-")]
@@ -108,8 +108,4 @@ def plot_fleet(document: dict[str, Any], path: str | Path, *, title: str | None 
     top.legend(fontsize=7, ncol=2)
     fig.suptitle(title or f"{document['plan']}: fleet, SLO {document['slo']}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, format="png", dpi=110)

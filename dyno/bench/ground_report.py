@@ -74,7 +74,7 @@ def plot_ground(document: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dyno.datafile import atomic_path
+    from dyno.figures import save_png
 
     rows = document["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
@@ -103,8 +103,4 @@ def plot_ground(document: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"dyno bench {document['plan']}: link {document['link']}, device {document['device_emulation']}",
                  fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, format="png", dpi=110)

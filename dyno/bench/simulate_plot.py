@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dyno.datafile import atomic_path
 from dyno.emulate.traces import Trace
+from dyno.figures import save_png
 from dyno.packing import Packing
 from dyno.simulate import SimResult
 
@@ -60,8 +60,4 @@ def plot_timeline(per_policy: dict[str, SimResult], trace: Trace, path: str | Pa
     axes[2].set_xlabel("time (s)")
     axes[2].set_yscale("log", base=2)
     axes[2].set_yticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8 (jpeg/webp)", "16 (fp16)", "32 (fp32)"])
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dyno.datafile import atomic_path
+from dyno.figures import save_png
 from dyno.offline.codecs import QUANT_CODEC
 from dyno.packing import BITS
 from dyno.plan import Plan
@@ -74,11 +74,7 @@ def plot(plan: Plan, path: str | os.PathLike) -> Path:
     ticks = [0, 0.5, 1, 3, 10, 30, 90]
     bar.set_ticks([math.log10(0.1 + t) for t in ticks], labels=[str(t) for t in ticks])
     bar.set_label("top-1 drop (points)")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 _LEGEND = dict(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False, borderaxespad=0.2)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from typing import Any
+
+from dyno.bench.child import answer
 
 __all__ = ["worker_main"]
 
@@ -124,13 +125,6 @@ def _run(spec: dict[str, Any], conn: Any) -> list[dict[str, Any]]:
 
 
 def worker_main(spec: dict[str, Any], conn: Any) -> None:
-    """The child's body: ("ready", None), waits for ("go", None), then ("done", per-client reports)."""
-    try:
-        conn.send(("done", _run(spec, conn)))
-    except BaseException:
-        try:
-            conn.send(("error", traceback.format_exc(limit=10)))
-        except OSError:
-            pass
-    finally:
-        conn.close()
+    """The child's body: ("ready", None), waits for ("go", None), then ("done", per-client reports) or
+    ("error", text) (``dyno.bench.child``)."""
+    answer(conn, lambda: _run(spec, conn))

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import traceback
 from typing import Any
+
+from dyno.bench.child import answer
 
 __all__ = ["client_main"]
 
@@ -96,18 +97,17 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
             "device": device.description if device else f"k_d={spec['slowdown']:.3g}"}
 
 
-def client_main(spec: dict[str, Any], conn: Any) -> None:
-    """The child's body (module docstring): sends ("ready", None), then ("done", report) or ("error", text)."""
-    quota = None
+def _measured(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
+    """The run inside the client's namespace and CPU quota; the quota is left before the report is sent."""
+    quota = _prepare(spec)
     try:
-        quota = _prepare(spec)
-        conn.send(("done", _run(spec, conn)))
-    except BaseException:
-        try:
-            conn.send(("error", traceback.format_exc(limit=10)))
-        except OSError:
-            pass
+        return _run(spec, conn)
     finally:
         if quota is not None:
             quota.close()
-        conn.close()
+
+
+def client_main(spec: dict[str, Any], conn: Any) -> None:
+    """The child's body (module docstring): sends ("ready", None), then ("done", report) or ("error", text)
+    (``dyno.bench.child``)."""
+    answer(conn, lambda: _measured(spec, conn))

@@ -121,18 +121,25 @@ class BandwidthEstimator:
 CLOUD_WINDOW_S = 1.0
 #: The least capacity a device prices the cloud at, so that a saturated cloud is very slow, not impossible.
 MIN_CLOUD_CAPACITY = 0.01
-#: Seconds without a device sample after which the device's earlier samples no longer count.
-DEVICE_STALE_S = 1.0
+#: Until the slowdown window holds this many samples, the initial slowdown fills it: one head timed
+#: slow (the first in a new thread took 3.6x its profile here) does not send a device's work away.
+SLOWDOWN_PRIOR = 3
+#: Seconds without a device sample after which the device's earlier samples no longer count: shorter
+#: than the policy's least probe interval (0.5 s), so a device probe after a streak of input offloads
+#: always reads the device afresh.
+DEVICE_STALE_S = 0.25
 #: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
 MIN_PROFILED_MS = 0.05
 
 
-def _median(samples: collections.deque[float], default: float) -> float:
-    """The median of a short window (``statistics.median``'s value, without its overhead)."""
+def _median(samples: collections.deque[float], default: float, prior: int = 0) -> float:
+    """The median of a short window (``statistics.median``'s value, without its overhead); while it
+    holds fewer than ``prior`` samples, ``default`` stands in for the missing ones."""
     n = len(samples)
     if not n:
         return default
-    ordered = sorted(samples)
+    ordered = sorted([*samples, *[default] * (prior - n)]) if n < prior else sorted(samples)
+    n = len(ordered)
     half = n // 2
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2.0
 
@@ -252,7 +259,7 @@ class Monitors:
         if self._cached is None:
             bandwidth = self.bandwidth.estimate_bps
             capacity = 1.0 if self._headroom is None else (self.own_cloud_use + self._headroom) / self._pressure
-            slowdown = _median(self._slowdown, self.initial_slowdown)
+            slowdown = _median(self._slowdown, self.initial_slowdown, SLOWDOWN_PRIOR)
             busier = max(1.0, slowdown / self.initial_slowdown)   # the client's own work shares the CPU
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), slowdown,

@@ -119,5 +119,18 @@ def test_a_device_sample_after_a_gap_starts_the_window_afresh():
         m.record_device(2, cut.device_ms * 9.0, at=0.1 * i)
     m.record_device(2, cut.device_ms * 1.0, at=0.9)     # one fast head within the window: the median holds
     assert m.estimates().device_slowdown == pytest.approx(9.0)
-    m.record_device(2, cut.device_ms * 1.2, at=0.9 + DEVICE_STALE_S + 0.01)   # seconds later: it alone counts
+    later = 0.9 + DEVICE_STALE_S + 0.01                 # after the gap the window starts afresh
+    m.record_device(2, cut.device_ms * 1.2, at=later)
+    m.record_device(2, cut.device_ms * 1.2, at=later + 0.001)
     assert m.estimates().device_slowdown == pytest.approx(1.2)
+
+
+def test_one_slow_first_head_does_not_move_the_slowdown():
+    plan = make_plan(5, seed=0)
+    cut = plan.cuts[2]
+    m = Monitors(plan, initial_slowdown=2.0, window=8)
+    m.record_device(2, cut.device_ms * 9.0)             # the first head in a new thread, say
+    assert m.estimates().device_slowdown == pytest.approx(2.0)
+    m.record_device(2, cut.device_ms * 9.0)
+    m.record_device(2, cut.device_ms * 9.0)             # three samples: they are the estimate
+    assert m.estimates().device_slowdown == pytest.approx(9.0)

@@ -8,10 +8,12 @@ requests queue while they compute, and batches fill; ``eager=False`` always wait
 ``max_wait_ms`` for a batch that is not full.
 
 ``workers`` compute coroutines take batches in turn (oldest request first across cuts) and run
-``run_batch(cut_id, items)`` in the given executor, off the event loop. Items are opaque to the
-batcher (the server passes undecoded frames, so decoding too happens in the executor, once per batch
-rather than one thread hop per request); ``run_batch`` returns one entry per item, either its result
-or the exception that item alone failed with. A batch whose ``run_batch`` raises, or returns another
+``run_batch(cut_id, items)`` in the given executor, off the event loop (a ``run_batch`` that is a
+coroutine function, one that only waits such as the Ray front's call to its replicas, is awaited on the
+loop instead: no thread hop). Items are opaque to the batcher (the server passes undecoded frames, so
+decoding too happens in the executor, once per batch rather than one thread hop per request);
+``run_batch`` returns one entry per item, either its result or the exception that item alone failed
+with. A batch whose ``run_batch`` raises, or returns another
 number of entries, fails every item with a ``BatchError`` naming why (never a request left waiting).
 With ``max_queue_s``, an item that has waited longer than that when its batch is formed is not run:
 it fails with ``Overdue`` (the server refuses it as overload rather than answer it too late).
@@ -28,6 +30,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import inspect
 import time
 from typing import Any, Callable
 
@@ -113,10 +116,11 @@ class LoadMeter:
 class Batcher:
     """Per-cut queues and the compute workers that drain them (see the module docstring)."""
 
-    def __init__(self, run_batch: Callable[[int, list[Any]], list[Any]], executor: concurrent.futures.Executor,
+    def __init__(self, run_batch: Callable[[int, list[Any]], Any], executor: concurrent.futures.Executor,
                  config: BatchConfig = BatchConfig(),
                  on_batch: Callable[[int, int, float], None] | None = None, *, max_queue_s: float | None = None):
         self.run_batch, self.executor, self.config = run_batch, executor, config
+        self._awaited = inspect.iscoroutinefunction(run_batch)  # run on the loop, not in the executor
         self.on_batch = on_batch  # (cut_id, size, compute_s)
         self.max_queue_s = max_queue_s
         self.meter = LoadMeter(config.workers)
@@ -214,8 +218,12 @@ class Batcher:
         start = time.perf_counter()
         self.meter.begin(index)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run_batch, cut_id, [i.payload for i in items])
+            payloads = [i.payload for i in items]
+            if self._awaited:
+                results = await self.run_batch(cut_id, payloads)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.run_batch, cut_id, payloads)
             if not isinstance(results, list) or len(results) != len(items):
                 raise BatchError(f"run_batch returned {len(results) if isinstance(results, list) else results!r}"
                                  f" results for {len(items)} requests")

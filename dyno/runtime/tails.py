@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -72,8 +72,9 @@ class Frame(NamedTuple):
 class BatchRunner(Protocol):
     """What the server runs batches with (``Server(..., runner=...)``; default: :class:`Tails`)."""
 
-    def run_batch(self, cut_id: int, requests: Sequence[Any]) -> list[Any]:
-        """Per request (classes, scores, logits or None) or the exception it alone failed with."""
+    def run_batch(self, cut_id: int, requests: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
+        """Per request (classes, scores, logits or None) or the exception it alone failed with; a
+        coroutine function is awaited on the server's loop, any other is run in its compute threads."""
         ...
 
     def cloud_signal(self, config: ServerConfig, load: float) -> tuple[float, float, float]:

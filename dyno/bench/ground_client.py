@@ -91,7 +91,8 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
     summary = run_system(run, plan, model, Workload(xs=xs, ys=ys, duration=spec["duration"]), config,
                          trace=trace if spec["link"] == "token-bucket" else None, device=device, splits=splits,
                          initial_bandwidth_bps=spec["initial_bandwidth_bps"], slowdown=spec["slowdown"],
-                         ready=ready, overheads_ms=(overheads["offload_ms"], overheads["local_ms"]))
+                         ready=ready, overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
+                         server_factor=overheads.get("server_factor", 1.0))
     return {"summary": summary, "points": [dataclasses.asdict(p) for p in run.points], "log": policy.log,
             "errors": run.errors, "stats": run.stats, "overheads": overheads,
             "device": device.description if device else f"k_d={spec['slowdown']:.3g}"}

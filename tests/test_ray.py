@@ -133,6 +133,8 @@ def test_both_replicas_serve_and_replies_price_the_whole_deployment(cloud, model
         for _ in range(4):
             list(client.map(inputs))
     assert len(cloud.runner.load.replicas_seen) == 2  # the batches went to both replicas
+    # the front's router runs on the front's own loop: a batch leaves and lands with no thread hop
+    assert cloud.runner.handle._router.event_loop is cloud._loop
     x = np.zeros(plan.cuts[6].shape, np.float32)
     replies, code, _ = stream(cloud.address, [frame(plan, 6, x, request_id=i) for i in range(8)])
     assert code == grpc.StatusCode.OK and len(replies) == 8

@@ -17,7 +17,9 @@ before the target utilisation, its pressure how far above the target the deploym
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from dyno.runtime.config import ServerConfig
 
 __all__ = ["RayTails", "DeploymentLoad", "ReplicaWatch"]
+
+log = logging.getLogger("dyno.cloud")
 
 
 class DeploymentLoad:
@@ -74,15 +78,39 @@ def _retriable() -> tuple[type[BaseException], ...]:
 
 
 class RayTails:
-    """Runs the server's batches on a Ray Serve deployment (see the module docstring)."""
+    """Runs the server's batches on a Ray Serve deployment (see the module docstring).
+
+    ``run_batch`` is a coroutine, awaited on the front's own loop (the server's batcher runs it there,
+    not in a compute thread: it only waits). Built on a running loop, the calls go through a handle of
+    the deployment whose router runs on that loop, so that a batch leaves and its answer lands with no
+    thread hop in this process; built elsewhere, through ``handle`` (its router on Ray Serve's own loop
+    thread)."""
 
     def __init__(self, plan: Plan, handle: Any, ray_config: RayConfig, load: DeploymentLoad | None = None):
         self.plan, self.ray_config = plan, ray_config
-        self.handle = handle.options(_by_reference=False)  # gRPC between front and replicas: ~2x the calls/s
+        self._own = _on_this_loop(handle)  # None: no loop runs here
+        self.handle = (self._own or handle).options(_by_reference=False)  # gRPC to replicas: ~2x the calls/s
         self.load = load or DeploymentLoad()
         self._expected = {cut.id: codec.Expected(shape=tuple(cut.shape)) for cut in plan.cuts}
         self._retriable = _retriable()
         self.retried = 0
+
+    async def close(self) -> None:
+        """Stop what this front's own router runs on the loop (its metrics tasks, its long poll of the
+        controller), on that loop, before it stops; without it they log, once the loop has stopped, that
+        the loop went away. Best effort: it relies on Ray Serve's private parts, and never raises."""
+        if self._own is None:
+            return
+        try:
+            await self._own.shutdown_async()
+            from ray.serve._private.router import SharedRouterLongPollClient
+
+            router = self._own._router._asyncio_router
+            router.long_poll_client.stop()
+            SharedRouterLongPollClient.get_or_create(router._controller_handle,
+                                                     asyncio.get_running_loop()).long_poll_client.stop()
+        except Exception as error:  # a Ray Serve version without these parts: the log lines stay
+            log.debug("closing the front's router: %s", error)
 
     def cloud_signal(self, config: ServerConfig, load: float) -> tuple[float, float, float]:
         """The deployment's (load, headroom, pressure); the front's own batcher load is not it."""
@@ -91,7 +119,7 @@ class RayTails:
         target, running = config.target_utilisation, max(self.load.running, 0)
         return now, max(0.0, target - now) * running, max(1.0, now / target)
 
-    def run_batch(self, cut_id: int, requests: Sequence[FrameLike]) -> list[Any]:
+    async def run_batch(self, cut_id: int, requests: Sequence[FrameLike]) -> list[Any]:
         """Check every frame's header here (a bad one fails alone), send the rest as one batch."""
         expected = self._expected[cut_id]
         results: list[Any] = [None] * len(requests)
@@ -105,35 +133,54 @@ class RayTails:
             frames.append(Frame(request.meta, request.payload, request.top_k, request.want_logits))
             rows.append(i)
         if frames:
-            for i, result in zip(rows, self._send(cut_id, frames), strict=True):
+            for i, result in zip(rows, await self._send(cut_id, frames), strict=True):
                 results[i] = result
         return results
 
-    def _send(self, cut_id: int, frames: list[Frame]) -> list[Any]:
+    async def _send(self, cut_id: int, frames: list[Frame]) -> list[Any]:
         last: BaseException | None = None
         for _ in range(self.ray_config.retries + 1):
             try:
                 if self.ray_config.batch_in == "front":
-                    replica, busy, results = self.handle.run.remote(cut_id, frames).result(
-                        timeout_s=self.ray_config.timeout_s)
+                    replica, busy, results = await self._answer(self.handle.run.remote(cut_id, frames))
                     self.load.add(replica, busy)
                     return results
-                return self._one_by_one(cut_id, frames)
+                return await self._one_by_one(cut_id, frames)
             except self._retriable as error:
                 last = error
                 self.retried += 1
         raise RuntimeServiceError(f"the deployment lost a batch at cut {cut_id} {self.ray_config.retries + 1} "
                                   f"times: {type(last).__name__}: {str(last)[:200]}")
 
-    def _one_by_one(self, cut_id: int, frames: list[Frame]) -> list[Any]:
+    async def _answer(self, response: Any) -> Any:
+        """A call's result, or TimeoutError (the call cancelled) after ``RayConfig.timeout_s``."""
+        try:
+            async with asyncio.timeout(self.ray_config.timeout_s):
+                return await response
+        except TimeoutError:
+            response.cancel()
+            raise
+
+    async def _one_by_one(self, cut_id: int, frames: list[Frame]) -> list[Any]:
         """``batch_in="replica"``: one call per frame, batched in the replicas by ``@serve.batch``."""
-        calls = [self.handle.one.remote((cut_id, frame)) for frame in frames]
-        results = []
-        for call in calls:
-            replica, busy, result = call.result(timeout_s=self.ray_config.timeout_s)
+        answers = await asyncio.gather(*(self._answer(self.handle.one.remote((cut_id, frame))) for frame in frames))
+        for replica, busy, _ in answers:
             self.load.add(replica, busy)
-            results.append(result)
-        return results
+        return [result for _, _, result in answers]
+
+
+def _on_this_loop(handle: Any) -> Any:
+    """A handle of ``handle``'s deployment whose router runs on the running loop (what
+    ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`` does, for this front alone); None when no loop runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    from ray.serve.handle import DeploymentHandle
+
+    own: Any = DeploymentHandle(handle.deployment_name, handle.app_name)
+    own._init(_run_router_in_separate_loop=False)
+    return own
 
 
 class ReplicaWatch:

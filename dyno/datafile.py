@@ -38,6 +38,16 @@ __all__ = ["DataFile", "atomic_write", "atomic_path", "build", "dumps", "finite"
 T = TypeVar("T", bound="DataFile")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once (reading it means setting it, which is not thread-safe).
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """For writers that want a path (``savefig``, ``torch.save``): yields a unique temporary path in
@@ -52,6 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it 0600; the file gets what open() would give it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ the cloud never answered, files are written atomically, and image folders stay i
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -193,6 +194,16 @@ def test_a_plan_file_is_never_torn_by_a_crash_mid_write(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["plan.json"]
     with pytest.raises(PlanError):
         Plan.load(tmp_path / "missing.json")
+
+
+def test_a_file_written_atomically_gets_the_mode_open_would_give_it(tmp_path):
+    from dyno.datafile import atomic_write
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = atomic_write(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_a_bad_pem_file_is_named_not_a_failed_bind(files, tmp_path, capsys):

@@ -28,6 +28,7 @@ import numpy as np
 from dyno.bench.fleet import DEFAULT_MIX
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
+from dyno.figures import save_png
 from dyno.progress import NO_PROGRESS, Progress
 
 __all__ = ["DEFAULT_STEPS", "parse_steps", "active_spans", "autoscale_bench", "plot_autoscale"]
@@ -179,7 +180,4 @@ def plot_autoscale(document: dict[str, Any], path: str | Path) -> Path:
         for edge in edges[1:-1]:
             axis.axvline(edge, color="black", linewidth=0.5, linestyle=":")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=110)

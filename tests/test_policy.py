@@ -293,27 +293,49 @@ def test_hysteresis_does_not_hold_an_option_that_broke_the_slo():
 
 
 def test_probe_after_a_run_of_device_only_decisions():
+    # the cadence, on a link so slow that no probe could pay (probe_hope=None probes whatever the link)
     plan = tiny_plan()
-    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0, probe_hope=None)
     state = State(plan, Estimates(bandwidth_bps=1e3, device_slowdown=2.0), SLO.parse("throughput"))
     cuts = [policy.decide(state) for _ in range(9)]
     assert [d.cut for d in cuts] == [2, 2, 2, 1, 2, 2, 2, 1, 2]   # cut 1 sends fewest bytes
     assert cuts[3].note.startswith("probe")
     # and after at least probe_interval_s of device time: 20 ms a decision, 90 ms -> every fifth
-    policy = DynoPolicy(probe_every=3, probe_interval_s=0.09)
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.09, probe_hope=None)
     assert [policy.decide(state).cut for _ in range(10)] == [2, 2, 2, 2, 1, 2, 2, 2, 2, 1]
     # a fast device (0.2 ms a decision) probes no more often than every 0.5 s of its time
     fast = State(plan, Estimates(bandwidth_bps=1e3, device_slowdown=0.02), SLO.parse("throughput"))
-    policy = DynoPolicy()
+    policy = DynoPolicy(probe_hope=None)
     probes = [i for i in range(6000) if policy.decide(fast).cut != 2]
     assert probes == [2500, 5001]
     # a device given phase 0.6 starts its first streak 60% of the way through: its first probe comes
     # after 0.2 s of device time instead of 0.5, and the cadence after it is the same; reset keeps it
-    policy = DynoPolicy()
+    policy = DynoPolicy(probe_hope=None)
     policy.desynchronise(0.6)
     policy.reset()
     probes = [i for i in range(6000) if policy.decide(fast).cut != 2]
     assert probes == [1000, 3501]
+
+
+def test_no_probe_where_no_offload_could_win_on_twice_the_widest_link_believed():
+    # k_d 2: device-only 20 ms (50/s); cut 1 (500 B, 8 ms on the device, 5 ms of cloud) wins above
+    # 200 kbit/s. At 150 kbit/s it loses, at twice that it would win: the device probes. At 50 kbit/s
+    # twice is still too slow: no probe, whatever the cadence says
+    plan = tiny_plan()
+    hopeful = State(plan, Estimates(bandwidth_bps=1.5e5, device_slowdown=2.0), SLO.parse("throughput"))
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    assert [policy.decide(hopeful).cut for _ in range(5)] == [2, 2, 2, 1, 2]
+    hopeless = State(plan, Estimates(bandwidth_bps=5e4, device_slowdown=2.0), SLO.parse("throughput"))
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    assert {policy.decide(hopeless).cut for _ in range(50)} == {2}
+    # ... unless it once believed in a wider link: then it keeps probing
+    policy.decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2.0), SLO.parse("throughput")))
+    assert 1 in {policy.decide(hopeless).cut for _ in range(10)}
+    # a busy cloud (no capacity, a long queue) is no reason to stop: only its replies say it is free again
+    busy = State(plan, Estimates(bandwidth_bps=1e7, device_slowdown=2.0, cloud_capacity=0.01, queue_ms=500.0),
+                 SLO.parse("throughput"))
+    policy = DynoPolicy(probe_every=3, probe_interval_s=0.0)
+    assert [policy.decide(busy).cut for _ in range(5)] == [2, 2, 2, 1, 2]
 
 
 def test_a_streak_of_input_offloads_runs_one_inference_on_the_device():

@@ -137,7 +137,7 @@ def test_a_fleet_started_together_does_not_probe_all_at_once():
     link now and then. Their probes are spread over the probe interval, not sent in one burst."""
     plan = tiny_plan()
     slow_link = Trace.constant(2e3, 10.0)    # offloading never pays: every offload is a probe
-    specs = [DeviceSpec(policy=make("dyno"), slowdown=1.0, trace=slow_link, slo=SLO_T, rate=50.0)
+    specs = [DeviceSpec(policy=make("dyno", probe_hope=None), slowdown=1.0, trace=slow_link, slo=SLO_T, rate=50.0)
              for _ in range(64)]
     result = run_fleet(PerfModel(plan), specs, FleetConfig(duration_s=4.0, rtt_ms=2.0, timeline=True))
     probes = [t for d in result.devices for t, codec in zip(d.timeline["t"], d.timeline["codec"], strict=True)

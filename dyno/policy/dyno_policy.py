@@ -21,7 +21,8 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
 7. exploration (``dyno.policy.explore``): after ``probe_every`` device-only decisions in a row and at
    least ``probe_interval_s`` of device time, offload one inference (the best offloading row that
    meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by the device's own
-   transfers, cannot go stale forever; after as long a streak of offloads at the input cut, which run
+   transfers, cannot go stale forever (only where an offload would win on a link ``probe_hope`` times
+   the widest the device has believed in: a probe that cannot change a decision is not sent); after as long a streak of offloads at the input cut, which run
    nothing on the device, run one on the device so the device's estimate cannot either.
    ``probe_every=0`` turns this off.
 
@@ -50,8 +51,11 @@ from dyno.policy.mix import Mix, Mixer, best_mix
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
 
-__all__ = ["DynoPolicy", "DynoMixPolicy", "MIX_TOLERANCE"]
+__all__ = ["DynoPolicy", "DynoMixPolicy", "MIX_TOLERANCE", "PROBE_HOPE"]
 
+#: A bandwidth probe is sent only if an offload would win on a link this many times the widest the
+#: device has believed in (``DynoPolicy._offload_could_win``).
+PROBE_HOPE = 2.0
 #: Relative change of any estimate (absolute below 0.1 ms or 1 bit/s) that prices the mix again.
 MIX_TOLERANCE = 0.05
 
@@ -70,7 +74,8 @@ class DynoPolicy(Policy):
     """DynO: every (cut, bits) priced by the performance model, constrained and ordered by the SLO."""
 
     def __init__(self, *, margin: float = 0.05, probe_every: int = 20, probe_interval_s: float = PROBE_INTERVAL_S,
-                 power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None, mix: bool = False) -> None:
+                 power: DevicePower = DevicePower(), codecs: tuple[str, ...] | None = None, mix: bool = False,
+                 probe_hope: float | None = PROBE_HOPE) -> None:
         if margin < 0:
             raise PolicyError("hysteresis margin must be >= 0")
         if probe_every < 0:
@@ -82,6 +87,9 @@ class DynoPolicy(Policy):
         self.probe_interval_s = probe_interval_s
         self.codecs = None if codecs is None else tuple(codecs)
         self.mix = mix
+        if probe_hope is not None and not probe_hope > 0:
+            raise PolicyError("probe_hope must be > 0 (or None: probe whatever the link)")
+        self.probe_hope = probe_hope
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
         self._models = ModelCache(power)
         self._floors = FloorResolver()
@@ -99,6 +107,7 @@ class DynoPolicy(Policy):
         self._memo: tuple[tuple, tuple[int, bool, PerfModel, Evaluation, float | None]] | None = None
         self._mixer = Mixer()
         self._mix_memo: tuple[tuple | None, Estimates | None, Mix | None] = (None, None, None)
+        self._widest = 0.0
 
     def allowed(self, model: PerfModel) -> np.ndarray | None:
         """The rows this policy may choose (None: all): those of its ``codecs``, floats, images, device-only."""
@@ -151,6 +160,7 @@ class DynoPolicy(Policy):
     def _pick(self, state: State) -> tuple[int, str, PerfModel, float | None, Mix | None]:
         """(row, note, model, floor, mix): the pure rule, then hysteresis, the mix, exploration."""
         best, ok, model, ev, floor = self.choose(state)
+        self._widest = max(self._widest, state.estimates.bandwidth_bps)
         note = "" if ok else "no option meets the SLO; least-violating chosen"
         slo = state.slo
         if model is not self._last_model:  # a new plan: the current row index means nothing there
@@ -178,7 +188,7 @@ class DynoPolicy(Policy):
             elif self._explorer.blind(1000.0 / max(float(ev.throughput[best]), 1e-9)):
                 return model.device_only, "probe: one inference on the device to refresh its estimate", model, \
                     floor, None
-        elif self._explorer.device_only(float(ev.device[best])):
+        elif self._explorer.device_only(float(ev.device[best])) and self._offload_could_win(state):
             probe = self._probe_row(model, ev, slo, state.batch)
             if probe is not None:
                 return probe, "probe: one offloaded inference to refresh the bandwidth estimate", model, floor, None
@@ -213,6 +223,19 @@ class DynoPolicy(Policy):
             gain = (a - b) * OBJECTIVES[objective] / (abs(b) if b != 0 else scale)
             return gain > self.margin
         return False
+
+    def _offload_could_win(self, state: State) -> bool:
+        """Would the pure rule offload on a link ``probe_hope`` times the widest this device has believed
+        in, to an idle cloud (no queue, batches of one, at least one worker free)? If not, a probe cannot change a decision
+        and is not sent (at the high tier every probe was lost: DynO ran at 0.9999x device-only on every
+        trace of three sets). A busy cloud is no reason to stop probing: replies say when it is free."""
+        if self.probe_hope is None:
+            return True
+        est = state.estimates
+        hopeful = dataclasses.replace(est, bandwidth_bps=self.probe_hope * self._widest, queue_ms=0.0,
+                                      cloud_capacity=max(est.cloud_capacity, 1.0))
+        row, _, model, _, _ = self._choose(dataclasses.replace(state, estimates=hopeful, batch=1))
+        return bool(model.offloaded[row])
 
     def _probe_row(self, model: PerfModel, ev, slo: SLO, batch: int) -> int | None:
         candidates = np.flatnonzero(model.static_mask(slo, self.allowed(model)) & (model.offloaded > 0))

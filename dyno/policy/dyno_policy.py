@@ -22,8 +22,9 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
    least ``probe_interval_s`` of device time, offload one inference (the best offloading row that
    meets the accuracy/bytes constraints) so the bandwidth estimate, fed only by the device's own
    transfers, cannot go stale forever (only where an offload would win on a link ``probe_hope`` times
-   the widest the device has believed in: a probe that cannot change a decision is not sent); after as long a streak of offloads at the input cut, which run
-   nothing on the device, run one on the device so the device's estimate cannot either.
+   the widest the device has believed in: a probe that cannot change a decision is not sent); after
+   as long a streak of offloads at the input cut, which run nothing on the device, run one on the
+   device so the device's estimate cannot either.
    ``probe_every=0`` turns this off.
 
 The pure rule (steps 1-3, 5) and the mix are remembered for the last estimates it saw: a device whose estimates have
@@ -226,9 +227,10 @@ class DynoPolicy(Policy):
 
     def _offload_could_win(self, state: State) -> bool:
         """Would the pure rule offload on a link ``probe_hope`` times the widest this device has believed
-        in, to an idle cloud (no queue, batches of one, at least one worker free)? If not, a probe cannot change a decision
-        and is not sent (at the high tier every probe was lost: DynO ran at 0.9999x device-only on every
-        trace of three sets). A busy cloud is no reason to stop probing: replies say when it is free."""
+        in, to an idle cloud (no queue, batches of one, at least one worker free)? If not, a probe
+        cannot change a decision and is not sent (at the high tier every probe was lost: DynO ran at
+        0.9999x device-only on every trace of three sets). A busy cloud is no reason to stop probing:
+        replies say when it is free."""
         if self.probe_hope is None:
             return True
         est = state.estimates

@@ -27,8 +27,9 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
    device so the device's estimate cannot either.
    ``probe_every=0`` turns this off.
 
-The pure rule (steps 1-3, 5) and the mix are remembered for the last estimates it saw: a device whose estimates have
-not changed since its last decision (a device-only streak) pays only for steps 4 and 6.
+The pure rule (steps 1-3, 5) is remembered for the last estimates it saw, the mix while they move less
+than ``MIX_TOLERANCE``: a device whose estimates have not changed since its last decision (a device-only
+streak) pays only for steps 4, 6 and 7.
 
 The coder is a dimension of the rows like the cut and the bits: a plan lists each width with every
 coder on its bytes/time front, so a slow link picks a stronger coder and a fast one LZ4. ``codecs``

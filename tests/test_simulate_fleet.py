@@ -147,3 +147,19 @@ def test_a_fleet_started_together_does_not_probe_all_at_once():
     for t in probes:
         per_50ms[int(t / 0.05)] = per_50ms.get(int(t / 0.05), 0) + 1
     assert max(per_50ms.values()) <= 16             # (all at phase 0: 64 in one slot)
+
+
+def test_the_fleet_bench_spreads_frames_and_probes_as_the_simulator_does():
+    from dyno.bench.fleet_runtime import client_specs
+    from dyno.simulate.fleet import device_phase
+
+    specs = [DeviceSpec(policy=make("dyno"), slowdown=1.0, trace=Trace.constant(1e6, 10.0), slo=SLO_T)
+             for _ in range(16)]
+    clients = client_specs(specs, "dyno", rate=20.0)
+    phases = [c["probe_phase"] for c in clients]
+    assert phases == [device_phase(i) for i in range(16)] and phases[0] == 0.0
+    assert len(set(round(p, 6) for p in phases)) == 16 and all(0 <= p < 1 for p in phases)
+    # 16 phases spread over [0, 1): no two closer than a fortieth of the period
+    ordered = sorted(phases)
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 1 / 40
+    assert [c["phase"] for c in clients] == pytest.approx([p / 20.0 for p in phases])

@@ -34,6 +34,7 @@ from dyno.bench.fleet import DEFAULT_MIX, FLEET_POLICIES, fleet_metrics, fleet_s
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError, RuntimeServiceError
 from dyno.progress import NO_PROGRESS, Progress
+from dyno.simulate.fleet import device_phase
 
 __all__ = ["SERVERS", "fleet_bench", "start_cloud", "run_clients", "client_specs", "round_trip", "server_metrics"]
 
@@ -255,9 +256,10 @@ def capacity(plan: Any, address: str, *, seconds: float, streams: int = 64) -> d
 
 
 def client_specs(specs: list[Any], system: str, rate: float) -> list[dict[str, Any]]:
-    """The worker's description of each device in ``specs`` (``dyno.bench.fleet_worker``)."""
+    """The worker's description of each device in ``specs`` (``dyno.bench.fleet_worker``): frames and
+    probes spread over each device's period as the fleet simulator spreads them."""
     return [{"system": system, "slowdown": s.slowdown, "offset": s.offset_s,
-             "phase": (i * 0.618034 % 1.0) / rate,
+             "phase": device_phase(i) / rate, "probe_phase": device_phase(i),
              "trace": {"times": s.trace.times, "rates": s.trace.rates_bps, "name": s.trace.name}}
             for i, s in enumerate(specs)]
 

@@ -10,7 +10,8 @@ many frames it was asked for and dropped.
 
     spec = {"plan_path": ..., "weights": "trained", "server": "127.0.0.1:5001", "slo": "...", "rate": 10.0,
             "duration": 20.0, "window": 8, "n": 64, "clients": [{"system": "dyno", "slowdown": 1.3,
-            "trace": {"times": [...], "rates": [...], "name": ...}, "offset": 12.5, "phase": 0.03}, ...]}
+            "trace": {"times": [...], "rates": [...], "name": ...}, "offset": 12.5, "phase": 0.03,
+            "probe_phase": 0.62}, ...]}
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def _clients(spec: dict[str, Any], plan: Any, model: Any, splits: Any) -> list[A
         trace = Trace(c["trace"]["times"], c["trace"]["rates"], name=c["trace"]["name"]).shifted(c["offset"])
         device = Device(c["slowdown"], mode="pad") if c["slowdown"] > 1.0 else None
         monitors = Monitors(plan, initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3), initial_slowdown=c["slowdown"])
-        config = ClientConfig(server=spec["server"], policy=build_policy(c["system"]), slo=spec["slo"],
-                              in_flight=spec["window"], timeout=10.0)
+        policy = build_policy(c["system"])
+        policy.desynchronise(c.get("probe_phase", 0.0))   # clients started together do not probe together
+        config = ClientConfig(server=spec["server"], policy=policy, slo=spec["slo"], in_flight=spec["window"],
+                              timeout=10.0)
         clients.append((Client(plan, model, config, link=Link(trace), device=device, monitors=monitors,
                                splits=splits), device))
     return clients

@@ -44,10 +44,15 @@ from dyno.policy.model import PerfModel
 from dyno.simulate.cloud import DONE, REPLY, Request, SimCloud
 from dyno.simulate.fleet_types import DeviceSpec, DeviceTally, FleetConfig, FleetResult, met_rows
 
-__all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "run_fleet", "met_rows"]
+__all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "run_fleet", "met_rows", "device_phase"]
 
 START, ARRIVE, FRAME = 0, 1, 4
 _GOLDEN = 0.618034   # spreads device i's phases evenly over [0, 1)
+
+
+def device_phase(i: int) -> float:
+    """Device ``i``'s phase in [0, 1) (its frames' and its probes'): device 0 at 0, the others spread evenly."""
+    return i * _GOLDEN % 1.0
 
 
 class _Device:
@@ -102,7 +107,7 @@ class _Engine:
         met_cache: dict[SLO, list[bool]] = {}
         self.devices = []
         for i, spec in enumerate(specs):
-            spec.policy.desynchronise(i * _GOLDEN % 1.0)   # device 0 (N = 1) at phase 0; others spread
+            spec.policy.desynchronise(device_phase(i))
             spec.policy.reset()
             met = met_cache.get(spec.slo)
             if met is None:
@@ -125,7 +130,7 @@ class _Engine:
                 self._schedule_start(dev, 0.0)
             else:  # a phase per device, spread evenly, so that frames do not all arrive together
                 phase = dev.spec.phase_s
-                self.push((dev.index * _GOLDEN % 1.0) / rate if phase is None else phase, FRAME, dev)
+                self.push(device_phase(dev.index) / rate if phase is None else phase, FRAME, dev)
         heap, pop = self.heap, heapq.heappop
         ticked, progress = 0.0, self.progress
         cloud = self.cloud

@@ -127,6 +127,24 @@ def test_same_top1_as_the_embedded_server_for_every_input(cloud, embedded, model
                                np.stack([r.logits for r in answers["embedded"]]), rtol=1e-5, atol=1e-5)
 
 
+def test_batching_in_the_replica_gives_the_embedded_servers_answers(local_ray, embedded, model, plan, splits,
+                                                                    config, inputs):
+    """``batch_in="replica"`` (one deployment call per request, @serve.batch in the replica; the design
+    not chosen, kept for the comparison): the same top-1 and logits, and every call counted as load."""
+    answers = {}
+    with RayServer(plan, model, config, RayConfig(replicas=1, batch_in="replica", app="test-serve-batch"),
+                   splits=splits) as cloud:
+        for name, server in (("embedded", embedded), ("ray", cloud)):
+            with Client(plan, model, server=server.address, policy=Fixed(4, "shuffle-lz4", 8), splits=splits,
+                        token=TOKEN, in_flight=8, want_logits=True) as client:
+                answers[name] = list(client.map(inputs))
+        assert sum(cloud.runner.load.replicas_seen.values()) >= len(inputs)  # one call per request
+    assert [r.where for r in answers["ray"]] == ["cloud"] * len(inputs)
+    assert [r.top1 for r in answers["ray"]] == [r.top1 for r in answers["embedded"]]
+    np.testing.assert_allclose(np.stack([r.logits for r in answers["ray"]]),
+                               np.stack([r.logits for r in answers["embedded"]]), rtol=1e-5, atol=1e-5)
+
+
 def test_both_replicas_serve_and_replies_price_the_whole_deployment(cloud, model, plan, splits, inputs):
     with Client(plan, model, server=cloud.address, policy=Fixed(2), splits=splits, token=TOKEN,
                 in_flight=16) as client:

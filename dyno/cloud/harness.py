@@ -178,6 +178,7 @@ async def run_front(plan: Plan, model: nn.Module, config: ServerConfig | None, r
     finally:
         watch.stop()
         await server.stop(grace)
+        await runner.close()   # its router's tasks live on this loop: stop them before the loop stops
 
 
 def front_info(front: Front, address: str) -> dict[str, Any]:

@@ -168,9 +168,12 @@ def brute_force(plan: Plan, est: Estimates, slo: SLO, batch: int, in_flight=None
     preds = [predict(plan, r, est, batch, in_flight=in_flight) for r in rows]
     cand = [i for i, p in enumerate(preds) if meets(p, slo, plan.accuracy_fp32, floor)]
     ok = bool(cand)
-    if not ok:
-        v = [violation(p, slo, plan.accuracy_fp32, floor) for p in preds]
-        cand = [i for i in range(len(rows)) if v[i] == min(v)]
+    if not ok:   # least violating, among the rows meeting accuracy and bytes if any does
+        static = [i for i, p in enumerate(preds) if meets(p, dataclasses.replace(
+            slo, max_latency_ms=None, min_throughput=None, min_throughput_of=None), plan.accuracy_fp32, None)]
+        pool = static or list(range(len(rows)))
+        v = {i: violation(preds[i], slo, plan.accuracy_fp32, floor) for i in pool}
+        cand = [i for i in pool if v[i] == min(v.values())]
     for k, objective in enumerate(slo.objectives):
         values = {i: preds[i].value(objective) for i in cand}
         sign = OBJECTIVES[objective]
@@ -567,3 +570,35 @@ def test_an_inferred_width_needs_a_measured_width_at_or_below_it_that_meets_the_
     assert (d.cut, d.bits) == (1, 5)
     bounds = {r.bits: b for r, b in zip(PerfModel(plan).rows, PerfModel(plan).drop_bound(0.95)) if r.cut == 1}
     assert bounds[7] == pytest.approx(0.3 + 1.645 * 0.1, 1e-3) and math.isinf(bounds[4])
+
+
+def test_the_latency_bound_counts_the_wait_of_frames_arriving_at_the_slo_s_rate():
+    from dyno.policy.rows import wait_at_rate
+
+    # a pipeline of 100/s fed at 50/s: M/D/1, rho 0.5, wait 0.5 / (2 * 0.5) * 10 ms = 5 ms
+    assert wait_at_rate(50.0, 100.0, cap=7) == pytest.approx(5.0)
+    # fed at 150/s it saturates: the 7 frames the window holds wait a service time each, the rest dropped
+    assert wait_at_rate(150.0, 100.0, cap=7) == pytest.approx(70.0)
+    assert wait_at_rate(None, 100.0, cap=7) == 0.0
+    # tiny plan, k_d 4: device-only 40 ms (25/s); cut 1 16 ms on the device and 500 B at 128 kbit/s,
+    # 31.25 ms on the link: 32/s, just above 30 frames/s, so its frames wait 0.94 / (2 x 0.06) x 31.25
+    # = 244 ms and it breaks latency <= 200 though its own latency is 52 ms. Nothing meets the SLO;
+    # device-only (frames wait one service time: 80 ms) misses only the rate and is the least violating
+    plan = tiny_plan()
+    slo = SLO.parse("throughput;latency<=200;throughput>=30")
+    est = Estimates(bandwidth_bps=1.28e5, device_slowdown=4.0, rtt_ms=0.0)
+    d = DynoPolicy(probe_every=0).decide(State(plan, est, slo, 1, 8))
+    assert d.cut == 2 and not d.predicted.meets_slo
+    # without the frame rate in the SLO the offload's own 52 ms are what counts, and it is chosen
+    d = DynoPolicy(probe_every=0).decide(State(plan, est, SLO.parse("throughput;latency<=200"), 1, 8))
+    assert d.cut == 1 and d.predicted.latency_ms == pytest.approx(16 + 31.25 + 5)
+
+
+def test_when_nothing_meets_the_slo_accuracy_holds_and_latency_and_rate_give_way():
+    # k_d 10 at 100 kbit/s, 30/s asked: device-only 10/s, cut 1 in fp32 12.2/s (1,024 B), cut 1 at 8 bits
+    # 25/s (500 B) but 1.05 points below fp32. Counting violations alone the 8-bit row is nearest (0.17
+    # for the rate + 0.05 for the accuracy); the accuracy holds where any row holds it: cut 1 in fp32
+    plan = tiny_plan(accuracy=(0.80, 0.8895), accuracy_fp32=0.9)
+    slo = SLO.parse("throughput;drop<=1;throughput>=30")
+    d = DynoPolicy(probe_every=0).decide(State(plan, Estimates(bandwidth_bps=1e5, device_slowdown=10.0), slo))
+    assert (d.cut, d.codec) == (1, "fp32") and not d.predicted.meets_slo and "least-violating" in d.note

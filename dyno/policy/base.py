@@ -63,6 +63,7 @@ class Prediction:
     cloud_s: float      # cloud compute seconds per inference (decode + tail; 0 device-only)
     energy_j: float     # device energy per inference
     meets_slo: bool
+    queue_cap: float = 1.0   # frames that can wait before the slowest stage (the device's: 1; else the window's)
 
     def value(self, objective: str) -> float:
         """The figure an objective name refers to (``cloud_cost`` is ``cloud_s``, ``energy`` is ``energy_j``)."""

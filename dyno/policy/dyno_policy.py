@@ -11,7 +11,9 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
 4. hysteresis: stay on the current choice unless the new one is better by more than ``margin``
    (relative) on the first objective where the two differ beyond the tolerance, and the current one
    still meets the SLO;
-5. if nothing meets the SLO, pick the least-violating row and say so (``note``, ``meets_slo=False``);
+5. if nothing meets the SLO, pick the least-violating row among those meeting the accuracy and bytes
+   constraints (if any does: latency and the throughput floor give way first) and say so (``note``,
+   ``meets_slo=False``);
 6. with ``mix=True`` (registered as ``dyno-mix``) and throughput as the first objective, a second row
    beside the chosen one (``dyno.policy.mix``): the share of inferences the idle stages can carry goes
    by it, when that raises the predicted throughput by more than ``margin``. Off by default: the
@@ -142,7 +144,9 @@ class DynoPolicy(Policy):
         if len(candidates):
             return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), True, model, ev, floor
         v = model.violations(ev, slo, floor)
-        if allowed is not None:
+        if static.any():   # accuracy and bytes hold where any row can hold them: latency and rate give way
+            v = np.where(static, v, np.inf)
+        elif allowed is not None:
             v = np.where(allowed, v, np.inf)
         candidates = np.flatnonzero(v == v.min())
         return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor

@@ -79,7 +79,8 @@ class Evaluation:
     """Every row's figures under one set of estimates (numpy arrays; latency, cloud cost and energy
     computed on first use)."""
 
-    __slots__ = ("model", "device", "link", "cost", "cloud", "wait", "throughput", "est", "_latency", "_energy")
+    __slots__ = ("model", "device", "link", "cost", "cloud", "wait", "throughput", "est", "in_flight", "_latency",
+                 "_energy")
 
     def __init__(self, model: "PerfModel", device: np.ndarray, link: np.ndarray, cost: np.ndarray,
                  cloud: np.ndarray, wait: np.ndarray, throughput: np.ndarray, est: Estimates) -> None:
@@ -91,6 +92,7 @@ class Evaluation:
         self.wait = wait            # RTT + decode + the batch's compute, ms (latency only; no queueing)
         self.throughput = throughput
         self.est = est
+        self.in_flight: int | None = None   # the request window the throughput was bounded by
         self._latency: np.ndarray | None = None
         self._energy: np.ndarray | None = None
 
@@ -189,6 +191,7 @@ class PerfModel:
             throughput = 1000.0 / stage
         ev = Evaluation(self, device, link, cost, cloud, wait, throughput, est)
         if in_flight is not None:
+            ev.in_flight = in_flight
             with np.errstate(divide="ignore"):
                 ev.throughput = np.minimum(throughput, (in_flight * 1000.0) / ev.intrinsic)
         return ev
@@ -213,10 +216,26 @@ class PerfModel:
             self._static_cache[key] = mask
         return mask
 
+    @staticmethod
+    def latency_at_rate(ev: Evaluation, slo: SLO) -> np.ndarray:
+        """Vector form of ``rows.latency_at_rate``: the latency plus the wait the device's own frames add
+        at the SLO's frame rate (``rows.wait_at_rate``; a queue before the device's own stage holds one
+        frame, one before the link or the cloud the request window's)."""
+        rate = slo.min_throughput
+        if not rate:
+            return ev.latency
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per = 1000.0 / ev.throughput
+            rho = rate / ev.throughput
+            queue = np.where(rho < 1.0, rho / (2.0 * (1.0 - rho)) * per, np.inf)
+        cap = np.where((ev.in_flight is None) | (ev.device >= np.maximum(ev.link, ev.cloud)), 1.0,
+                       float((ev.in_flight or 1) - 1))
+        return ev.latency + np.minimum(queue, cap * per)
+
     def feasible(self, ev: Evaluation, slo: SLO, floor: float | None, static: np.ndarray) -> np.ndarray:
         mask = static
         if slo.max_latency_ms is not None:
-            mask = mask & (ev.latency <= slo.max_latency_ms)
+            mask = mask & (self.latency_at_rate(ev, slo) <= slo.max_latency_ms)
         if floor is not None and floor > 0:
             mask = mask & (ev.throughput >= floor * (1.0 - EPS))
         return mask
@@ -226,7 +245,8 @@ class PerfModel:
         v = np.zeros(len(self.rows))
         if slo.max_latency_ms is not None:
             m = slo.max_latency_ms
-            v += np.where(ev.latency > m, ev.latency / m - 1.0 if m > 0 else ev.latency, 0.0)
+            latency = np.minimum(self.latency_at_rate(ev, slo), 1e9)   # never inf: rows stay comparable
+            v += np.where(latency > m, latency / m - 1.0 if m > 0 else latency, 0.0)
         if slo.max_accuracy_drop is not None:
             d = slo.max_accuracy_drop
             bound = np.minimum(self.drop_bound(slo.confidence), 1e6)   # never inf: rows stay comparable

@@ -143,17 +143,37 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
     if in_flight is not None and intrinsic > 0:
         throughput = min(throughput, (in_flight * 1000.0) / intrinsic)
     energy = (power.compute_w * device + power.radio_w * link) / 1000.0
-    prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True)
+    cap = 1.0 if in_flight is None or device >= max(link, cloud) else float(in_flight - 1)
+    prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, True, cap)
     if slo is not None and not meets(prediction, slo, plan.accuracy_fp32, floor, bound):
-        prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, False)
+        prediction = Prediction(latency, throughput, row.bytes, row.accuracy, cloud_s, energy, False, cap)
     return prediction
+
+
+def wait_at_rate(rate: float | None, throughput: float, cap: float) -> float:
+    """The wait, ms, a device's own frames add when they arrive at ``rate`` per second at a pipeline of
+    ``throughput`` per second: below saturation the M/D/1 mean wait ``rho / (2 mu (1 - rho))``; at or
+    above it the ``cap`` frames that fit wait a service time each and the rest are dropped (a throughput
+    floor counts those, not the latency). No rate (a closed loop): 0."""
+    if not rate or not throughput > 0:
+        return 0.0
+    per = 1000.0 / throughput
+    rho = rate / throughput
+    queue = rho / (2.0 * (1.0 - rho)) * per if rho < 1.0 else math.inf
+    return min(queue, cap * per)
+
+
+def latency_at_rate(p: Prediction, slo: SLO) -> float:
+    """The latency the SLO's latency bound is checked on: with the wait at the SLO's frame rate (its
+    numeric throughput floor) when it has one (``wait_at_rate``)."""
+    return p.latency_ms + wait_at_rate(slo.min_throughput, p.throughput, p.queue_cap)
 
 
 def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None, bound: float | None = None) -> bool:
     """Whether a prediction meets every constraint of ``slo`` (and the throughput ``floor``); the drop
     is checked on ``bound`` when given (points), else on the point estimate."""
     drop = (accuracy_fp32 - p.accuracy) * 100.0 if bound is None else bound
-    return not ((slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms)
+    return not ((slo.max_latency_ms is not None and latency_at_rate(p, slo) > slo.max_latency_ms)
                 or (slo.max_accuracy_drop is not None and drop > slo.max_accuracy_drop + EPS)
                 or (slo.max_bytes is not None and p.bytes > slo.max_bytes)
                 or (floor is not None and floor > 0 and p.throughput < floor * (1.0 - EPS)))
@@ -162,8 +182,9 @@ def meets(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None, bo
 def violation(p: Prediction, slo: SLO, accuracy_fp32: float, floor: float | None) -> float:
     """0 when the prediction meets every constraint, else the sum of relative violations."""
     v = 0.0
-    if slo.max_latency_ms is not None and p.latency_ms > slo.max_latency_ms:
-        v += p.latency_ms / slo.max_latency_ms - 1.0 if slo.max_latency_ms > 0 else p.latency_ms
+    latency = min(latency_at_rate(p, slo), 1e9) if slo.max_latency_ms is not None else 0.0
+    if slo.max_latency_ms is not None and latency > slo.max_latency_ms:
+        v += latency / slo.max_latency_ms - 1.0 if slo.max_latency_ms > 0 else latency
     if slo.max_accuracy_drop is not None:
         drop = (accuracy_fp32 - p.accuracy) * 100.0
         if drop > slo.max_accuracy_drop + EPS:

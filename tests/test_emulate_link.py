@@ -126,6 +126,35 @@ def test_device_pads_each_run_to_k_times_its_time():
     assert "padding" in Device.tier("mid").description
 
 
+def test_the_device_s_own_time_leaves_out_the_process_s_other_threads():
+    import threading
+
+    import torch
+
+    def busy(seconds):
+        start = time.thread_time()
+        while time.thread_time() - start < seconds:
+            pass
+
+    device = Device(1.0)
+    threads = torch.get_num_threads()
+    stop = threading.Event()
+    try:
+        torch.set_num_threads(1)
+        _, ms, own = device.timed(busy, 0.03)
+        assert own >= 0.95 * ms and own >= 30       # nothing else ran here: the wall time is its own
+        def spin():
+            while not stop.is_set():
+                pass
+
+        threading.Thread(target=spin, daemon=True).start()   # a Python thread contends for the GIL meanwhile
+        _, ms, own = device.timed(busy, 0.03)
+        assert own >= 30 * 0.95 and own < ms        # its CPU time at least, the other thread's time left out
+    finally:
+        stop.set()
+        torch.set_num_threads(threads)
+
+
 def test_device_refuses_unknown_tiers():
     with pytest.raises(ConfigError, match="unknown device tier"):
         Device.tier("phone")

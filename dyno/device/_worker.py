@@ -41,6 +41,6 @@ class OrtDeviceWorker(DeviceThread):
         if inference.activation is None or not self.heads.has_tail(inference.cut):
             return self._whole(inference, "fallback", f"{note} (whole model on the device: no tail exported)")
         cut = inference.cut
-        logits, ms = self._on_device(lambda a: self.heads.run_tail(cut, a), inference.activation)
+        logits, ms, _ = self._on_device(lambda a: self.heads.run_tail(cut, a), inference.activation)
         inference.device_ms += ms
         self._finish(inference, logits, "fallback", note)

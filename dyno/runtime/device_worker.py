@@ -32,7 +32,7 @@ class DeviceWorker(DeviceThread):
 
     def _give_back(self, inference: Inference, note: str) -> None:
         """The fallback: the tail of the decided cut, on the device, from the activation."""
-        logits, ms = self._on_device(self.splits.tail(inference.cut), inference.activation)
+        logits, ms, _ = self._on_device(self.splits.tail(inference.cut), inference.activation)
         inference.device_ms += ms
         self._finish(inference, logits, "fallback", note)
 

@@ -142,9 +142,14 @@ class DeviceThread:
                     inference.future.set_exception(error)
 
     def _on_device(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
-        """(value, ms, the device's own ms for the estimates: ``Device.timed``)."""
+        """(value, ms, the device's own ms for the estimates: ``Device.timed``; a device that has only
+        ``run`` gives its ms for both)."""
         if self.device is not None:
-            return self.device.timed(fn, *args)
+            timed = getattr(self.device, "timed", None)
+            if timed is not None:
+                return timed(fn, *args)
+            value, ms = self.device.run(fn, *args)
+            return value, ms, ms
         start = time.perf_counter()
         value = fn(*args)
         ms = (time.perf_counter() - start) * 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dyno.plan import CutPlan, Option, Plan
+from dyno.policy import Decision, Policy
 from dyno.simulate.synthetic import INPUT_SHAPE, synthetic_plan
 
 make_plan = synthetic_plan   # random but valid plans shaped like real ones
@@ -27,3 +28,15 @@ def tiny_plan(*, device_ms=(0.0, 4.0, 10.0), cloud_ms=(10.0, 5.0, 0.0), bytes_=(
     return Plan(model="tiny", weights_sha256="0" * 64, input_shape=INPUT_SHAPE, num_classes=10,
                 accuracy_fp32=accuracy_fp32, samples=10, device_profile="test", cloud_profile="test",
                 cuts=cuts)
+
+
+class Fixed(Policy):
+    """Always the same (cut, codec, bits): the runtime's tests choose where the work goes."""
+
+    name = "fixed"
+
+    def __init__(self, cut: int, codec: str | None = "fp32", bits: int | None = None):
+        self.cut, self.codec, self.bits = cut, codec, bits
+
+    def decide(self, _state):
+        return Decision(self.cut, self.codec, self.bits)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from plan_factory import Fixed
 
 from dyno import codec
-from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ServerConfig, ServerThread
 from dyno.runtime.config import channel_options
 from dyno.runtime.proto import inference_pb2 as pb
@@ -31,15 +31,6 @@ TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic v1 idioms inside Ray Serve
 TOKEN = "s3cret"
 
-
-class Fixed(Policy):
-    name = "fixed"
-
-    def __init__(self, cut: int, codec: str = "fp32", bits: int | None = None):
-        self.cut, self.codec, self.bits = cut, codec, bits
-
-    def decide(self, _state):
-        return Decision(self.cut, self.codec, self.bits)
 
 
 @pytest.fixture(scope="module")

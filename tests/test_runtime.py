@@ -13,28 +13,16 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from plan_factory import Fixed
 
 from dyno import codec
 from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
-from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, TLSConfig
 from dyno.runtime.config import channel_options
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-
-
-class Fixed(Policy):
-    """Always the same (cut, codec, bits): the tests choose where the work goes."""
-
-    name = "fixed"
-
-    def __init__(self, cut: int, codec: str | None = "fp32", bits: int | None = None):
-        self.cut, self.codec, self.bits = cut, codec, bits
-
-    def decide(self, _state):
-        return Decision(self.cut, self.codec, self.bits)
 
 
 @pytest.fixture(scope="module")

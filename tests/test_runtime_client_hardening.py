@@ -15,22 +15,12 @@ import time
 import grpc
 import pytest
 import torch
+from plan_factory import Fixed
 
-from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, TLSConfig
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.replies import WRITE_RACE
-
-
-class Fixed(Policy):
-    name = "fixed"
-
-    def __init__(self, cut: int):
-        self.cut = cut
-
-    def decide(self, _state):
-        return Decision(self.cut, "fp32", None)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 from nets import tiny_model
+from plan_factory import Fixed
 
 from dyno import codec
 from dyno.errors import ModelError, PlanError, RuntimeServiceError
 from dyno.offline import nominal_plan as tiny_plan
-from dyno.policy import Decision, Policy
 from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, from_plan_file
 from dyno.runtime.config import channel_options
 from dyno.runtime.harness import LoopThread, Serving, ready_info, run_server
@@ -61,15 +61,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
-
-class Fixed(Policy):
-    name = "fixed"
-
-    def __init__(self, cut: int):
-        self.cut = cut
-
-    def decide(self, _state):
-        return Decision(self.cut, "fp32", None)
 
 
 def metrics(url: str) -> dict:

@@ -160,13 +160,17 @@ def test_overload_finishes_on_the_device_and_backs_off(model, plan, splits, inpu
     with ServerThread(plan, model, config, splits=splits) as running:
         with Client(plan, model, server=running.address, policy=Fixed(8), splits=splits, in_flight=8,
                     backoff=(2.0, 4.0)) as client:
+            started = time.perf_counter()
             results = list(client.map(inputs))
             stats, errors = dict(client.stats), list(client.errors)
+            elapsed = time.perf_counter() - started
     assert [r.top1 for r in results] == expected  # nothing lost
     # the refusal, or (if a write was under way as it arrived) grpc's INTERNAL, which the client takes
     # as overload too and says so
     assert stats["overloaded"] >= 1 and any(e.startswith(("RESOURCE_EXHAUSTED", WRITE_RACE)) for e in errors), errors
-    assert stats.get("reconnects", 0) <= 1, stats  # it did not come straight back to be refused again
+    # it did not come straight back to be refused again: every return waits out a hold-off of at least
+    # 0.8 x 2 s (a slow machine's map lasts long enough for one or two returns; straight back would be dozens)
+    assert stats.get("reconnects", 0) <= 1 + elapsed / 1.6, (stats, elapsed)
     assert stats["cloud"] >= 1 and stats["fallback"] + stats.get("unavailable", 0) >= 1
 
 

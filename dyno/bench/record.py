@@ -23,7 +23,8 @@ __all__ = ["Recorder", "evidence", "timeline", "choices", "accuracy_report", "wi
 
 class Recorder(Policy):
     """A policy that decides as ``inner`` does and keeps, per decision, (time, cut, codec, bits,
-    predicted throughput, bandwidth estimate). ``start(t0)`` sets the clock's zero and clears the log."""
+    predicted throughput, bandwidth estimate, device slowdown estimate, server factor estimate).
+    ``start(t0)`` sets the clock's zero and clears the log."""
 
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
@@ -31,7 +32,7 @@ class Recorder(Policy):
         self.feed = inner.feed
         self.pure = inner.pure
         self.t0 = time.perf_counter()
-        self.log: list[tuple[float, int, str | None, int | None, float, float]] = []
+        self.log: list[tuple[float, int, str | None, int | None, float, float, float, float]] = []
 
     def start(self, t0: float) -> None:
         self.t0 = t0
@@ -40,8 +41,9 @@ class Recorder(Policy):
     def decide(self, state: State) -> Decision:
         decision = self.inner.decide(state)
         predicted = decision.predicted.throughput if decision.predicted is not None else math.nan
+        est = state.estimates
         self.log.append((time.perf_counter() - self.t0, decision.cut, decision.codec, decision.bits, predicted,
-                         state.estimates.bandwidth_bps))
+                         est.bandwidth_bps, est.device_slowdown, est.server_ms_factor))
         return decision
 
     def reset(self) -> None:
@@ -57,8 +59,9 @@ def choices(points: Sequence[Any]) -> dict[str, int]:
 
 
 def timeline(points: Sequence[Any], log: Sequence[tuple], *, trace: Any, duration: float) -> list[dict[str, Any]]:
-    """Per second: the true uplink rate (the trace's mean over the second), the policy's estimate (mean
-    over its decisions), the most used cut and bits, completions, and the predicted throughput."""
+    """Per second: the true uplink rate (the trace's mean over the second), the policy's estimates (mean
+    over its decisions: bandwidth, the device's slowdown, the server's speed against its profile), the
+    most used cut and bits, completions, and the predicted throughput."""
     seconds = max(1, math.ceil(duration))
     done: list[list[Any]] = [[] for _ in range(seconds)]
     for p in points:
@@ -74,12 +77,18 @@ def timeline(points: Sequence[Any], log: Sequence[tuple], *, trace: Any, duratio
         cut, codec, bits = picks.most_common(1)[0][0] if picks else (None, None, None)
         rows.append({
             "t": s, "bandwidth_bps": trace.mean_rate(s, s + 1) if trace is not None else None,
-            "estimate_bps": statistics.fmean(e[5] for e in decided[s]) if decided[s] else None,
+            "estimate_bps": _mean_of(decided[s], 5),
+            "slowdown_estimate": _mean_of(decided[s], 6), "server_factor_estimate": _mean_of(decided[s], 7),
             "cut": cut, "packing": None if cut is None else ("device" if codec is None else label(codec, bits)),
             "completions": len(done[s]), "bytes": sum(p.nbytes for p in done[s]),
             "predicted_throughput": _finite_mean(e[4] for e in decided[s]),
         })
     return rows
+
+
+def _mean_of(entries: Sequence[tuple], field: int) -> float | None:
+    """The mean of one field over log entries (older logs lack the later fields)."""
+    return _finite_mean(e[field] for e in entries if len(e) > field)
 
 
 def _finite_mean(values: Any) -> float | None:

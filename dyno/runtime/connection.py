@@ -7,9 +7,8 @@ stream that carries requests, the uplink and the reply timers.
   seconds, jittered). Before a stream's deadline (``stream_lifetime``) new requests move to a fresh
   stream and the old one drains (**rotation**).
 - The **sender** is the uplink: frames leave one after another, through the emulated ``Link`` if
-  there is one, and each starts a ``timeout`` timer.
-- A **reader** per stream matches replies to requests and feeds the monitors: server compute and
-  load, round trip, and (without an emulated link) the transfer time seen on the wire.
+  there is one (``dyno.runtime.uplink``: booked on it back to back), and each starts a ``timeout`` timer.
+- A **reader** per stream matches replies to requests and feeds the monitors.
 - Anything the cloud does not answer - a refused or broken stream, a reply later than ``timeout``, a
   reply that fails its checks (``dyno.runtime.replies``) - goes back to the device (``fall_back``);
   nothing is lost.
@@ -24,7 +23,7 @@ words (``cannot connect to HOST:PORT: connection refused ...``, ``TLS handshake 
 ``bad_replies``, ``overloaded``, ``timeouts``, ``connects``, ``reconnects`` and ``reopened``.
 
 Replies feed the monitors the server's compute, wait, headroom and pressure (``dyno.monitor`` prices the
-cloud from them) and, without an emulated link, each frame's own time on the wire (``WireClock``).
+cloud from them), the round trip and, without an emulated link, each frame's time on the wire (``WireClock``).
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.replies import check_reply, describe_ending, describe_failure, ending
 from dyno.runtime.results import Result
+from dyno.runtime.uplink import paced
 
 __all__ = ["CloudConnection"]
 
@@ -92,6 +92,7 @@ class CloudConnection:
         self._channel: Any = None
         self._stub: Any = None
         self._send_q: asyncio.Queue[Inference | None] | None = None
+        self._booked: asyncio.Queue[tuple[Inference, Any] | None] = asyncio.Queue()   # on the emulated link
         self._wake_connector: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -125,6 +126,9 @@ class CloudConnection:
         self._send_q = asyncio.Queue()
         self._wake_connector = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._sender(), name="dyno-sender"))
+        if self.link is not None:
+            self._tasks.append(asyncio.create_task(paced(self.link, self._booked, write=self._send,
+                                                         record=self.telemetry.record_transfer), name="dyno-uplink"))
         if self.config.server is not None:
             self._channel = self._open_channel(self.config.server)
             self._stub = pb_grpc.InferenceStub(self._channel)
@@ -238,28 +242,29 @@ class CloudConnection:
             inference.timer = None
         self._fall_back_to_device(inference, note)
 
-    def _live(self) -> _Stream | None:
-        stream = self._stream
-        return stream if stream is not None and not stream.broken and self.connected.is_set() else None
+    def _live(self) -> bool:
+        return self._stream is not None and not self._stream.broken and self.connected.is_set()
 
     async def _sender(self) -> None:
-        """The uplink: frames leave one after another, through the emulated link if there is one."""
+        """The uplink: frames leave one after another; through an emulated link, booked on it as soon
+        as they are ready and written once they have crossed (``dyno.runtime.uplink``)."""
         assert self._send_q is not None
         while (inference := await self._send_q.get()) is not None:
-            if self._live() is None:
+            if not self._live():
                 self._fall_back(inference, "cloud unavailable")
-                continue
-            try:
+            elif self.link is not None:
+                self._booked.put_nowait((inference, self.link.reserve(inference.nbytes)))
+            else:
                 await self._send(inference)
-            except Exception as error:  # never let the sender die
-                log.exception("sending request %s failed", inference.index)
-                self._fall_back(inference, f"send failed: {error!r}")
 
     async def _send(self, inference: Inference) -> None:
-        if self.link is not None:
-            transfer = await self.link.send(inference.nbytes)
-            inference.transfer_ms = transfer.seconds * 1000
-            self.telemetry.record_transfer(inference.nbytes, transfer.seconds)
+        try:
+            await self._write(inference)
+        except Exception as error:  # never let the uplink die (the sender or the emulated link's pacer)
+            log.exception("sending request %s failed", inference.index)
+            self._fall_back(inference, f"send failed: {error!r}")
+
+    async def _write(self, inference: Inference) -> None:
         stream = self._stream  # it may have been replaced while the frame was on the link
         if stream is None or stream.broken:
             self._fall_back(inference, "cloud unavailable")
@@ -363,9 +368,8 @@ class CloudConnection:
         self.telemetry.note_error(reason)
         if kind == "overload":
             self.telemetry.count("overloaded")
-            most = self.config.backoff[1]
             self._hold_off = self._overload_delay * random.uniform(0.8, 1.2)
-            self._overload_delay = min(self._overload_delay * 2, most)
+            self._overload_delay = min(self._overload_delay * 2, self.config.backoff[1])
 
     # ------------------------------------------------------------------------------ closing
 

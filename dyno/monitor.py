@@ -130,6 +130,11 @@ SLOWDOWN_PRIOR = 3
 DEVICE_STALE_S = 0.25
 #: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
 MIN_PROFILED_MS = 0.05
+#: The estimates are republished only when a figure moves by more than this share: the median of a
+#: window of device times moves with almost every head, and each new ``Estimates`` costs the policy a
+#: whole evaluation (31 us of the 1.5 ms fmnist-resnet inference here, on the device's thread) for a
+#: change far inside any margin a decision turns on.
+REPUBLISH_REL = 0.01
 
 
 def _median(samples: collections.deque[float], default: float, prior: int = 0) -> float:
@@ -142,6 +147,11 @@ def _median(samples: collections.deque[float], default: float, prior: int = 0) -
     n = len(ordered)
     half = n // 2
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2.0
+
+
+def _moved(values: tuple[float, ...], published: tuple[float, ...]) -> bool:
+    """Whether any figure moved by more than ``REPUBLISH_REL`` of itself since it was published."""
+    return any(abs(a - b) > REPUBLISH_REL * max(abs(a), abs(b)) for a, b in zip(values, published, strict=True))
 
 
 class Monitors:
@@ -263,10 +273,10 @@ class Monitors:
             busier = max(1.0, slowdown / self.initial_slowdown)   # the client's own work shares the CPU
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), slowdown,
-                      _median(self._server, self.initial_server_factor), _median(self._queue, 0.0),
+                      _median(self._server, self.initial_server_factor, SLOWDOWN_PRIOR), _median(self._queue, 0.0),
                       max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms))
             cached = self._previous
-            if cached is None or values != self._values:   # unchanged figures: the same object
+            if cached is None or _moved(values, self._values):   # else the same object
                 cached = self._previous = Estimates(*values)
                 self._values = values
             self._cached = cached

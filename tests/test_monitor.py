@@ -64,6 +64,34 @@ def test_window_validated():
         BandwidthEstimator(0)
 
 
+def test_the_server_factor_follows_replies_once_three_agree():
+    """A cold tail's first reply (fmnist-resnet's cut 7 read 12-24x its profile in dyno demo) does not
+    price the cloud alone: the initial factor fills the window until it holds SLOWDOWN_PRIOR replies."""
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_server_factor=1.5)
+    cut = plan.cuts[2]
+    m.record_reply(2, compute_ms=cut.cloud_ms[1] * 20, batch=1, queue_ms=0.0, headroom=None, at=1.0)
+    assert m.estimates().server_ms_factor == pytest.approx(1.5)
+    for at in (1.1, 1.2, 1.3):
+        m.record_reply(2, compute_ms=cut.cloud_ms[1] * 3, batch=1, queue_ms=0.0, headroom=None, at=at)
+    assert m.estimates().server_ms_factor == pytest.approx(3.0)
+
+
+def test_estimates_are_republished_only_when_a_figure_moves():
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_slowdown=2.0, window=4)
+    cut = plan.cuts[2]
+    for _ in range(4):
+        m.record_device(2, cut.device_ms * 2.0, at=0.0)
+    first = m.estimates()
+    for _ in range(2):
+        m.record_device(2, cut.device_ms * 2.008, at=0.0)  # the median moves 0.2%: the same object,
+    assert m.estimates() is first                           # nothing for the policy to re-evaluate
+    for _ in range(3):
+        m.record_device(2, cut.device_ms * 2.2, at=0.0)  # 10%: new figures
+    assert m.estimates() is not first and m.estimates().device_slowdown == pytest.approx(2.2)
+
+
 def test_monitors_estimates():
     plan = make_plan(5, seed=0)
     m = Monitors(plan, initial_bandwidth_bps=2e6, initial_rtt_ms=30, initial_slowdown=8.0, window=4)
@@ -78,7 +106,7 @@ def test_monitors_estimates():
     assert m.estimates().device_slowdown == pytest.approx(4.0)
     m.record_reply(2, compute_ms=cut.cloud_ms[8] * 1.5, batch=8, queue_ms=12.0, headroom=0.4, at=10.0)
     e = m.estimates()                                   # compute_ms: the batch of 8 samples' tail time
-    assert e.server_ms_factor == pytest.approx(1.5) and e.queue_ms == 12.0
+    assert e.server_ms_factor == 1.0 and e.queue_ms == 12.0   # one reply does not outvote the initial factor
     own = cut.cloud_ms[8] * 1.5 / 8 / 1000              # this device's share of that batch, seconds
     assert m.own_cloud_use == pytest.approx(own)
     assert e.cloud_capacity == pytest.approx(own + 0.4)     # what it uses plus what is left

@@ -441,3 +441,24 @@ def test_the_knee_search_confirms_both_knees_on_the_whole_sample(start, knee):
     else:
         assert half is None  # even 16 bits drop 0.8 points here
     assert sum(m.n for m in measured.values()) <= 6 * total + 16 * screen
+
+
+def test_cuts_over_the_hold_budget_are_recomputed_with_the_very_same_result(model, sample):
+    """Cuts whose activations for the whole sample exceed ``hold_bytes`` are recomputed per use from
+    the last cut held: every measurement, clip range and share is the same as with all of them held."""
+    x, y = sample
+    cuts = partition.cuts(model, x[:1])
+    config = offline.SearchConfig(batch_size=50, min_samples=100, fp16="all")
+    names = [c.name for c in cuts]
+    pad = names.index("pad")
+    budget = len(x) * 12 * 16 * 16 * 4 - 1  # the padded 12 x 16 x 16 cut alone is over it
+    runs = {b: offline.analyze_precision(model, cuts, x, y, config=config, channels_last=False, threads=1,
+                                         hold_bytes=b) for b in (1 << 40, budget, 0)}
+    assert "recomputed_cuts" not in runs[1 << 40].notes
+    assert runs[budget].notes["recomputed_cuts"] == [pad]
+    assert runs[0].notes["recomputed_cuts"] == list(range(len(cuts)))
+    for run in runs.values():
+        assert run.accuracy_fp32 == runs[1 << 40].accuracy_fp32
+        assert [(c.measured, c.clip, c.calibration, c.shared_with, c.fp16_ok) for c in run.cuts] == \
+            [(c.measured, c.clip, c.calibration, c.shared_with, c.fp16_ok) for c in runs[1 << 40].cuts]
+    assert runs[budget].cuts[pad].shared_with == pad - 1

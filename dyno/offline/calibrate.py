@@ -11,7 +11,7 @@ min/max range clearly (``clip_gain``). The precision analysis then measures both
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from dyno.offline.search import SearchConfig
 __all__ = ["calibrate", "calibration_batches"]
 
 
-def calibration_batches(acts: list[torch.Tensor], config: SearchConfig) -> list[torch.Tensor]:
+def calibration_batches(acts: Sequence[torch.Tensor], config: SearchConfig) -> list[torch.Tensor]:
     """The first batches holding at least ``min_samples`` samples."""
     out, n = [], 0
     for a in acts:

@@ -8,7 +8,9 @@ How it stays fast (a naive sweep of every cut x 16 widths reruns the model hundr
 
 - **One forward pass for all heads.** Each batch of the sample runs through the model once, segment
   by segment (:class:`dyno.graph.Walk`); all batches advance together from cut to cut, so the
-  activations of the whole sample at the current cut are at hand and heads never rerun.
+  activations of the whole sample at the current cut are at hand and heads never rerun - except at
+  cuts too wide to hold for the whole sample (over ``hold_bytes``), where each use of a batch
+  recomputes the few segments from the last cut held (:mod:`dyno.offline.held`).
 - **Quantise in batches** (:mod:`dyno.offline.quant`), checked bit-for-bit against the codec on real
   activations at start-up; on any mismatch the analysis falls back to the codec itself.
 - **Knee search, not a sweep** (:mod:`dyno.offline.search`), starting from the previous cut's knee:
@@ -35,7 +37,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ from dyno import partition
 from dyno.errors import DataError
 from dyno.offline.calibrate import calibrate, calibration_batches
 from dyno.offline.codecs import cut_walk
+from dyno.offline.held import HOLD_BYTES, Held
 from dyno.offline.machine import faster_channels_last, faster_threads, heap_allocations, torch_threads, trim_heap
 from dyno.offline.quant import Quantize, fake_fp16, fake_quant, fake_quant_reference, self_check
 from dyno.offline.search import (
@@ -76,7 +79,8 @@ THREAD_PROBE = 16
 def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.Tensor, y: torch.Tensor, *,
                       images: Sequence[np.ndarray] | None = None, normalize: Normalize | None = None,
                       config: SearchConfig | None = None, channels_last: bool | None = None,
-                      threads: int | None = None, progress: Progress = NO_PROGRESS) -> PrecisionResult:
+                      threads: int | None = None, hold_bytes: int = HOLD_BYTES,
+                      progress: Progress = NO_PROGRESS) -> PrecisionResult:
     """Measure accuracy per cut and bit width on the labelled sample ``x`` (N, C, H, W), ``y`` (N,).
 
     ``images`` (one uint8 H x W x C array per sample) and ``normalize`` (a batch of decoded uint8
@@ -84,14 +88,16 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     the cut at hand and what is evaluated. ``channels_last`` (None: whichever layout runs the model
     faster here) selects the memory format the tails run in; ``threads`` (None: one or all cores,
     whichever runs the model faster right now - on a machine shared with other busy processes one
-    thread is often several times faster than two) the torch threads.
+    thread is often several times faster than two) the torch threads. ``hold_bytes`` bounds the
+    activations held for the whole sample at one cut (see :mod:`dyno.offline.held`; the result is
+    the same at any bound, only memory and time change).
     """
     config = config or SearchConfig()
     if len(x) != len(y) or len(x) == 0:
         raise DataError(f"need a non-empty labelled sample, got {len(x)} inputs and {len(y)} labels")
     chooser = _Threads(model, x, config.batch_size, threads)
     with torch_threads(chooser.count), heap_allocations() as heap:
-        run = _Run(model, cuts, x, y, config, channels_last, progress)
+        run = _Run(model, cuts, x, y, config, channels_last, hold_bytes, progress)
         result = run.analyze(images, normalize, chooser)
     result.notes["threads"] = chooser.count
     if chooser.switches:
@@ -127,7 +133,7 @@ class _Run:
     """One analysis: the sample in batches, the fp32 reference, and every batch walking cut by cut."""
 
     def __init__(self, model: nn.Module, cuts: Sequence[partition.Cut], x: torch.Tensor, y: torch.Tensor,
-                 config: SearchConfig, channels_last: bool | None, progress: Progress) -> None:
+                 config: SearchConfig, channels_last: bool | None, hold_bytes: int, progress: Progress) -> None:
         began = time.perf_counter()
         self.config, self.cuts = config, cuts
         model = model.eval()
@@ -152,9 +158,9 @@ class _Run:
                                       "reference_seconds": round(time.perf_counter() - began, 2)}
         self.began = began
         self.walk = cut_walk(self.gm, cuts)
-        self.walks: list[Generator[tuple[int, dict[str, Any]], None, None]] = [self.walk.run(b) for b in batches]
-        self.live: list[dict[str, Any] | None] = []
-        self.acts: list[torch.Tensor] = []
+        self.held = Held(self.walk, batches, hold_bytes)
+        del batches  # the held states keep them until the first cut held
+        self.acts: Sequence[torch.Tensor] = []
         self.quantize: Quantize = fake_quant
         self.checked: set[bool] = set()
         self.results: list[CutPrecision] = []
@@ -180,15 +186,16 @@ class _Run:
                 self.status(index, "output (device-only)")
                 break
             self._check_quantize(index)
-            result.fp16_ok = all(bool(a.abs().max() <= 65504) for a in self.acts)
+            result.fp16_ok = self.fp16_ok
             if shared and previous is not None:
                 share(previous, result)
                 self.status(index, f"same as cut {result.shared_with}")
                 continue
             self._measure(index, result, images if index == 0 else None, normalize)
             self.status(index, f"knee {result.min_bits(THRESHOLDS[-1])} bits")
-        for w in self.walks:
-            w.close()
+        self.held.clear()
+        if self.held.recomputed:
+            self.notes["recomputed_cuts"] = list(self.held.recomputed)  # over the hold budget: see held.py
         self.notes["seconds"] = round(time.perf_counter() - self.began, 1)
         self.notes["search"] = dataclasses.asdict(self.config)
         return PrecisionResult(accuracy_fp32=self.accuracy_fp32, samples=self.total, num_classes=self.num_classes,
@@ -204,24 +211,18 @@ class _Run:
         share_ = (previous is not None and index < len(cuts) - 1
                   and any(k[0] in SHARED_KINDS for k in previous.measured)
                   and shareable(self.gm, self.walk.nodes[index], cuts[index - 1].name, cuts[index].name))
-        live = []
-        previous_acts: list[torch.Tensor | None] = list(self.acts)
         self.acts = []  # the previous cut's batches are released one by one below, not all at the end
-        for k, w in enumerate(self.walks):
-            got, values = next(w)
-            if got != index:
-                raise RuntimeError(f"walk out of step: cut {got} instead of {index}")
-            before = self.live[k] if self.live else None
+        self.fp16_ok = True
+        for k in range(len(self.labels)):
+            before, values = self.held.move(k, index)
+            self.fp16_ok = self.fp16_ok and bool(values[cuts[index].name].abs().max() <= 65504)
             if share_ and before is not None and previous is not None:
                 share_ = same_values(self.walk, index, before, cuts, values[cuts[index].name], previous,
                                      self.quantize)
-            if self.live:
-                self.live[k] = None
-                previous_acts[k] = before = None
+            del before, values
+            if index > 0:
                 trim_heap()  # this cut's tensors rarely fit the previous cut's holes: release them now
-            live.append(values)
-        self.live = list(live)
-        self.acts = [values[cuts[index].name] for values in live]
+        self.acts = self.held.acts(index, cuts[index].name)
         return share_
 
     def _check_quantize(self, index: int) -> None:

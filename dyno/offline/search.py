@@ -144,7 +144,7 @@ class SearchConfig:
 class Evaluator:
     """Runs a cut's tail on transformed activations batch by batch, resumably, with early stopping."""
 
-    def __init__(self, tail: Callable[[torch.Tensor], torch.Tensor], acts: list[torch.Tensor],
+    def __init__(self, tail: Callable[[torch.Tensor], torch.Tensor], acts: Sequence[torch.Tensor],
                  labels: list[torch.Tensor], reference: list[torch.Tensor], config: SearchConfig,
                  tick: Callable[[str], None]) -> None:
         self.tail, self.acts, self.labels, self.reference = tail, acts, labels, reference

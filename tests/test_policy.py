@@ -15,6 +15,7 @@ from dyno.plan import CutPlan, Option, Plan
 from dyno.policy import OBJECTIVES, SLO, Decision, Estimates, State, make, names
 from dyno.policy.dyno_policy import DynoPolicy
 from dyno.policy.model import PerfModel, meets, predict, rows_of, violation
+from dyno.wire import on_the_wire, request_envelope
 
 EST = Estimates(bandwidth_bps=1e6, rtt_ms=10.0, device_slowdown=2.0)
 
@@ -23,23 +24,30 @@ def row(model: PerfModel, cut: int, codec, bits):
     return model.rows[model.index[(cut, codec, bits)]]
 
 
+def link_ms(plan: Plan, nbytes: float, bps: float = 1e6) -> float:
+    """A frame of ``nbytes`` codec bytes on the link: with its request's envelope and framing (dyno.wire)."""
+    return on_the_wire(nbytes, request_envelope(plan.model)) * 8 / bps * 1000
+
+
 # ------------------------------------------------------------------------------------------ model
 
 def test_model_hand_computed_cases():
     plan = tiny_plan()   # device 0/4/10 ms, cloud 10/5/0 ms, bytes 1000/500, codec times 0
     m = PerfModel(plan)
     p = predict(plan, row(m, 0, "jpeg", 90), EST)
-    # device 0; link 8000 bit / 1e6 = 8 ms; cloud 10 ms; latency 0 + 8 + 10 + rtt 10
-    assert p.latency_ms == pytest.approx(28.0)
+    # device 0; link 1000 bytes and the request's ~170 more at 1 Mbit/s, 9.3 ms; cloud 10 ms; rtt 10
+    link = link_ms(plan, 1000)
+    assert 9.0 < link < 9.5 and p.latency_ms == pytest.approx(0 + link + 10 + 10)
     assert p.throughput == pytest.approx(100.0)            # cloud stage 10 ms is the bottleneck
-    assert p.bytes == 1000 and p.cloud_s == pytest.approx(0.010)
-    assert p.energy_j == pytest.approx((2.5 * 0 + 1.2 * 8) / 1000)
+    assert p.bytes == 1000 and p.cloud_s == pytest.approx(0.010)   # the codec's bytes, as the plan says
+    assert p.energy_j == pytest.approx((2.5 * 0 + 1.2 * link) / 1000)
     p = predict(plan, row(m, 1, "shuffle-lz4", 8), EST)
-    # device 2 * 4 = 8 ms; link 4 ms; cloud 5 ms
-    assert p.latency_ms == pytest.approx(8 + 4 + 5 + 10)
+    # device 2 * 4 = 8 ms; link 500 bytes and the request's, 5.3 ms; cloud 5 ms
+    link = link_ms(plan, 500)
+    assert p.latency_ms == pytest.approx(8 + link + 5 + 10)
     assert p.throughput == pytest.approx(125.0)
     assert p.cloud_s == pytest.approx(0.005)
-    assert p.energy_j == pytest.approx((2.5 * 8 + 1.2 * 4) / 1000)
+    assert p.energy_j == pytest.approx((2.5 * 8 + 1.2 * link) / 1000)
     p = predict(plan, m.rows[m.device_only], EST)
     assert (p.latency_ms, p.throughput, p.bytes, p.cloud_s) == (pytest.approx(20.0), pytest.approx(50.0), 0.0, 0.0)
     assert p.accuracy == plan.accuracy_fp32
@@ -48,14 +56,14 @@ def test_model_hand_computed_cases():
 def test_model_request_window_bounds_throughput():
     plan = tiny_plan()
     m = PerfModel(plan)
-    # cut 1: latency 27 ms, slowest stage 8 ms; with 2 requests in flight at most 2 / 27 ms = 74/s
+    # cut 1: latency 8 + 5.3 + 5 + 10 ms, slowest stage 8 ms; with 2 requests in flight at most 2 / 28.3 ms
     p = predict(plan, row(m, 1, "shuffle-lz4", 8), EST, in_flight=2)
-    assert p.throughput == pytest.approx(2000 / 27)
+    assert p.throughput == pytest.approx(2000 / (8 + link_ms(plan, 500) + 5 + 10))
     assert predict(plan, row(m, 1, "shuffle-lz4", 8), EST, in_flight=8).throughput == pytest.approx(125.0)
     # device-only is never bound by the window (its latency is its one stage)
     assert predict(plan, m.rows[m.device_only], EST, in_flight=1).throughput == pytest.approx(50.0)
     d = make("dyno").decide(State(plan, EST, SLO.parse("throughput"), in_flight=1))
-    assert d.cut == 2                        # one request at a time: 1000/27 < 50/s on the device
+    assert d.cut == 2                        # one request at a time: 1000/28.3 < 50/s on the device
     assert make("dyno").decide(State(plan, EST, SLO.parse("throughput"))).cut == 1
 
 
@@ -404,8 +412,8 @@ def test_neurosurgeon_is_min_latency_over_fp32_splits():
     plan = _three_way_plan()
     slo = SLO.parse("throughput;drop<=1")
     ns = make("neurosurgeon")
-    # fast link: sending the raw input (40 kB at 100 Mbit/s = 3.2 ms + 10 ms cloud) beats cut 1 and device
-    d = ns.decide(State(plan, Estimates(bandwidth_bps=1e8, rtt_ms=1, device_slowdown=2), slo))
+    # fast link: sending the raw input (40 kB at 1 Gbit/s = 0.3 ms + 10 ms cloud) beats cut 1 and device
+    d = ns.decide(State(plan, Estimates(bandwidth_bps=1e9, rtt_ms=1, device_slowdown=2), slo))
     assert (d.cut, d.codec) == (0, "fp32")
     # 10 Mbit/s: input 32 + 10 = 42 ms; cut 1: 4 + 12.8 + 8 = 24.8 ms; device 20 ms -> device-only
     d = ns.decide(State(plan, Estimates(bandwidth_bps=1e7, rtt_ms=1, device_slowdown=2), slo))
@@ -420,9 +428,10 @@ def test_split_int8_uses_8_bits_and_maximises_throughput():
     plan = _three_way_plan()
     slo = SLO.parse("throughput")
     d = make("split-int8").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo))
-    # 1 Mbit/s: cut 1 8-bit: stages 4 / 16 / 8 ms -> 62.5/s; input fp32 320 ms; device 20 ms (50/s)
+    # 1 Mbit/s: cut 1 8-bit: stages 4 / 16 + the request's 1.9 / 8 ms -> 56/s; input fp32 320 ms; device
+    # 20 ms (50/s)
     assert (d.cut, d.codec, d.bits) == (1, "shuffle-lz4", 8)
-    assert d.predicted.throughput == pytest.approx(62.5)
+    assert d.predicted.throughput == pytest.approx(1000 / link_ms(plan, 2000))
     # DynO may go to 2 bits when the SLO allows the drop; split-int8 stays at 8
     assert make("dyno").decide(State(plan, Estimates(bandwidth_bps=1e6, device_slowdown=2), slo)).bits == 2
     # an accuracy constraint it cannot meet at 8 bits is reported
@@ -459,8 +468,8 @@ def test_jalad_decouples_again_after_a_bandwidth_step():
 def test_neurosurgeon_moves_towards_the_device_when_the_server_is_loaded():
     plan = _three_way_plan()
     slo = SLO.parse("throughput;drop<=1")
-    idle = Estimates(bandwidth_bps=1e8, rtt_ms=1, device_slowdown=2)
-    assert make("neurosurgeon").decide(State(plan, idle, slo)).cut == 0     # 14.2 ms to the cloud, 20 on device
+    idle = Estimates(bandwidth_bps=1e9, rtt_ms=1, device_slowdown=2)
+    assert make("neurosurgeon").decide(State(plan, idle, slo)).cut == 0     # 11.3 ms to the cloud, 20 on device
     loaded = dataclasses.replace(idle, queue_ms=30.0, cloud_capacity=0.3)   # requests wait 30 ms there
     d = make("neurosurgeon").decide(State(plan, loaded, slo))
     assert d.cut == 2 and d.predicted.latency_ms == pytest.approx(20.0)
@@ -580,13 +589,13 @@ def test_the_latency_bound_counts_the_wait_of_frames_arriving_at_the_slo_s_rate(
     # fed at 150/s it saturates: the 7 frames the window holds wait a service time each, the rest dropped
     assert wait_at_rate(150.0, 100.0, cap=7) == pytest.approx(70.0)
     assert wait_at_rate(None, 100.0, cap=7) == 0.0
-    # tiny plan, k_d 4: device-only 40 ms (25/s); cut 1 16 ms on the device and 500 B at 128 kbit/s,
-    # 31.25 ms on the link: 32/s, just above 30 frames/s, so its frames wait 0.94 / (2 x 0.06) x 31.25
+    # tiny plan, k_d 4: device-only 40 ms (25/s); cut 1 16 ms on the device and 500 B (with the request's
+    # envelope and framing, dyno.wire) in 31.25 ms on the link: 32/s, just above 30 frames/s, so its frames wait 0.94 / (2 x 0.06) x 31.25
     # = 244 ms and it breaks latency <= 200 though its own latency is 52 ms. Nothing meets the SLO;
     # device-only (frames wait one service time: 80 ms) misses only the rate and is the least violating
     plan = tiny_plan()
     slo = SLO.parse("throughput;latency<=200;throughput>=30")
-    est = Estimates(bandwidth_bps=1.28e5, device_slowdown=4.0, rtt_ms=0.0)
+    est = Estimates(bandwidth_bps=link_ms(plan, 500) / 31.25 * 1e6, device_slowdown=4.0, rtt_ms=0.0)
     d = DynoPolicy(probe_every=0).decide(State(plan, est, slo, 1, 8))
     assert d.cut == 2 and not d.predicted.meets_slo
     # without the frame rate in the SLO the offload's own 52 ms are what counts, and it is chosen

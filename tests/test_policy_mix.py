@@ -14,15 +14,18 @@ from dyno.policy import SLO, Estimates, State, make
 from dyno.policy.mix import BACKOFF, RAMP, Mixer, best_mix
 from dyno.policy.model import PerfModel
 from dyno.simulate import SimConfig, simulate_policy
+from dyno.wire import on_the_wire, request_envelope
 
 THROUGHPUT = SLO.parse("throughput")
+#: The tiny plan's cut 0 (1000 B of JPEG, with its request's envelope and framing: dyno.wire) in 20 ms
+BPS = on_the_wire(1000, request_envelope(tiny_plan().model)) * 8 / 0.020
 
 
 def test_a_device_as_fast_as_its_link_sends_half_and_runs_half():
-    # k_d 2: device-only 20 ms; cut 0 (1000 B of JPEG) takes 20 ms at 400 kbit/s, cloud 10 ms
+    # k_d 2: device-only 20 ms; cut 0 (1000 B of JPEG) takes 20 ms at BPS (467 kbit/s), cloud 10 ms
     plan = tiny_plan()
     model = PerfModel(plan)
-    ev = model.evaluate(Estimates(bandwidth_bps=4e5, device_slowdown=2.0, rtt_ms=0.0))
+    ev = model.evaluate(Estimates(bandwidth_bps=BPS, device_slowdown=2.0, rtt_ms=0.0))
     device_only, cut0 = model.device_only, model.index[(0, "jpeg", 90)]
     assert ev.throughput[device_only] == pytest.approx(50.0) and ev.throughput[cut0] == pytest.approx(50.0)
     mix = best_mix(ev, device_only, np.array([cut0]), None)
@@ -77,7 +80,7 @@ def test_a_device_saturating_the_cloud_alone_adds_its_own_work_beside_it():
 
 def test_only_a_throughput_objective_mixes_and_dyno_never_does():
     plan = tiny_plan(bytes_=(1000.0, 1000.0))   # every single row 50/s; device-only beside cut 0 100/s
-    est = Estimates(bandwidth_bps=4e5, device_slowdown=2.0, rtt_ms=0.0)
+    est = Estimates(bandwidth_bps=BPS, device_slowdown=2.0, rtt_ms=0.0)
     policy = make("dyno-mix")
     cuts = [policy.decide(State(plan, est, THROUGHPUT)).cut for _ in range(2000)]
     assert set(cuts) == {0, 2} and cuts[-1000:].count(2) == 500      # half each once the share has ramped up
@@ -90,8 +93,8 @@ def test_the_simulator_sees_device_and_link_add_up():
     # the case above on a real trace, cut 1 as slow as the rest (8 ms on the device, 20 ms of link):
     # device-only and cloud-only each reach 50/s, DynO both at once
     plan = tiny_plan(bytes_=(1000.0, 1000.0))
-    trace = Trace.constant(4e5, 20.0)
-    config = SimConfig(slowdown=2.0, duration_s=20.0, rtt_ms=0.0, initial_bandwidth_bps=4e5)
+    trace = Trace.constant(BPS, 20.0)
+    config = SimConfig(slowdown=2.0, duration_s=20.0, rtt_ms=0.0, initial_bandwidth_bps=BPS)
     runs = {name: simulate_policy(make(name), PerfModel(plan), trace, THROUGHPUT, config).throughput
             for name in ("dyno-mix", "dyno", "device-only", "cloud-only", "split-int8")}
     assert runs["device-only"] == pytest.approx(50.0, rel=0.02) and runs["cloud-only"] == pytest.approx(50.0, rel=0.05)

@@ -23,6 +23,7 @@ from dyno.runtime.config import channel_options
 from dyno.runtime.metrics import parse_text
 from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
+from dyno.wire import on_the_wire
 
 
 @pytest.fixture(scope="module")
@@ -478,9 +479,9 @@ def test_monitors_see_the_emulated_link_and_the_server(server, model, plan, spli
         estimates = client.estimates()
     assert all(r.where == "cloud" for r in results)
     assert estimates.bandwidth_bps == pytest.approx(2e6, rel=0.02)
-    for r in results:  # the time on the link is the frame's size at the link's rate
-        assert r.transfer_ms == pytest.approx(r.bytes * 8 / 2e6 * 1000, rel=0.02)
-    assert link.frames == 12 and link.sent_bytes == sum(r.bytes for r in results)
+    for r in results:  # the time on the link is the request's wire size (framing, packet headers) at its rate
+        assert r.transfer_ms == pytest.approx(on_the_wire(r.bytes) * 8 / 2e6 * 1000, rel=0.02)
+    assert link.frames == 12 and link.sent_bytes == sum(on_the_wire(r.bytes) for r in results)
 
 
 def test_the_emulated_link_carries_frames_back_to_back(server, model, plan, splits, inputs):

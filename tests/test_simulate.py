@@ -16,12 +16,23 @@ from dyno.policy import DEFAULT_SLO as MAIN_SLO
 from dyno.policy import ONLOADING_SLO, SLO, make
 from dyno.policy.model import PerfModel
 from dyno.simulate import CloudConfig, SimConfig, simulate_policy
+from dyno.wire import on_the_wire, request_envelope
 
 SLO_T = SLO.parse("throughput")
 
 
 def sim(name, plan, trace, **config):
     return simulate_policy(make(name), PerfModel(plan), trace, SLO_T, SimConfig(**config))
+
+
+def wire(nbytes: float) -> float:
+    """A tiny plan's frame of ``nbytes`` codec bytes on the link, with its request's envelope and framing."""
+    return float(on_the_wire(nbytes, request_envelope(tiny_plan().model)))
+
+
+def rate(nbytes: float, seconds: float) -> float:
+    """The link rate at which such a frame crosses in ``seconds``."""
+    return wire(nbytes) * 8 / seconds
 
 
 def test_device_only_by_hand():
@@ -33,10 +44,10 @@ def test_device_only_by_hand():
 
 
 def test_device_bound_split_by_hand():
-    # cut 1 (the only option besides the input's): device 2*4 = 8 ms, link 500 B at 1 Mbit/s = 4 ms,
+    # cut 1 (the only option besides the input's): device 2*4 = 8 ms, link 500 B in 4 ms,
     # cloud 5 ms, RTT 10 ms. Device-bound: starts every 8 ms, 125 starts in [0, 1 s), latency 27 ms.
     plan = tiny_plan(bytes_=(1e9, 500.0))                     # the input is too big to ever send
-    r = sim("split-int8", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0)
+    r = sim("split-int8", plan, Trace.constant(rate(500, 0.004)), slowdown=2.0, duration_s=1.0, rtt_ms=10.0)
     assert r.inferences == 125
     assert r.latencies_ms == pytest.approx([27.0] * 125)
     assert r.makespan_s == pytest.approx(0.992 + 0.027)
@@ -47,14 +58,15 @@ def test_device_bound_split_by_hand():
 def test_request_window_limits_the_pipeline():
     # one inference in flight at a time: a new one every 27 ms; 38 starts in [0, 1 s)
     plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))
-    r = sim("split-int8", plan, Trace.constant(1e6), slowdown=2.0, duration_s=1.0, rtt_ms=10.0, max_inflight=1)
+    r = sim("split-int8", plan, Trace.constant(rate(500, 0.004)), slowdown=2.0, duration_s=1.0, rtt_ms=10.0,
+            max_inflight=1)
     assert r.inferences == 38 and r.makespan_s == pytest.approx(38 * 0.027)
 
 
 def test_link_bound_queue_and_cloud_bound_throughput():
     plan = tiny_plan(bytes_=(1e9, 500.0), device_ms=(0.0, 4.0, 1000.0))   # device-only never pays
-    # 100 kbit/s: 40 ms per transfer: link-bound at 25/s (within the warm-up of a 20 s run)
-    r = sim("split-int8", plan, Trace.constant(1e5), slowdown=2.0, duration_s=20.0, rtt_ms=10.0, max_inflight=4)
+    # 40 ms per transfer: link-bound at 25/s (within the warm-up of a 20 s run)
+    r = sim("split-int8", plan, Trace.constant(rate(500, 0.040)), slowdown=2.0, duration_s=20.0, rtt_ms=10.0, max_inflight=4)
     assert r.throughput == pytest.approx(25.0, rel=0.01)
     # the window fills: 4 in flight, each waits for the link: steady latency = 4 * 40 ms
     assert r.latencies_ms[-1] == pytest.approx(160.0, rel=0.01)
@@ -65,17 +77,18 @@ def test_link_bound_queue_and_cloud_bound_throughput():
 
 
 def test_transfers_follow_a_time_varying_trace():
-    # 1 Mbit/s for 1 s then 0.1 Mbit/s for 1 s, looped; cut 1 sends 12.5 kB (100 kbit)
-    trace = Trace([0.0, 1.0, 2.0], [1e6, 1e5])
+    # 100 ms per frame for 1 s then 1 s per frame for 1 s, looped; cut 1 sends 12.5 kB
+    fast = rate(12_500, 0.1)
+    trace = Trace([0.0, 1.0, 2.0], [fast, fast / 10])
     plan = tiny_plan(bytes_=(1e9, 12_500.0), device_ms=(0.0, 0.5, 10_000.0), cloud_ms=(1e4, 5.0, 0.0))
     r = sim("split-int8", plan, trace, slowdown=1.0, duration_s=4.0, rtt_ms=0.0, max_inflight=1, timeline=True)
     # one at a time: 0.5 ms device + 100 ms link + 5 ms cloud while the link is fast
     starts = r.timeline["t"]
     assert starts[1] == pytest.approx(0.1055)
-    # the 10th starts at 0.9495: 50 kbit go by 1.0 s, the other 50 kbit take 0.5 s at 100 kbit/s
+    # the 10th starts at 0.9495: half the frame goes by 1.0 s, the other half takes 0.5 s at a tenth
     assert starts[9] == pytest.approx(0.9495) and starts[10] == pytest.approx(1.505)
     for a, b in zip(starts, starts[1:]):
-        assert b - a == pytest.approx(0.0005 + trace.transfer_time(12_500, a + 0.0005) + 0.005)
+        assert b - a == pytest.approx(0.0005 + trace.transfer_time(wire(12_500), a + 0.0005) + 0.005)
 
 
 def test_dyno_and_neurosurgeon_adapt_on_their_own_transfers():

@@ -1,13 +1,15 @@
 """The performance model the scheduler optimises (DESIGN.md, "Performance model").
 
-For cut c, option (codec, bits) with measured wire bytes D and codec times T_enc/T_dec, device slowdown
-k_d, uplink bandwidth B, RTT, the cloud's per-sample time S = plan.cloud_ms_per_sample(b) * f at the
-batch size b it runs (f the observed/profiled server factor), the queueing wait Q and the cloud
-capacity K this device can use (worker-seconds per second: its own use plus the server's headroom)::
+For cut c, option (codec, bits) with measured codec bytes D (meta and payload) and codec times
+T_enc/T_dec, device slowdown k_d, uplink bandwidth B, RTT, the cloud's per-sample time
+S = plan.cloud_ms_per_sample(b) * f at the batch size b it runs (f the observed/profiled server
+factor), the queueing wait Q and the cloud capacity K this device can use (worker-seconds per second:
+its own use plus the server's headroom)::
 
     device stage   T_d = k_d * T_dev(c) + T_enc + T_o      (T_dev: the plan's device_ms, this process; T_o the
                                                           client's own work per inference, offloaded or not)
-    link stage     T_l = 8 * D / B
+    link stage     T_l = 8 * W(D) / B                     (W: D with the request's envelope, gRPC and
+                                                          HTTP/2 framing and packet headers: dyno.wire)
     cloud cost     C   = T_dec + S                        (cloud compute seconds per inference)
     cloud stage    T_c = C / K                            (capacity: load from others shrinks K)
     intrinsic      L0  = T_d + T_l + RTT + T_dec + b * S  (no waiting: the whole batch's compute)
@@ -145,7 +147,7 @@ class PerfModel:
         self.device_only = len(self.rows) - 1
         f = lambda attr: np.array([getattr(r, attr) for r in self.rows], dtype=np.float64)  # noqa: E731
         self.bytes = f("bytes")
-        self.bits8 = self.bytes * 8.0
+        self.bits8 = f("wire_bytes") * 8.0   # the link carries the envelope and framing too (dyno.wire)
         self.accuracy = f("accuracy")
         self.device_ms = f("device_ms")
         self.encode_ms = f("encode_ms")

@@ -16,6 +16,7 @@ import numpy as np
 
 from dyno.packing import QUANT_CODECS
 from dyno.policy.base import SLO, Estimates, Prediction
+from dyno.wire import on_the_wire, request_envelope
 
 if TYPE_CHECKING:
     from dyno.plan import Plan
@@ -53,6 +54,7 @@ class Row:
     measured: bool = True
     drop_se: float | None = None   # standard error of the drop (a fraction), measured rows only
     exact: bool = False            # inferred, but lossless or nearly so (no accuracy bound needed)
+    wire_bytes: float = 0.0        # on the link: ``bytes`` with the request's envelope and framing (dyno.wire)
 
     @property
     def offloaded(self) -> bool:
@@ -81,6 +83,8 @@ def rows_of(plan: "Plan") -> list[Row]:
             # uncompressed, one byte per value (no compression credit), fp32 accuracy
             rows.append(Row(0, "shuffle-lz4", 8, float(cut.numel) + 64.0, float(plan.accuracy_fp32),
                             float(cut.device_ms), 0.0, 0.0, False, None, True))
+    envelope = request_envelope(plan.model)
+    rows = [dataclasses.replace(r, wire_bytes=float(on_the_wire(r.bytes, envelope))) for r in rows]
     last = plan.cuts[-1]
     rows.append(Row(last.id, None, None, 0.0, float(plan.accuracy_fp32), float(last.device_ms), 0.0, 0.0,
                     True, None, True))
@@ -127,7 +131,7 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
     device = kd * row.device_ms + row.encode_ms + (estimates.offload_overhead_ms if row.offloaded
                                                    else estimates.local_overhead_ms)
     if row.offloaded:
-        link = (row.bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
+        link = (row.wire_bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
         s = cloud_ms(plan, row.cut, batch) * estimates.server_ms_factor
         cost = row.decode_ms + s
         cloud = cost / estimates.cloud_capacity

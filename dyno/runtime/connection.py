@@ -46,7 +46,7 @@ from dyno.runtime.proto import inference_pb2 as pb
 from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 from dyno.runtime.replies import check_reply, describe_ending, describe_failure, ending
 from dyno.runtime.results import Result
-from dyno.runtime.uplink import paced
+from dyno.runtime.uplink import book, paced
 
 __all__ = ["CloudConnection"]
 
@@ -253,7 +253,7 @@ class CloudConnection:
             if not self._live():
                 self._fall_back(inference, "cloud unavailable")
             elif self.link is not None:
-                self._booked.put_nowait((inference, self.link.reserve(inference.nbytes)))
+                book(self.link, self._booked, inference)
             else:
                 await self._send(inference)
 

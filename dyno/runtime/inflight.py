@@ -16,6 +16,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from dyno.wire import on_the_wire
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -133,7 +135,8 @@ class Telemetry:
     def record_reply(self, cut_id: int, reply: pb.Reply, *, at: float, decode_ms: float, rtt_ms: float,
                      wire: tuple[int, float] | None) -> None:
         """One (checked) reply: the server's compute, wait and headroom, the round trip, and (without an
-        emulated link) the wire transfer ``(nbytes, seconds)``."""
+        emulated link) the wire transfer ``(request bytes, seconds)``, counted with the framing and packet
+        headers the link carried (``dyno.wire``), as the model prices it."""
         headroom = reply.headroom if reply.HasField("headroom") else None
         pressure = reply.pressure if reply.HasField("pressure") else 1.0
         with self._monitor_lock:
@@ -141,7 +144,7 @@ class Telemetry:
                                        pressure=pressure, at=at, decode_ms=decode_ms)
             self.monitors.record_rtt(rtt_ms)
             if wire is not None:
-                self.monitors.record_transfer(*wire)
+                self.monitors.record_transfer(float(on_the_wire(wire[0])), wire[1])
         self.batches.append(reply.batch)
         self._batch_hint = max(1, int(statistics.median(self.batches)))
 

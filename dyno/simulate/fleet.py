@@ -4,7 +4,7 @@ sharing one batching cloud (``dyno.simulate.cloud``). One device is the single-d
 
 Each device is a pipeline of its own two stages and the shared cloud::
 
-    device (k_d * device_ms + encode_ms + the client's own work) -> link (trace.transfer_time(bytes, start))
+    device (k_d * device_ms + encode_ms + the client's own work) -> link (transfer_time(wire bytes, start))
         -> RTT/2 -> cloud (batched per cut) -> RTT/2 -> reply
 
 Work arrives in one of two ways (``DeviceSpec.rate``):
@@ -269,9 +269,9 @@ class _Engine:
             return
         link_start = max(dev_end, dev.link_free)
         offset = dev.spec.offset_s
-        seconds = dev.spec.trace.transfer_time(row.bytes, link_start + offset)
+        seconds = dev.spec.trace.transfer_time(row.wire_bytes, link_start + offset)
         dev.link_free = link_start + seconds
-        dev.later(dev.link_free, ("x", row.bytes, seconds))
+        dev.later(dev.link_free, ("x", row.wire_bytes, seconds))
         dev.inflight += 1
         request = Request(dev.index, i, t0, row.cut, row.decode_ms / 1000.0)
         self.push(dev.link_free + self.half_rtt, ARRIVE, dev.index, request)

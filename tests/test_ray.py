@@ -230,6 +230,38 @@ def test_a_replica_killed_mid_load_loses_no_inference(local_ray, model, plan, sp
     assert {r.where for r in results} <= {"cloud", "device"}
 
 
+def test_a_replica_answers_the_routers_probe_while_it_computes(cloud, plan):
+    """A batch computes in the replica's compute thread, off its event loop, so the router's queue-length
+    probe (``get_num_ongoing_requests``, what Ray Serve's router asks a replica before routing to it) is
+    answered meanwhile. Computing on the loop (stop 17), a busy replica answered only after its batch: the
+    router missed its 0.1 s deadline and backed off (stalls of ~1 s in a 2-replica fleet)."""
+    from dyno.runtime.tails import Frame
+
+    encoded = codec.encode(np.zeros(plan.cuts[0].shape, np.float32), mode="fp32")
+    frames = [Frame(encoded.meta.to_bytes(), encoded.payload, 1, False)] * 4000  # one long batch
+    done = threading.Event()
+    outcome: dict = {}
+
+    def send() -> None:
+        outcome["answer"] = cloud.handle.run.remote(0, frames).result(timeout_s=120)
+        done.set()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    replicas = _replica_actors("test-two")
+    busy_answers = 0  # probes a replica answered, holding the batch, before the batch's answer came
+    while not done.is_set():
+        counts = ray.get([replica.get_num_ongoing_requests.remote() for replica in replicas], timeout=60)
+        busy_answers += max(counts) >= 1 and not done.is_set()
+    thread.join(120)
+    # on the loop, the probes were answered only in the moment between the batch's arrival and its compute
+    assert busy_answers >= 10, f"the busy replica answered {busy_answers} probes while it computed"
+    assert len(outcome["answer"][2]) == len(frames)
+    # Ray Serve's own limit per replica is all the front keeps in flight: it never rejects a batch the front sends
+    options = RayConfig(replicas=2).deployment_options(gpus=False)
+    assert options["max_ongoing_requests"] == RayConfig(replicas=2).in_flight == 4
+
+
 def test_graceful_stop_drains_requests_in_flight(local_ray, model, plan, splits):
     config = ServerConfig(batching=BatchConfig(max_batch=64, max_wait_ms=1500, eager=False), max_queue_ms=5000)
     cloud = RayServer(plan, model, config, RayConfig(replicas=1, app="test-drain"), splits=splits)

@@ -53,8 +53,11 @@ class RayConfig:
       None: a local Ray instance is started (or the one this process already runs is used).
     - ``torch_device``: cpu | cuda | auto (a GPU per replica where the cluster has GPUs).
     - ``replica_threads``: torch threads per replica; ``replica_cpus``: CPUs Ray reserves per replica.
-    - ``max_ongoing``: batches a replica holds at once (one computing, the rest queued in it); the
-      front keeps at most (max replicas x ``max_ongoing``) batches in flight.
+    - ``max_ongoing``: batches in flight per replica: the front keeps at most (max replicas x
+      ``max_ongoing``) batches in flight (a replica computes one at a time, the rest queue in it). Ray
+      Serve's own limit per replica is that whole number, so that it never binds: with it at
+      ``max_ongoing``, a batch sent the moment the last one's answer landed found the replica still
+      counting that one, was rejected, and Ray Serve's router probed and backed off (stalls of ~1 s).
     - ``batch_in``: "front" (dyno's batcher in the front, one deployment call per batch) or "replica"
       (one call per request, batched in the replica by ``@serve.batch``; the design not chosen: one
       handle call per request, where the front makes one per batch; side by side in
@@ -135,7 +138,9 @@ class RayConfig:
         """``serve.deployment`` options: replicas or autoscaling, per-replica resources and queue."""
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": 1 if gpus else 0},
-            "max_ongoing_requests": self.max_ongoing if self.batch_in == "front" else 256,
+            # the front bounds what is in flight (``in_flight``): a replica taking all of it never
+            # rejects a batch, so the router never falls back to probing and backing off
+            "max_ongoing_requests": self.in_flight if self.batch_in == "front" else 256,
             "graceful_shutdown_timeout_s": self.timeout_s,
             "logging_config": {"enable_access_log": False, "log_level": "WARNING"},  # no log line per batch
         }

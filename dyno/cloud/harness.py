@@ -42,13 +42,17 @@ __all__ = ["RayServer", "connect", "deploy", "undeploy", "run_front", "front_inf
 
 log = logging.getLogger("dyno.cloud")
 
-#: Ray Serve settings for the front and the replicas, set before Ray Serve is imported: autoscaling
-#: metrics every half second (Ray's default is 10 s, too slow to follow a fleet); in a replica, a batch
-#: runs on the replica's own event loop (no hop to a user-code loop thread, none to a thread pool: a
-#: replica computes one batch at a time anyway). On the 2-core development machine these hops were about
-#: half of the Ray path's cost per request (round-trip p50 over the embedded server's, unlocked
-#: development runs: ~5.2 ms with Ray's defaults, ~2.2-3.2 ms with these).
-SERVE_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+#: Ray settings for the front and the replicas, set before Ray is imported: a local instance this process
+#: starts runs its workers (the replicas) at the front's priority (Ray's default nices them to 15: on a
+#: machine they share with the front and the devices, they starved, missed the router's 0.1 s queue-length
+#: probes, and the router backed off); autoscaling metrics every half second (Ray's default is 10 s, too
+#: slow to follow a fleet); in a replica, a request's method runs on the replica's own event loop (no hop
+#: to a user-code loop thread; the replica moves the compute itself to its one compute thread). On the
+#: 2-core development machine the user-code hop and Ray's thread pool were about half of the Ray path's
+#: cost per request (round-trip p50 over the embedded server's, unlocked development runs: ~5.2 ms with
+#: Ray's defaults, ~2.2-3.2 ms with these).
+SERVE_ENV = {"RAY_worker_niceness": "0",
+             "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
              "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
              "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
              "RAY_SERVE_RUN_SYNC_IN_THREADPOOL": "0"}

@@ -205,3 +205,27 @@ def test_skipping_the_clamp_when_the_ends_land_inside_changes_no_code():
         clip = None if trial % 2 else tuple(sorted(rng.uniform(span[0], span[1], 2).tolist()))
         lo, hi = _quant.span_range(span, bool(trial % 3 == 0), clip)
         assert np.array_equal(_quant.quantize(x, lo, hi, bits, span), _quant.quantize(x, lo, hi, bits))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 8, 12, 16])
+def test_codes_quantised_once_pack_into_the_frames_encode_makes(bits):
+    """encode_codes(quantize_tensor(x, b, ...), mode) is encode(x, b, mode, ...) byte for byte, for every
+    quantised mode, with the span given or found, clipped or not; refused for other modes."""
+    from dyno.codec import encode_codes, quantize_tensor
+
+    for x, nonnegative in ((peaked(), False), (sparse(), True)):
+        for clip in (None, (-0.5, 0.75)):
+            first = quantize_tensor(x, bits, nonnegative=nonnegative, clip=clip)
+            again = quantize_tensor(x, bits, nonnegative=nonnegative, clip=clip, span=first.span)
+            assert first.span == (float(x.min()), float(x.max()))
+            for mode in ALL:
+                if bits > MAX_BITS.get(mode, 16):
+                    continue
+                want = encode(x, bits, mode, nonnegative=nonnegative, clip=clip).to_bytes()
+                assert encode_codes(first, mode).to_bytes() == want
+                assert encode_codes(again, mode).to_bytes() == want
+    with pytest.raises(ConfigError):
+        encode_codes(quantize_tensor(sparse(), bits), "fp16")
+    if bits > 8:
+        with pytest.raises(ConfigError):
+            encode_codes(quantize_tensor(sparse(), bits), "rans")

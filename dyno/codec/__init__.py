@@ -28,7 +28,7 @@ FrameError for any frame that fails validation in ``decode_frame`` / decode / ``
 ``from_bytes``.
 """
 
-from dyno.codec._codec import CodecSpec, Encoded, encode, encode_with
+from dyno.codec._codec import CodecSpec, Codes, Encoded, encode, encode_codes, encode_with, quantize_tensor
 from dyno.codec._expected import Expected
 from dyno.codec._meta import FrameMeta
 from dyno.codec._pack import THREADS_THRESHOLD
@@ -40,6 +40,9 @@ __all__ = [
     "decode",
     "decode_frame",
     "encode_with",
+    "quantize_tensor",
+    "encode_codes",
+    "Codes",
     "Encoded",
     "FrameMeta",
     "Expected",

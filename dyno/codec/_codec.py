@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from dyno.codec._expected import Expected
 
-__all__ = ["encode", "encode_with", "Encoded", "CodecSpec"]
+__all__ = ["encode", "encode_with", "Encoded", "CodecSpec", "Codes", "quantize_tensor", "encode_codes"]
 
 _FP16_MAX = 65504.0
 #: What each quantised mode's coder writes (it falls back to ``bitpack`` when that is not smaller).
@@ -238,29 +238,66 @@ def _encode_float(dtype: str, array: np.ndarray, mode: str) -> Encoded:
 def _encode_quantized(dtype: str, x: np.ndarray, bits: int, mode: str, nonnegative: bool,
                       clip: tuple[float, float] | None, per_channel: bool, nthreads: int | None) -> Encoded:
     """A quantised frame of ``x``: ISQuant codes, then the mode's coder (or dense packing)."""
-    shape = tuple(x.shape)
-    lo = hi = 0.0
-    table = None
-    zero_points: np.ndarray | int
-    if per_channel:
-        if x.ndim == 0:
-            raise ConfigError("per-channel ranges need a tensor with at least one axis")
-        lo_c, hi_c = _quant.channel_ranges(x, nonnegative, clip)
-        if not _quant.channels_decode_finite(lo_c, hi_c, bits):
-            raise _overflow("a channel's range", bits)
-        codes = _quant.quantize_per_channel(x, lo_c, hi_c, bits)
-        table = tuple(zip(lo_c.tolist(), hi_c.tolist()))
-        zero_points = _quant.channel_grids(lo_c, hi_c, bits)[1].astype(np.int64)
-    else:
-        span = _quant.minmax(x)
-        lo, hi = _quant.span_range(span, nonnegative, clip)
-        if not _quant.decodes_finite(lo, hi, bits):
-            raise _overflow(f"tensor range [{lo}, {hi}]", bits)
-        codes = _quant.quantize(x.reshape(-1), lo, hi, bits, span)
-        zero_points = _quant.grid(lo, hi, bits).zero_point
+    if not per_channel:
+        return encode_codes(_quantize_tensor(dtype, x, bits, nonnegative, clip, None), mode, nthreads)
+    if x.ndim == 0:
+        raise ConfigError("per-channel ranges need a tensor with at least one axis")
+    lo_c, hi_c = _quant.channel_ranges(x, nonnegative, clip)
+    if not _quant.channels_decode_finite(lo_c, hi_c, bits):
+        raise _overflow("a channel's range", bits)
+    codes = _quant.quantize_per_channel(x, lo_c, hi_c, bits)
+    table = tuple(zip(lo_c.tolist(), hi_c.tolist()))
+    zero_points = _quant.channel_grids(lo_c, hi_c, bits)[1].astype(np.int64)
     payload, compressor = pack_codes(codes, bits, mode, nthreads, zero_points)
-    meta = FrameMeta(mode=mode, bits=bits, shape=shape, dtype=dtype, lo=lo, hi=hi,
-                     channel_ranges=table, compressor=compressor, payload_nbytes=len(payload))
+    meta = FrameMeta(mode=mode, bits=bits, shape=tuple(x.shape), dtype=dtype, lo=0.0, hi=0.0, channel_ranges=table,
+                     compressor=compressor, payload_nbytes=len(payload))
+    return Encoded(meta.with_crc(payload), payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codes:
+    """A tensor quantised per tensor once, for packing with several coders (:func:`encode_codes`):
+    the flat codes, the tensor's own ``span`` (min, max) and the frame's fields."""
+
+    codes: np.ndarray
+    bits: int
+    shape: tuple[int, ...]
+    dtype: str
+    lo: float
+    hi: float
+    span: tuple[float, float]
+
+
+def quantize_tensor(x: torch.Tensor | np.ndarray, bits: int, *, nonnegative: bool = False,
+                    clip: tuple[float, float] | None = None, span: tuple[float, float] | None = None) -> Codes:
+    """The codes ``encode`` sends for ``x`` at ``bits`` (per tensor); ``span``: ``x``'s (min, max)
+    when known (``Codes.span`` of an earlier call on the same ``x``), saving a pass.
+    ``encode_codes(quantize_tensor(x, b, ...), mode)`` is ``encode(x, b, mode, ...)``, byte for byte."""
+    checked = _check_mode_bits("dense", bits)
+    assert checked is not None
+    return _quantize_tensor(_source_dtype(x), _quant.as_float32_array(x), checked, nonnegative, clip, span)
+
+
+def _quantize_tensor(dtype: str, x: np.ndarray, bits: int, nonnegative: bool, clip: tuple[float, float] | None,
+                     span: tuple[float, float] | None) -> Codes:
+    span = _quant.minmax(x) if span is None else span
+    lo, hi = _quant.span_range(span, nonnegative, clip)
+    if not _quant.decodes_finite(lo, hi, bits):
+        raise _overflow(f"tensor range [{lo}, {hi}]", bits)
+    codes = _quant.quantize(x.reshape(-1), lo, hi, bits, span)
+    return Codes(codes=codes, bits=bits, shape=tuple(x.shape), dtype=dtype, lo=lo, hi=hi, span=span)
+
+
+def encode_codes(q: Codes, mode: str, nthreads: int | None = None) -> Encoded:
+    """The frame of codes from :func:`quantize_tensor` in the quantised ``mode`` (its coder, or dense
+    packing when that is not smaller)."""
+    if mode not in QUANT_MODES:
+        raise ConfigError(f"encode_codes needs a quantised mode ({', '.join(QUANT_MODES)}), not {mode!r}")
+    _check_mode_bits(mode, q.bits)
+    zero_point = _quant.grid(q.lo, q.hi, q.bits).zero_point
+    payload, compressor = pack_codes(q.codes, q.bits, mode, nthreads, zero_point)
+    meta = FrameMeta(mode=mode, bits=q.bits, shape=q.shape, dtype=q.dtype, lo=q.lo, hi=q.hi,
+                     compressor=compressor, payload_nbytes=len(payload))
     return Encoded(meta.with_crc(payload), payload)
 
 

@@ -58,6 +58,11 @@ def codec_costs(samples: Sequence[np.ndarray], options: Sequence[tuple[str, int 
     0: no decodes, ``decode_ms`` then 0). The quantising coders other than ``QUANT_CODEC`` encode only
     the first ``coder_samples`` (default all): their sizes follow LZ4's closely, and they are slower.
 
+    The coders of one width send the same codes: each sample is quantised once per width
+    (``dyno.codec.quantize_tensor``, its min/max found once per sample) and packed by each coder
+    (``encode_codes``: the frames ``encode`` makes, byte for byte); a coder's encode time is the
+    quantisation's plus its own packing.
+
     ``clip`` maps a bit width to the range its quantising options use. Image options (jpeg/webp) encode
     ``images`` (uint8 H x W x C, one per sample) instead of the activations; without ``images`` they
     are left out.
@@ -65,27 +70,55 @@ def codec_costs(samples: Sequence[np.ndarray], options: Sequence[tuple[str, int 
     from dyno import codec as dcodec
 
     clip = clip or {}
-    out: dict[str, dict[str, float]] = {}
+    times: dict[tuple[str, int | None], tuple[list[float], list[float], list[float]]] = {}
+    widths: dict[int, list[str]] = {}
     for codec, bits in options:
+        if codec in packing.QUANT_CODECS and bits is not None:
+            widths.setdefault(bits, []).append(codec)
+            continue
         data = images if codec in packing.IMAGE_CODECS else samples
         if data is None:
             continue
-        if codec in packing.QUANT_CODECS and codec != QUANT_CODEC:
-            data = data[:coder_samples]
         kwargs = _encode_kwargs(codec, bits, nonnegative=nonnegative, clip=clip.get(bits or 0))
-        sizes, enc, dec = [], [], []
         for k, x in enumerate(data):
             start = time.perf_counter_ns()
             encoded = dcodec.encode(x, **kwargs)
-            middle = time.perf_counter_ns()
-            sizes.append(encoded.nbytes)
-            enc.append((middle - start) / 1e6)
-            if timed is None or k < timed:
-                dcodec.decode(encoded, dcodec.Expected(shape=tuple(x.shape)))
-                dec.append((time.perf_counter_ns() - middle) / 1e6)
-        out[packing.label(codec, bits)] = {"bytes": float(np.median(sizes)), "encode_ms": float(np.median(enc)),
-                                           "decode_ms": float(np.median(dec)) if dec else 0.0}
+            _record(times.setdefault((codec, bits), ([], [], [])), encoded, start, x, timed is None or k < timed)
+    spans: dict[int, tuple[float, float]] = {}
+    for bits, codecs in widths.items():
+        for k, x in enumerate(samples):
+            coders = [c for c in codecs if c == QUANT_CODEC or coder_samples is None or k < coder_samples]
+            if not coders:
+                continue
+            start = time.perf_counter_ns()
+            codes = dcodec.quantize_tensor(x, bits, nonnegative=nonnegative, clip=clip.get(bits), span=spans.get(k))
+            quantised = time.perf_counter_ns() - start
+            spans[k] = codes.span
+            for codec in coders:
+                begin = time.perf_counter_ns()
+                encoded = dcodec.encode_codes(codes, codec)
+                _record(times.setdefault((codec, bits), ([], [], [])), encoded, begin - quantised, x,
+                        timed is None or k < timed)
+    out: dict[str, dict[str, float]] = {}
+    for codec, bits in options:
+        if (codec, bits) in times:
+            sizes, enc, dec = times[codec, bits]
+            out[packing.label(codec, bits)] = {"bytes": float(np.median(sizes)), "encode_ms": float(np.median(enc)),
+                                               "decode_ms": float(np.median(dec)) if dec else 0.0}
     return out
+
+
+def _record(into: tuple[list[float], list[float], list[float]], encoded: Any, start: int, x: np.ndarray,
+            decode: bool) -> None:
+    """Add one frame's bytes and encode ms (from ``start``, ns) and, if ``decode``, its decode ms."""
+    from dyno import codec as dcodec
+
+    middle = time.perf_counter_ns()
+    into[0].append(encoded.nbytes)
+    into[1].append((middle - start) / 1e6)
+    if decode:
+        dcodec.decode(encoded, dcodec.Expected(shape=tuple(x.shape)))
+        into[2].append((time.perf_counter_ns() - middle) / 1e6)
 
 
 def _encode_kwargs(codec: str, bits: int | None, *, nonnegative: bool, clip: Clip | None) -> dict[str, Any]:

@@ -55,6 +55,8 @@ class Estimates:
     - ``offload_overhead_ms`` / ``local_overhead_ms``: the client's own work per inference besides the
       head and the encoding (deciding, framing, the RPC and its reply; or running the whole model through
       the client), on an offloaded inference and on a device-only one: part of the device stage.
+    - ``server_overhead_ms``: the server's CPU per request beyond its tail's compute and decoding (gRPC,
+      checks, batching, the reply), from the ``cpu_ms`` replies carry: part of the cloud's cost.
     """
 
     bandwidth_bps: float
@@ -65,10 +67,11 @@ class Estimates:
     cloud_capacity: float = 1.0
     offload_overhead_ms: float = 0.0
     local_overhead_ms: float = 0.0
+    server_overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity",
-                     "offload_overhead_ms", "local_overhead_ms"):
+                     "offload_overhead_ms", "local_overhead_ms", "server_overhead_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
@@ -172,7 +175,10 @@ class Monitors:
       takes back its share of the excess);
       ``at`` the time in seconds on any clock the caller keeps (the simulator's or the wall's).
       This device's own use of the cloud (per-sample compute plus decode) is summed over the last
-      ``CLOUD_WINDOW_S``: capacity = (own use + headroom) / pressure.
+      ``CLOUD_WINDOW_S``: capacity = (own use + headroom) / pressure. ``cpu_ms``, the server's whole CPU
+      per request where it says, less this request's compute share and decoding, is the server's
+      per-request handling (``server_overhead_ms``; ``initial_server_overhead_ms`` until three replies
+      outvote it).
     - ``record_rtt(ms)``: a round-trip time sample.
 
     ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
@@ -186,9 +192,10 @@ class Monitors:
 
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
                  initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0,
-                 initial_server_factor: float = 1.0, overheads_ms: tuple[float, float] = (0.0, 0.0)) -> None:
+                 initial_server_factor: float = 1.0, overheads_ms: tuple[float, float] = (0.0, 0.0),
+                 initial_server_overhead_ms: float = 0.0) -> None:
         if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0
-                and initial_server_factor > 0 and min(overheads_ms) >= 0):
+                and initial_server_factor > 0 and min(overheads_ms) >= 0 and initial_server_overhead_ms >= 0):
             raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT and "
                               "overheads >= 0")
         self.overheads_ms = (float(overheads_ms[0]), float(overheads_ms[1]))   # (offloaded, device-only)
@@ -198,9 +205,11 @@ class Monitors:
         self.initial_rtt_ms = float(initial_rtt_ms)
         self.initial_slowdown = float(initial_slowdown)
         self.initial_server_factor = float(initial_server_factor)   # the cloud's speed against the plan
+        self.initial_server_overhead_ms = float(initial_server_overhead_ms)
         self.bandwidth = BandwidthEstimator(window)
         self._slowdown: collections.deque[float] = collections.deque(maxlen=window)
         self._server: collections.deque[float] = collections.deque(maxlen=window)
+        self._handling: collections.deque[float] = collections.deque(maxlen=window)
         self._rtt: collections.deque[float] = collections.deque(maxlen=window)
         self._queue: collections.deque[float] = collections.deque(maxlen=window)
         self._own: collections.deque[tuple[float, float]] = collections.deque()   # (at, seconds of cloud)
@@ -228,7 +237,8 @@ class Monitors:
             self._cached = None
 
     def record_reply(self, cut_id: int, compute_ms: float, batch: int, queue_ms: float,
-                     headroom: float | None, *, at: float, decode_ms: float = 0.0, pressure: float = 1.0) -> None:
+                     headroom: float | None, *, at: float, decode_ms: float = 0.0, pressure: float = 1.0,
+                     cpu_ms: float | None = None) -> None:
         batch = max(1, int(batch))
         profiled = self._profiled.get((cut_id, batch))
         if profiled is None:
@@ -242,6 +252,8 @@ class Monitors:
         if math.isfinite(pressure) and pressure >= 1:
             self._pressure = pressure
         share = (max(compute_ms, 0.0) / batch + max(decode_ms, 0.0)) / 1000.0
+        if cpu_ms is not None and math.isfinite(cpu_ms) and cpu_ms >= 0:
+            self._handling.append(max(0.0, cpu_ms - share * 1000.0))
         self._own.append((at, share))
         self._own_sum += share
         self._expire(at)
@@ -274,7 +286,8 @@ class Monitors:
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), slowdown,
                       _median(self._server, self.initial_server_factor, SLOWDOWN_PRIOR), _median(self._queue, 0.0),
-                      max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms))
+                      max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms),
+                      _median(self._handling, self.initial_server_overhead_ms, SLOWDOWN_PRIOR))
             cached = self._previous
             if cached is None or _moved(values, self._values):   # else the same object
                 cached = self._previous = Estimates(*values)
@@ -284,7 +297,7 @@ class Monitors:
 
     def reset(self) -> None:
         self.bandwidth.reset()
-        for samples in (self._slowdown, self._server, self._rtt, self._queue, self._own):
+        for samples in (self._slowdown, self._server, self._handling, self._rtt, self._queue, self._own):
             samples.clear()
         self._own_sum = 0.0
         self._headroom = None

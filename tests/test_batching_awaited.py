@@ -9,6 +9,8 @@ import asyncio
 import concurrent.futures
 import threading
 
+import pytest
+
 from dyno.runtime.batching import BatchConfig, Batcher, BatchError, Outcome
 
 
@@ -66,3 +68,31 @@ def test_a_coroutine_run_batch_keeps_the_contract_item_errors_and_batch_errors()
 
     outcomes = _run(short, 4, max_batch=4)
     assert any(isinstance(o, BatchError) and "results for" in str(o) for o in outcomes), outcomes
+
+
+# ------------------------------------------------------------------------------------ CPU per request
+
+
+class _Clocks:
+    """A wall clock and a CPU clock the test moves by hand."""
+
+    def __init__(self):
+        self.now, self.cpu = 0.0, 0.0
+
+    def answer(self, meter, gap_s: float, cpu_s: float):
+        self.now += gap_s
+        self.cpu += cpu_s
+        return meter.answered()
+
+
+def test_the_cpu_meter_is_the_process_cpu_per_answer_in_a_busy_stretch():
+    from dyno.runtime.batching import CpuMeter
+
+    clocks = _Clocks()
+    meter = CpuMeter(1.0, cpu=lambda: clocks.cpu, clock=lambda: clocks.now)
+    figures = [clocks.answer(meter, 0.002, 0.0015) for _ in range(9)]
+    assert figures[:8] == [None] * 8 and figures[8] == pytest.approx(1.5)   # 1.5 ms of CPU per answer
+    # a probe after a pause: the idle second's CPU (0.2 s of pollers) is not charged to it
+    assert clocks.answer(meter, 1.0, 0.2) is None
+    figures = [clocks.answer(meter, 0.004, 0.003) for _ in range(8)]
+    assert figures[-1] == pytest.approx(3.0)   # the window moved on: the newer, dearer requests

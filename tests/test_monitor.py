@@ -162,3 +162,31 @@ def test_one_slow_first_head_does_not_move_the_slowdown():
     m.record_device(2, cut.device_ms * 9.0)
     m.record_device(2, cut.device_ms * 9.0)             # three samples: they are the estimate
     assert m.estimates().device_slowdown == pytest.approx(9.0)
+
+
+def test_the_servers_handling_per_request_is_its_cpu_beyond_compute_and_decode():
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_server_overhead_ms=0.5)
+    tail = plan.cuts[2].cloud_ms[8]
+    assert m.estimates().server_overhead_ms == 0.5   # as calibrated, until replies say
+    for k in range(3):   # batches of 8: a sample's share of compute, plus 0.2 ms decode, plus 1.3 ms handling
+        m.record_reply(2, compute_ms=tail, batch=8, queue_ms=0.0, headroom=None, at=k, decode_ms=0.2,
+                       cpu_ms=tail / 8 + 0.2 + 1.3)
+    assert m.estimates().server_overhead_ms == pytest.approx(1.3)
+    m.record_reply(2, compute_ms=tail, batch=8, queue_ms=0.0, headroom=None, at=4)   # an older server: no cpu_ms
+    assert m.estimates().server_overhead_ms == pytest.approx(1.3)
+
+
+def test_the_servers_handling_is_part_of_the_clouds_cost():
+    from dyno.policy.model import PerfModel, predict
+
+    plan = make_plan(5, seed=0)
+    model = PerfModel(plan)
+    i = next(k for k, r in enumerate(model.rows) if r.offloaded)
+    est = Estimates(bandwidth_bps=1e9, device_slowdown=1.0, cloud_capacity=0.5)
+    handled = Estimates(bandwidth_bps=1e9, device_slowdown=1.0, cloud_capacity=0.5, server_overhead_ms=2.0)
+    bare, dear = predict(plan, model.rows[i], est), predict(plan, model.rows[i], handled)
+    assert dear.cloud_s == pytest.approx(bare.cloud_s + 0.002)   # 2 ms more CPU per inference
+    ev = model.evaluate(handled)
+    assert ev.cloud[i] == pytest.approx(dear.cloud_s * 1000 / 0.5)   # the cloud stage: cost over capacity
+    assert ev.cloud[model.device_only] == 0.0                         # the device-only row uses no cloud

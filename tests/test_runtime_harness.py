@@ -25,7 +25,7 @@ from plan_factory import Fixed
 from dyno import codec
 from dyno.errors import ModelError, PlanError, RuntimeServiceError
 from dyno.offline import nominal_plan as tiny_plan
-from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, from_plan_file
+from dyno.runtime import BatchConfig, Client, ServerConfig, ServerProcess, ServerThread, from_plan_file
 from dyno.runtime.config import channel_options
 from dyno.runtime.harness import LoopThread, Serving, ready_info, run_server
 from dyno.runtime.metrics import parse_text
@@ -90,6 +90,26 @@ def test_a_server_process_answers_like_the_in_process_model(model, plan, splits)
         for cut in (0, 4, 8):
             assert answered[("dyno_requests_total", (("code", "OK"), ("cut", str(cut))))] == len(inputs)
     assert cloud.process.exitcode == 0  # the context manager stopped it gracefully
+
+
+def test_a_server_in_its_own_process_reports_its_cpu_per_request_and_one_beside_its_callers_does_not(
+        model, plan, splits):
+    x = np.zeros(plan.cuts[8].shape, np.float32)
+    encoded = codec.encode(x, mode="fp32")
+    requests = [pb.Request(request_id=i, model=plan.model, plan_hash=plan.hash, cut=8,
+                           meta=encoded.meta.to_bytes(), payload=encoded.payload, top_k=3) for i in range(40)]
+
+    def replies(address: str) -> list:
+        with grpc.insecure_channel(address, options=channel_options(8 << 20)) as channel:
+            return list(pb_grpc.InferenceStub(channel).Infer(iter(requests), timeout=30))
+
+    with ServerProcess(build_tiny, 0, config=ServerConfig(metrics_port=None)) as cloud:
+        answered = replies(cloud.address)
+    carrying = [r.cpu_ms for r in answered if r.HasField("cpu_ms")]
+    # from the ninth answer of a busy stretch on, each says what the process spent per request
+    assert len(answered) == 40 and len(carrying) >= 10 and all(0 < ms < 1000 for ms in carrying)
+    with ServerThread(plan, model, ServerConfig(metrics_port=None), splits=splits) as running:
+        assert not any(r.HasField("cpu_ms") for r in replies(running.address))   # its process is theirs too
 
 
 def test_stop_answers_the_requests_in_flight_then_says_unavailable(plan):

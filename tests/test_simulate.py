@@ -74,6 +74,10 @@ def test_link_bound_queue_and_cloud_bound_throughput():
     r = sim("cloud-only", tiny_plan(), Trace.constant(1e8), slowdown=2.0, duration_s=20.0,
             cloud=CloudConfig(max_batch=1))
     assert r.throughput == pytest.approx(100.0, rel=0.01)
+    # the server's handling of each request (2.5 ms beyond decode and tail) on the same worker: 80/s
+    r = sim("cloud-only", tiny_plan(), Trace.constant(1e8), slowdown=2.0, duration_s=20.0,
+            cloud=CloudConfig(max_batch=1, overhead_ms=2.5))
+    assert r.throughput == pytest.approx(80.0, rel=0.01)
 
 
 def test_transfers_follow_a_time_varying_trace():

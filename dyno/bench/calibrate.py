@@ -31,8 +31,8 @@ __all__ = ["client_overheads"]
 
 
 def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: Any, splits: Any,
-                       seconds: float) -> tuple[float, int, float]:
-    """(CPU seconds per inference, inferences, the server's observed/profiled time per sample)."""
+                       seconds: float) -> tuple[float, int, Any]:
+    """(CPU seconds per inference, inferences, the estimates at the end: the server's speed)."""
     from dyno.runtime import Client
 
     with Client(plan, model, config, device=device, splits=splits) as client:
@@ -43,8 +43,8 @@ def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: A
         for _ in window:
             count += 1
         used = time.process_time() - start_cpu
-        factor = client.estimates().server_ms_factor
-    return (used / count if count else 0.0), count, factor
+        estimates = client.estimates()
+    return (used / count if count else 0.0), count, estimates
 
 
 def _until(xs: Any, deadline: float) -> Any:
@@ -68,14 +68,16 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
     out = {"local_ms": local_ms * factor, "local_cpu_ms": local_cpu * 1000, "local_n": local_n,
            "factor": factor, "seconds": seconds}
     if server is None:
-        out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0)
+        out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0,
+                   server_overhead_ms=0.0)
         return out
     option = next((o for o in plan.cuts[0].options if o.codec == "jpeg"), None)
     policy = "cloud-only" if option is not None else "cloud-only-raw"
     config = ClientConfig(server=server, policy=policy, timeout=30.0)
-    offload_cpu, offload_n, server_factor = _cpu_per_inference(plan, model, xs, config, device=device, splits=splits,
-                                                seconds=seconds)
+    offload_cpu, offload_n, seen = _cpu_per_inference(plan, model, xs, config, device=device, splits=splits,
+                                                       seconds=seconds)
     encode = option.encode_ms if option is not None else 0.0
     out.update(offload_ms=max(0.0, offload_cpu * 1000 - encode) * factor, offload_cpu_ms=offload_cpu * 1000,
-               offload_n=offload_n, offload_policy=policy, server_factor=server_factor)
+               offload_n=offload_n, offload_policy=policy, server_factor=seen.server_ms_factor,
+               server_overhead_ms=seen.server_overhead_ms)
     return out

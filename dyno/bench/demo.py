@@ -272,7 +272,8 @@ def _run_one(run: SystemRun, plan: Any, net: Any, address: str, slo: Any, in_fli
     run_system(run, plan, net, workload, config, trace=pattern, device=device, splits=splits,
                ready=lambda: recorder.start(time.perf_counter()),
                overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
-               server_factor=overheads.get("server_factor", 1.0))
+               server_factor=overheads.get("server_factor", 1.0),
+               server_overhead_ms=overheads.get("server_overhead_ms", 0.0))
     assert run.summary is not None
     run.summary["evidence"] = evidence(run.points, recorder.log, trace=pattern, duration=run.duration, slo=slo,
                                        fp32_correct=[fp32[p.index] for p in run.points])

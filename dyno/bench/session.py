@@ -110,7 +110,8 @@ class SystemRun:
 def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, config: ClientConfig, *,
                trace: Any = None, device: Any = None, splits: Any = None, initial_bandwidth_bps: float | None = None,
                slowdown: float | None = None, ready: Callable[[], None] | None = None,
-               overheads_ms: tuple[float, float] = (0.0, 0.0), server_factor: float = 1.0) -> dict[str, Any]:
+               overheads_ms: tuple[float, float] = (0.0, 0.0), server_factor: float = 1.0,
+               server_overhead_ms: float = 0.0) -> dict[str, Any]:
     """Run a client configured by ``config`` (its policy is the run's system) over ``workload``, through
     the emulated ``trace`` and ``device`` if given; returns its summary (``SUMMARY_KEYS``).
 
@@ -118,7 +119,8 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     device's slowdown); ``ready()`` is called once the client is built, just before the clock starts
     (``dyno bench`` starts the kernel link's rate replay there); ``overheads_ms`` (offloaded, device-only)
     are the client's own per-inference costs (``dyno.bench.calibrate``) the policy prices, and
-    ``server_factor`` the server's speed against its profile as calibrated, until its replies say."""
+    ``server_factor`` and ``server_overhead_ms`` the server's speed against its profile and its handling
+    per request as calibrated, until its replies say."""
     from dyno.emulate.link import Link
     from dyno.monitor import Monitors
 
@@ -126,7 +128,8 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     initial = initial_bandwidth_bps or (trace.rate_bps(0.0) if trace is not None else 1e6)
     monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
                         initial_slowdown=slowdown if slowdown else float(getattr(device, "slowdown", 1.0)),
-                        initial_server_factor=server_factor, overheads_ms=overheads_ms)
+                        initial_server_factor=server_factor, overheads_ms=overheads_ms,
+                        initial_server_overhead_ms=server_overhead_ms)
     results: list[Result] = []
     state.link = link
     client = Client(plan, model, config, link=link, device=device, monitors=monitors, splits=splits,

@@ -10,7 +10,8 @@ its own use plus the server's headroom)::
                                                           client's own work per inference, offloaded or not)
     link stage     T_l = 8 * W(D) / B                     (W: D with the request's envelope, gRPC and
                                                           HTTP/2 framing and packet headers: dyno.wire)
-    cloud cost     C   = T_dec + S                        (cloud compute seconds per inference)
+    cloud cost     C   = T_dec + S + H                    (cloud CPU per inference; H: the server's handling
+                                                          of a request beyond decode and tail, as it reports)
     cloud stage    T_c = C / K                            (capacity: load from others shrinks K)
     intrinsic      L0  = T_d + T_l + RTT + T_dec + b * S  (no waiting: the whole batch's compute)
     latency        L   = L0 + Q                          (waiting at the server)
@@ -182,7 +183,7 @@ class PerfModel:
             device = device + np.where(self.offloaded > 0, est.offload_overhead_ms, est.local_overhead_ms)
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
         s = self.cloud_ps(batch) * est.server_ms_factor
-        cost = self.decode_ms + s
+        cost = self.decode_ms + s + self.offloaded * est.server_overhead_ms
         cloud = cost / est.cloud_capacity
         wait = self.offloaded * est.rtt_ms + self.decode_ms + self.batch_sizes(batch) * s
         stage = np.maximum(np.maximum(device, link), cloud)

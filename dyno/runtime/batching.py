@@ -82,6 +82,42 @@ class _Item:
     arrived: float
 
 
+class CpuMeter:
+    """The process's CPU time per request answered over the last ``window_s`` seconds, in ms: everything
+    one request costs the server, its tail's compute and the handling around it (gRPC, checks, decoding,
+    batching, the reply). A Python server spends more CPU on that handling than on a small tail
+    (fmnist-resnet here: 1.75 ms per request against about 0.6 ms of decode and tail).
+
+    Counted between answers less than ``GAP_S`` apart only: across a longer gap the process's idle work
+    (gRPC's pollers, timers) would be charged to the next request, and a device probing now and then
+    would read the cloud as dear. Reading the process's CPU clock costs about a microsecond."""
+
+    GAP_S = 0.05
+    MIN_ANSWERS = 8
+
+    def __init__(self, window_s: float = LOAD_WINDOW_S, *, cpu: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic):
+        self.window_s, self._cpu, self._clock = window_s, cpu, clock
+        self._deltas: collections.deque[tuple[float, float]] = collections.deque()   # (at, CPU seconds)
+        self._sum = 0.0
+        self._last: tuple[float, float] | None = None
+
+    def answered(self) -> float | None:
+        """Count one request answered; the current figure (None until ``MIN_ANSWERS`` close together)."""
+        now, cpu = self._clock(), self._cpu()
+        if self._last is not None and now - self._last[0] < self.GAP_S:
+            delta = max(0.0, cpu - self._last[1])
+            self._deltas.append((now, delta))
+            self._sum += delta
+        self._last = (now, cpu)
+        deltas = self._deltas
+        while deltas and deltas[0][0] < now - self.window_s:
+            self._sum -= deltas.popleft()[1]
+        if len(deltas) < self.MIN_ANSWERS:
+            return None
+        return max(0.0, self._sum) / len(deltas) * 1000.0
+
+
 class LoadMeter:
     """Share of the last ``window_s`` seconds the compute workers were busy, in [0, 1]."""
 

@@ -209,6 +209,7 @@ class ServerThread(LoopThread):
                  address: str = "127.0.0.1:0", splits: Splits | None = None, warm: bool = True):
         super().__init__(run_server, plan, model, config, address=address, splits=splits, warm=warm)
         self.server: Server = self.started
+        self.server.cpu = None   # this process is its callers' too: its CPU per request would count theirs
         self.port = self.server.port
         self.address = _bound(address, self.port)
 

@@ -141,7 +141,8 @@ class Telemetry:
         pressure = reply.pressure if reply.HasField("pressure") else 1.0
         with self._monitor_lock:
             self.monitors.record_reply(cut_id, reply.compute_ms, reply.batch, reply.queue_ms, headroom,
-                                       pressure=pressure, at=at, decode_ms=decode_ms)
+                                       pressure=pressure, at=at, decode_ms=decode_ms,
+                                       cpu_ms=reply.cpu_ms if reply.HasField("cpu_ms") else None)
             self.monitors.record_rtt(rtt_ms)
             if wire is not None:
                 self.monitors.record_transfer(float(on_the_wire(wire[0])), wire[1])

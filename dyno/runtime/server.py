@@ -51,7 +51,7 @@ from torch import nn
 from dyno.errors import ConfigError
 from dyno.plan import CutPlan, Plan
 from dyno.runtime.admission import Admission, Refusal
-from dyno.runtime.batching import Batcher
+from dyno.runtime.batching import Batcher, CpuMeter
 from dyno.runtime.config import MAX_TOP_K, ServerConfig, TLSConfig, channel_options
 from dyno.runtime.metrics import MetricsEndpoint, ServerMetrics
 from dyno.runtime.proto import inference_pb2 as pb
@@ -84,6 +84,8 @@ class Server:
         self._compute_pool = concurrent.futures.ThreadPoolExecutor(
             config.batching.workers, thread_name_prefix="dyno-compute")
         self.batcher: Batcher | None = None
+        # the CPU per request replies report: only where this process runs the tails (not Ray's front)
+        self.cpu: CpuMeter | None = CpuMeter() if runner is None else None
         self.streams = StreamHandler(self)
         self.draining = False
         self._sweeper: asyncio.Task | None = None
@@ -238,7 +240,7 @@ class Server:
         return pb.Reply(request_id=request.request_id, classes=classes, scores=scores, logits=logits,
                         queue_ms=outcome.queue_s * 1000, compute_ms=outcome.compute_s * 1000,
                         batch=outcome.batch, load=load, queued=self.batcher.queued, headroom=headroom,
-                        pressure=pressure)
+                        pressure=pressure, cpu_ms=self.cpu.answered() if self.cpu is not None else None)
 
     async def infer(self, requests: AsyncIterator[pb.Request], context: grpc.aio.ServicerContext) -> None:
         """One Infer call (``dyno.runtime.streams``)."""

@@ -39,13 +39,16 @@ DONE, REPLY = 2, 3
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CloudConfig:
     """The simulated server: ``workers`` compute workers, batches of at most ``max_batch``, ``scale``
-    times the plan's cloud profile, ``target_utilisation`` and ``max_queue_ms`` as ``ServerConfig``."""
+    times the plan's cloud profile, ``target_utilisation`` and ``max_queue_ms`` as ``ServerConfig``;
+    ``overhead_ms`` of handling per request beyond its decode and tail (gRPC, checks, batching, the
+    reply: what the runtime's replies report as ``cpu_ms`` beyond compute), on the worker of its batch."""
 
     workers: int = 1
     max_batch: int = 32
     scale: float = 1.0
     target_utilisation: float = 1.0
     max_queue_ms: float = 1000.0
+    overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.workers, int) and 1 <= self.workers <= 4096):
@@ -58,6 +61,8 @@ class CloudConfig:
             raise ConfigError(f"target_utilisation must be in 0.05..1, got {self.target_utilisation!r}")
         if not self.max_queue_ms > 0:
             raise ConfigError("max_queue_ms must be > 0")
+        if not 0 <= self.overhead_ms < 1e4:
+            raise ConfigError(f"the cloud's overhead_ms must be in 0..1e4, got {self.overhead_ms!r}")
 
     def signal(self, load: float) -> tuple[float, float]:
         """(headroom, pressure) at ``load``, as ``ServerConfig.cloud_signal``."""
@@ -151,7 +156,7 @@ class SimCloud:
         load = self.load(t)
         headroom, pressure = self.config.signal(load)
         b = len(batch)
-        compute_ms = (t - start) * 1000.0
+        compute_ms = (t - start - self._handling_s(b)) * 1000.0   # as the runtime: handling is not compute
         self.per_sample[batch[0].cut] = (t - start) / b
         share = (t - start) / b
         arrive = t + self.half_rtt
@@ -162,6 +167,9 @@ class SimCloud:
         self.served += b
         self.batches += 1
         self._start(worker, t)
+
+    def _handling_s(self, requests: int) -> float:
+        return requests * self.config.overhead_ms / 1000.0
 
     def load(self, t: float) -> float:
         """Share of the last ``CLOUD_WINDOW_S`` the workers were busy (as ``LoadMeter``)."""
@@ -203,7 +211,7 @@ class SimCloud:
                     kept.append(request)
             if not kept:
                 continue
-            seconds = self.times[best][len(kept)] + sum(r.decode_s for r in kept)
+            seconds = self.times[best][len(kept)] + sum(r.decode_s for r in kept) + self._handling_s(len(kept))
             self.running[worker] = (t, t + seconds)
             self.push(t + seconds, DONE, worker, kept)
             return

@@ -115,7 +115,8 @@ class _Engine:
             monitors = Monitors(self.plan, initial_bandwidth_bps=config.initial_bandwidth_bps,
                                 window=config.monitor_window, initial_rtt_ms=config.rtt_ms,
                                 initial_slowdown=spec.slowdown, initial_server_factor=config.cloud.scale,
-                                overheads_ms=(config.overhead_ms, config.local_overhead_ms))
+                                overheads_ms=(config.overhead_ms, config.local_overhead_ms),
+                                initial_server_overhead_ms=config.cloud.overhead_ms)
             self.devices.append(_Device(i, spec, monitors, met, config.timeline))
 
     def push(self, when: float, kind: int, a: Any, b: Any = None) -> None:
@@ -202,7 +203,8 @@ class _Engine:
             c = self.config
             return Estimates(bandwidth_bps=dev.spec.trace.mean_rate(start, start + c.oracle_horizon_s),
                              rtt_ms=c.rtt_ms, device_slowdown=dev.spec.slowdown, server_ms_factor=c.cloud.scale,
-                             offload_overhead_ms=c.overhead_ms, local_overhead_ms=c.local_overhead_ms)
+                             offload_overhead_ms=c.overhead_ms, local_overhead_ms=c.local_overhead_ms,
+                             server_overhead_ms=c.cloud.overhead_ms)
         pending, monitors = dev.pending, dev.monitors
         while pending and pending[0][0] <= t:
             when, _, observed = heapq.heappop(pending)
@@ -214,7 +216,8 @@ class _Engine:
             else:
                 _, cut, compute_ms, batch, queue_ms, headroom, pressure, decode_ms = observed
                 monitors.record_reply(cut, compute_ms, batch, queue_ms, headroom, at=when, decode_ms=decode_ms,
-                                      pressure=pressure)
+                                      pressure=pressure,   # the CPU per request a server reports
+                                      cpu_ms=compute_ms / batch + decode_ms + self.config.cloud.overhead_ms)
                 monitors.record_rtt(self.config.rtt_ms)
                 dev.batches.append(batch)
         return monitors.estimates()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dyno/runtime/proto/inference.proto\x12\x07\x64yno.v1\"\x8f\x01\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\x0b\n\x03\x63ut\x18\x04 \x01(\r\x12\x0c\n\x04meta\x18\x05 \x01(\x0c\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\x13\n\x0bwant_logits\x18\x08 \x01(\x08\"\xe7\x01\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\r\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\r\x12\x0c\n\x04load\x18\x08 \x01(\x01\x12\x0e\n\x06queued\x18\t \x01(\r\x12\x15\n\x08headroom\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08pressure\x18\x0b \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_headroomB\x0b\n\t_pressure\"\x0f\n\rHealthRequest\"\x8d\x01\n\x0bHealthReply\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.dyno.v1.HealthReply.Status\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x11\n\tin_flight\x18\x03 \x01(\r\"0\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"\x11\n\x0f\x44\x65scribeRequest\"B\n\x07\x43utInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\r\x12\x0e\n\x06served\x18\x04 \x01(\x08\"\xc7\x01\n\rDescribeReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x1e\n\x04\x63uts\x18\x03 \x03(\x0b\x32\x10.dyno.v1.CutInfo\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x05 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12 \n\x18max_in_flight_per_client\x18\x07 \x01(\r\x12\x0f\n\x07version\x18\x08 \x01(\t2\xb0\x01\n\tInference\x12-\n\x05Infer\x12\x10.dyno.v1.Request\x1a\x0e.dyno.v1.Reply(\x01\x30\x01\x12\x36\n\x06Health\x12\x16.dyno.v1.HealthRequest\x1a\x14.dyno.v1.HealthReply\x12<\n\x08\x44\x65scribe\x12\x18.dyno.v1.DescribeRequest\x1a\x16.dyno.v1.DescribeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dyno/runtime/proto/inference.proto\x12\x07\x64yno.v1\"\x8f\x01\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\x0b\n\x03\x63ut\x18\x04 \x01(\r\x12\x0c\n\x04meta\x18\x05 \x01(\x0c\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\x13\n\x0bwant_logits\x18\x08 \x01(\x08\"\x87\x02\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\r\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\r\x12\x0c\n\x04load\x18\x08 \x01(\x01\x12\x0e\n\x06queued\x18\t \x01(\r\x12\x15\n\x08headroom\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08pressure\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06\x63pu_ms\x18\x0c \x01(\x01H\x02\x88\x01\x01\x42\x0b\n\t_headroomB\x0b\n\t_pressureB\t\n\x07_cpu_ms\"\x0f\n\rHealthRequest\"\x8d\x01\n\x0bHealthReply\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.dyno.v1.HealthReply.Status\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x11\n\tin_flight\x18\x03 \x01(\r\"0\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"\x11\n\x0f\x44\x65scribeRequest\"B\n\x07\x43utInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\r\x12\x0e\n\x06served\x18\x04 \x01(\x08\"\xc7\x01\n\rDescribeReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x1e\n\x04\x63uts\x18\x03 \x03(\x0b\x32\x10.dyno.v1.CutInfo\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x05 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12 \n\x18max_in_flight_per_client\x18\x07 \x01(\r\x12\x0f\n\x07version\x18\x08 \x01(\t2\xb0\x01\n\tInference\x12-\n\x05Infer\x12\x10.dyno.v1.Request\x1a\x0e.dyno.v1.Reply(\x01\x30\x01\x12\x36\n\x06Health\x12\x16.dyno.v1.HealthRequest\x1a\x14.dyno.v1.HealthReply\x12<\n\x08\x44\x65scribe\x12\x18.dyno.v1.DescribeRequest\x1a\x16.dyno.v1.DescribeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUEST']._serialized_start=48
   _globals['_REQUEST']._serialized_end=191
   _globals['_REPLY']._serialized_start=194
-  _globals['_REPLY']._serialized_end=425
-  _globals['_HEALTHREQUEST']._serialized_start=427
-  _globals['_HEALTHREQUEST']._serialized_end=442
-  _globals['_HEALTHREPLY']._serialized_start=445
-  _globals['_HEALTHREPLY']._serialized_end=586
-  _globals['_HEALTHREPLY_STATUS']._serialized_start=538
-  _globals['_HEALTHREPLY_STATUS']._serialized_end=586
-  _globals['_DESCRIBEREQUEST']._serialized_start=588
-  _globals['_DESCRIBEREQUEST']._serialized_end=605
-  _globals['_CUTINFO']._serialized_start=607
-  _globals['_CUTINFO']._serialized_end=673
-  _globals['_DESCRIBEREPLY']._serialized_start=676
-  _globals['_DESCRIBEREPLY']._serialized_end=875
-  _globals['_INFERENCE']._serialized_start=878
-  _globals['_INFERENCE']._serialized_end=1054
+  _globals['_REPLY']._serialized_end=457
+  _globals['_HEALTHREQUEST']._serialized_start=459
+  _globals['_HEALTHREQUEST']._serialized_end=474
+  _globals['_HEALTHREPLY']._serialized_start=477
+  _globals['_HEALTHREPLY']._serialized_end=618
+  _globals['_HEALTHREPLY_STATUS']._serialized_start=570
+  _globals['_HEALTHREPLY_STATUS']._serialized_end=618
+  _globals['_DESCRIBEREQUEST']._serialized_start=620
+  _globals['_DESCRIBEREQUEST']._serialized_end=637
+  _globals['_CUTINFO']._serialized_start=639
+  _globals['_CUTINFO']._serialized_end=705
+  _globals['_DESCRIBEREPLY']._serialized_start=708
+  _globals['_DESCRIBEREPLY']._serialized_end=907
+  _globals['_INFERENCE']._serialized_start=910
+  _globals['_INFERENCE']._serialized_end=1086
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ class Request(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., model: _Optional[str] = ..., plan_hash: _Optional[str] = ..., cut: _Optional[int] = ..., meta: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., top_k: _Optional[int] = ..., want_logits: _Optional[bool] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("request_id", "classes", "scores", "logits", "queue_ms", "compute_ms", "batch", "load", "queued", "headroom", "pressure")
+    __slots__ = ("request_id", "classes", "scores", "logits", "queue_ms", "compute_ms", "batch", "load", "queued", "headroom", "pressure", "cpu_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class Reply(_message.Message):
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     HEADROOM_FIELD_NUMBER: _ClassVar[int]
     PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     classes: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
@@ -51,7 +52,8 @@ class Reply(_message.Message):
     queued: int
     headroom: float
     pressure: float
-    def __init__(self, request_id: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch: _Optional[int] = ..., load: _Optional[float] = ..., queued: _Optional[int] = ..., headroom: _Optional[float] = ..., pressure: _Optional[float] = ...) -> None: ...
+    cpu_ms: float
+    def __init__(self, request_id: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch: _Optional[int] = ..., load: _Optional[float] = ..., queued: _Optional[int] = ..., headroom: _Optional[float] = ..., pressure: _Optional[float] = ..., cpu_ms: _Optional[float] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -11,7 +11,9 @@ beginning: deterministic, and the same for every compared system.
 ``dyno.emulate.traces.Trace``.
 
     link = Link(trace)
-    transfer = await link.send(len(frame))   # sleeps until the frame has crossed the link
+    transfer = link.reserve(len(frame))      # booked behind the frames before it; it has crossed
+                                             # at transfer.end (link time; link.now() is now)
+    transfer = await link.send(len(frame))   # or: book it and sleep until it has crossed
     transfer.seconds                          # what the device measures for its bandwidth estimate
 """
 

@@ -9,10 +9,13 @@ Two entry points, one per place batches form (``RayConfig.batch_in``):
 Both return the replica's id and the compute seconds of the batch with the results, so that the front
 can tell the deployment's load. Imported only on the Ray path (it imports Ray).
 
-A batch computes in the replica's one compute thread, not on its event loop: the loop stays free to
-answer the front's router (its queue-length probes, its accept/reject replies). With the compute on the
-loop (stop 17), a busy replica missed the probes' deadlines and the router backed off (0.1 s deadlines
-doubling to 1 s, sleeps of 25 ms doubling to 0.5 s): stalls of ~1.8 s at p95 in a 2-replica fleet.
+A batch that may hold the replica's event loop longer than ``INLINE_S`` (its cut's one-sample cost x its
+size, measured at start) computes in the replica's one compute thread: the loop stays free to answer the
+front's router (its queue-length probes, its accept/reject replies). With every batch on the loop (stop
+17), a busy replica missed the probes' 0.1 s deadlines and the router backed off (deadlines doubling to
+1 s, sleeps of 25 ms doubling to 0.5 s): stalls of ~1 s at p95 in a 2-replica fleet. A shorter batch
+computes on the loop: the hop to the thread and back cost ~0.19 ms a batch (p50, development runs), a
+tenth of the Ray path's whole overhead per request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = ["TailReplica", "DEPLOYMENT"]
 
 #: The deployment's name inside its application.
 DEPLOYMENT = "tails"
+#: Longest a batch may compute on the replica's event loop (seconds, estimated); longer ones, in its thread.
+INLINE_S = 0.005
 
 
 class TailReplica:
@@ -46,6 +51,7 @@ class TailReplica:
         self.tails = Tails(plan, splits, device=device)
         self.served = sorted(c.id for c in plan.cuts[:-1] if splits.batchable(c.id))
         self._compute = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dyno-tails")  # one batch at a time
+        self._threaded = 0  # batches sent to the compute thread and not back yet
         self.id = serve.get_replica_context().replica_id.unique_id
         warm_codecs(plan)
         self._costs = self._warm(plan)
@@ -76,9 +82,15 @@ class TailReplica:
         return {"replica": self.id, "device": str(self.tails.device), "threads": torch.get_num_threads()}
 
     async def run(self, cut_id: int, frames: Sequence[Frame]) -> tuple[str, float, list[Any]]:
-        """One batch: (this replica's id, compute seconds, per frame its result or FrameError), computed
-        in the compute thread (one batch at a time: a replica is one thread's worth of compute)."""
-        return await asyncio.get_running_loop().run_in_executor(self._compute, self._run, cut_id, frames)
+        """One batch: (this replica's id, compute seconds, per frame its result or FrameError); one batch
+        computes at a time (a replica is one thread's worth of compute): on the loop, or in the thread."""
+        if not self._threaded and self._costs.get(cut_id, INLINE_S) * len(frames) < INLINE_S:
+            return self._run(cut_id, frames)   # short, and the thread idle: on the loop (module docstring)
+        self._threaded += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, self._run, cut_id, frames)
+        finally:
+            self._threaded -= 1
 
     def _run(self, cut_id: int, frames: Sequence[Frame]) -> tuple[str, float, list[Any]]:
         start = time.perf_counter()

@@ -152,6 +152,13 @@ def _median(samples: collections.deque[float], default: float, prior: int = 0) -
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2.0
 
 
+def _dearer_on_agreement(samples: collections.deque[float], initial: float) -> float:
+    """A cloud figure (time per sample, handling per request): a reading below ``initial`` counts at once,
+    one above it only once ``SLOWDOWN_PRIOR`` replies agree. A cold tail's first reply read 12-24x and
+    priced the cloud out; a fast server seen by one probe should bring the next inference to it."""
+    return min(_median(samples, initial, SLOWDOWN_PRIOR), _median(samples, initial))
+
+
 def _moved(values: tuple[float, ...], published: tuple[float, ...]) -> bool:
     """Whether any figure moved by more than ``REPUBLISH_REL`` of itself since it was published."""
     return any(abs(a - b) > REPUBLISH_REL * max(abs(a), abs(b)) for a, b in zip(values, published, strict=True))
@@ -285,9 +292,9 @@ class Monitors:
             busier = max(1.0, slowdown / self.initial_slowdown)   # the client's own work shares the CPU
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), slowdown,
-                      _median(self._server, self.initial_server_factor, SLOWDOWN_PRIOR), _median(self._queue, 0.0),
+                      _dearer_on_agreement(self._server, self.initial_server_factor), _median(self._queue, 0.0),
                       max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms),
-                      _median(self._handling, self.initial_server_overhead_ms, SLOWDOWN_PRIOR))
+                      _dearer_on_agreement(self._handling, self.initial_server_overhead_ms))
             cached = self._previous
             if cached is None or _moved(values, self._values):   # else the same object
                 cached = self._previous = Estimates(*values)

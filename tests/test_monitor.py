@@ -64,7 +64,7 @@ def test_window_validated():
         BandwidthEstimator(0)
 
 
-def test_the_server_factor_follows_replies_once_three_agree():
+def test_the_server_factor_follows_a_slower_reading_once_three_agree_and_a_faster_at_once():
     """A cold tail's first reply (fmnist-resnet's cut 7 read 12-24x its profile in dyno demo) does not
     price the cloud alone: the initial factor fills the window until it holds SLOWDOWN_PRIOR replies."""
     plan = make_plan(5, seed=0)
@@ -75,6 +75,9 @@ def test_the_server_factor_follows_replies_once_three_agree():
     for at in (1.1, 1.2, 1.3):
         m.record_reply(2, compute_ms=cut.cloud_ms[1] * 3, batch=1, queue_ms=0.0, headroom=None, at=at)
     assert m.estimates().server_ms_factor == pytest.approx(3.0)
+    fast = Monitors(plan, initial_server_factor=1.5)   # a faster server, though, counts from its first reply
+    fast.record_reply(2, compute_ms=cut.cloud_ms[1] * 0.5, batch=1, queue_ms=0.0, headroom=None, at=1.0)
+    assert fast.estimates().server_ms_factor == pytest.approx(0.5)
 
 
 def test_estimates_are_republished_only_when_a_figure_moves():

@@ -185,3 +185,21 @@ def test_a_given_back_inference_finishes_by_the_exported_tail(setup, tmp_path):
     assert [r.top1 for r in results] == expected[:4] and {r.where for r in results} == {"fallback"}
     assert [r.note for r in results[:3]] == ["no reply in time"] * 3 and "no tail exported" in results[3].note
     assert (4, True) in heads._sessions  # the tail ran
+
+
+def test_an_absolute_tier_on_the_torch_free_client_needs_the_reference_latency(monkeypatch):
+    import dataclasses
+
+    from nets import tiny_model
+
+    from dyno.device._run import _reference_ms
+    from dyno.errors import ConfigError
+    from dyno.offline import nominal_plan
+
+    plan = nominal_plan(tiny_model(seed=0))
+    monkeypatch.delenv("DYNO_REFERENCE_MS", raising=False)
+    with pytest.raises(ConfigError, match="DYNO_REFERENCE_MS"):
+        _reference_ms(plan)
+    monkeypatch.setenv("DYNO_REFERENCE_MS", "31.5")
+    assert _reference_ms(plan) == 31.5
+    assert _reference_ms(dataclasses.replace(plan, notes={"reference_ms": 20.0})) == 20.0   # the plan's own first

@@ -184,3 +184,20 @@ def test_device_cgroup_quota_slows_cpu_work_and_cleans_up():
     assert sorted(times)[1] >= 6 * 10 * 0.7  # CPU time, quota-limited to 1/6 of a core
     assert not group.exists()
     assert not [p for p in os.listdir("/sys/fs/cgroup/cpu") if p.startswith(f"dyno-device-{os.getpid()}-")]
+
+
+def test_a_named_tier_is_absolute_and_a_number_a_slowdown():
+    asked = []
+
+    def reference_ms():
+        asked.append(1)
+        return 24.5
+
+    assert Device.named("low", reference_ms=reference_ms).slowdown == pytest.approx(49 / 24.5)
+    assert Device.named("mid", reference_ms=reference_ms).requested == pytest.approx(12 / 24.5)   # native speed
+    assert len(asked) == 2
+    assert Device.named("4", reference_ms=reference_ms).slowdown == 4.0
+    assert Device.named("native", reference_ms=reference_ms).slowdown == 1.0
+    assert len(asked) == 2      # a slowdown needs no reference model timed
+    with pytest.raises(ConfigError, match="unknown device tier"):
+        Device.named("phone", reference_ms=reference_ms)

@@ -163,6 +163,7 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     """Run the demo (see the module docstring); returns ``{"systems": {NAME: summary}, ...}``."""
     from dyno import policy as policies
     from dyno.bench.reference import Speeds
+    from dyno.emulate.device import Device
     from dyno.emulate.traces import load_trace
     from dyno.runtime.splits import Splits
 
@@ -171,12 +172,13 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
         raise ConfigError(f"unknown system(s) {unknown}; known: {', '.join(policies.names())}")
     if len(set(systems)) != len(systems) or rounds < 1:
         raise ConfigError(f"each system once and rounds >= 1, got {list(systems)} and {rounds}")
-    _device(tier, 1.0, device_emulation).close()   # refuse a bad tier before minutes of preparation
+    # a bad tier fails here, not after minutes of preparation
+    Device.named(tier, reference_ms=lambda: 1.0, mode=device_emulation).close()
     pattern = load_trace(trace) if trace else builtin_trace(segment_s)
     plan, net, plan_path = prepare(model, data)
     torch.set_num_threads(1)  # the device: one core; the server child takes the other
     speeds = Speeds.for_plan(plan)
-    device = _device(tier, speeds.reference_ms, device_emulation)
+    device = Device.named(tier, reference_ms=lambda: speeds.reference_ms, mode=device_emulation)
     if duration is None:
         duration = min(pattern.period, 60.0) if trace else pattern.period
     xs, ys = labelled(model, data, n)
@@ -248,16 +250,6 @@ def _evidence(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def _device(tier: str | float, reference_ms: float, mode: str) -> Any:
-    """The emulated device: an absolute tier (low/mid/high) on a machine whose reference model takes
-    ``reference_ms``, ``native``, or a number (a slowdown k_d against this machine)."""
-    from dyno.emulate.device import TIER_MS, Device
-
-    if isinstance(tier, str) and tier in TIER_MS:
-        return Device.absolute(tier, reference_ms=reference_ms, mode=mode)
-    return Device.tier(tier, mode=mode)
-
-
 def _fp32_correct(net: Any, xs: torch.Tensor, ys: list[int]) -> list[bool]:
     with torch.inference_mode():
         top = torch.cat([net(xs[i:i + 32]).argmax(1) for i in range(0, len(xs), 32)])
@@ -274,8 +266,8 @@ def _run_one(run: SystemRun, plan: Any, net: Any, address: str, slo: Any, in_fli
     run_system(run, plan, net, workload, config, trace=pattern, device=device, splits=splits,
                ready=lambda: recorder.start(time.perf_counter()),
                overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
-               server_factor=overheads.get("server_factor", 1.0),
-               server_overhead_ms=overheads.get("server_overhead_ms", 0.0))
+               server_factor=overheads["server_factor"],
+               server_overhead_ms=overheads["server_overhead_ms"])
     assert run.summary is not None
     run.summary["evidence"] = evidence(run.points, recorder.log, trace=pattern, duration=run.duration, slo=slo,
                                        fp32_correct=[fp32[p.index] for p in run.points])

@@ -324,7 +324,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
         trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
                                  cloud=CloudConfig(scale=calibration["server_factor"],
-                                                   overhead_ms=calibration.get("server_overhead_ms", 0.0)),
+                                                   overhead_ms=calibration["server_overhead_ms"]),
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
         setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
                  "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,

@@ -134,8 +134,8 @@ def _simulated(plan: Any, system: str, trace: Trace, *, slo: Any, slowdown: floa
 
     config = SimConfig(slowdown=slowdown, duration_s=duration, rtt_ms=rtt_ms, max_inflight=in_flight,
                        initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3),
-                       cloud=CloudConfig(scale=overheads.get("server_factor", 1.0),
-                                         overhead_ms=overheads.get("server_overhead_ms", 0.0)),
+                       cloud=CloudConfig(scale=overheads["server_factor"],
+                                         overhead_ms=overheads["server_overhead_ms"]),
                        overhead_ms=overheads["offload_ms"], local_overhead_ms=overheads["local_ms"])
     return simulate_policy(build_policy(system, nominal_bandwidth_bps=nominal), shared_model(plan), trace, slo,
                            config)

@@ -92,8 +92,8 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
                          trace=trace if spec["link"] == "token-bucket" else None, device=device, splits=splits,
                          initial_bandwidth_bps=spec["initial_bandwidth_bps"], slowdown=spec["slowdown"],
                          ready=ready, overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
-                         server_factor=overheads.get("server_factor", 1.0),
-                         server_overhead_ms=overheads.get("server_overhead_ms", 0.0))
+                         server_factor=overheads["server_factor"],
+                         server_overhead_ms=overheads["server_overhead_ms"])
     return {"summary": summary, "points": [dataclasses.asdict(p) for p in run.points], "log": policy.log,
             "errors": run.errors, "stats": run.stats, "overheads": overheads,
             "device": device.description if device else f"k_d={spec['slowdown']:.3g}"}

@@ -87,8 +87,8 @@ def timeline(points: Sequence[Any], log: Sequence[tuple], *, trace: Any, duratio
 
 
 def _mean_of(entries: Sequence[tuple], field: int) -> float | None:
-    """The mean of one field over log entries (older logs lack the later fields)."""
-    return _finite_mean(e[field] for e in entries if len(e) > field)
+    """The mean of one field over log entries."""
+    return _finite_mean(e[field] for e in entries)
 
 
 def _finite_mean(values: Any) -> float | None:

@@ -24,11 +24,13 @@ def run_client(plan: Any, model: Any, *, server: str, data: str | None = None, n
                token: str | None = None, tls: Any = None, progress: Progress = NO_PROGRESS) -> SystemRun:
     """``dyno run``: ``n`` labelled inputs through a client against ``server``; returns the run (its
     ``summary``, ``errors`` and ``cloud_replies``)."""
+    from dyno.bench.reference import Speeds
     from dyno.emulate.device import Device
     from dyno.emulate.traces import load_trace
     from dyno.runtime.splits import Splits
 
-    device = Device.tier(tier, mode=device_emulation) if tier is not None else None
+    device = (Device.named(tier, reference_ms=lambda: Speeds.for_plan(plan).reference_ms, mode=device_emulation)
+              if tier is not None else None)
     if device is not None:
         torch.set_num_threads(1)
     xs, ys = labelled(plan.model, data, n)

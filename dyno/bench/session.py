@@ -8,7 +8,7 @@ as the client takes them, and records every result for the live display, the sum
     state = SystemRun("dyno", duration=30.0)
     config = ClientConfig(server="127.0.0.1:50051", policy="dyno", slo=DEFAULT_SLO)
     summary = run_system(state, plan, model, Workload(xs=xs, ys=ys, duration=30.0), config,
-                         trace=trace, device=Device.tier("mid"))
+                         trace=trace, device=Device(slowdown=2.0))
 """
 
 from __future__ import annotations

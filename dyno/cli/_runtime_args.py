@@ -42,7 +42,9 @@ def optional_output(text: str) -> Path | None:
 
 def add_device_and_link(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", default=None,
-                   help="emulated device: low (k_d=33), mid (8), high (2), native, or a number")
+                   help="emulated device: an absolute tier as in dyno demo (EfficientNet-Lite0 in 49 ms: low, 12: "
+                   "mid, 3: high, scaled by its latency on the machine that profiled the plan), native, or a "
+                   "number (a slowdown against this machine)")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
                    help="slow the device by padding each run (default) or by a cgroup v1 CPU quota")
     p.add_argument("--trace", type=input_file,

@@ -41,9 +41,10 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                    f"top-1: {DEFAULT_SLO!r}; onloading: 'throughput,cloud_cost;drop<=1')")
     p.add_argument("--tier", default="low",
                    help="device tier, absolute: low (EfficientNet-Lite0 in 49 ms, Raspberry Pi 4; the default), "
-                   "mid (12 ms, Pixel 4), high (3 ms, Jetson AGX Xavier class), scaled by Lite0's latency on this machine "
-                   "(a tier faster than this machine runs at native speed); native; or a number (a slowdown "
-                   "against this machine). The cloud is this machine's CPU: a device as fast as it ties with device-only")
+                   "mid (12 ms, Pixel 4), high (3 ms, Jetson AGX Xavier class), scaled by Lite0's latency on this "
+                   "machine (a tier faster than this machine runs at native speed); native; or a number (a "
+                   "slowdown against this machine). The cloud is this machine's CPU: a device as fast as it ties "
+                   "with device-only")
     p.add_argument("--device-emulation", choices=("pad", "cgroup"), default="pad",
                    help="how the device is slowed: pad (each head run padded to its emulated time; the "
                    "default) or cgroup (the device thread in a cgroup v1 cpu group with a 1/k_d CPU quota; needs "

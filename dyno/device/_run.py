@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -36,7 +37,8 @@ def run_labelled(plan: Any, heads: OrtHeads, *, server: str, data: str | None = 
     if not data:
         raise ConfigError(f"{plan.model} has no default dataset recorded with its heads; pass --data")
     xs, ys = load_inputs(data, n, preprocess=heads.manifest.notes.get("preprocess"))
-    device = Device.tier(tier, mode=device_emulation) if tier is not None else None
+    device = (Device.named(tier, reference_ms=lambda: _reference_ms(plan), mode=device_emulation)
+              if tier is not None else None)
     loaded = load_trace(trace) if trace else None
     link = Link(loaded) if loaded is not None else None
     initial = loaded.rate_bps(0.0) if loaded is not None else 1e6
@@ -60,3 +62,22 @@ def run_labelled(plan: Any, heads: OrtHeads, *, server: str, data: str | None = 
     summary = summarize(results, ys, elapsed_s=elapsed)
     return {"summary": {**summary, "backend": "onnxruntime"}, "cloud_replies": client.stats.get("replies", 0),
             "errors": list(client.errors), "top1": [r.top1 for r in results]}
+
+
+def _reference_ms(plan: Any) -> float:
+    """The reference model's latency on the machine that profiled the plan, for an absolute tier; this
+    client has no torch to time it, so the plan or ``$DYNO_REFERENCE_MS`` must say."""
+    import os
+
+    recorded = plan.notes.get("reference_ms") if isinstance(plan.notes, dict) else None
+    if isinstance(recorded, (int, float)) and recorded > 0:
+        return float(recorded)
+    try:
+        value = float(os.environ.get("DYNO_REFERENCE_MS", "nan"))
+    except ValueError:
+        value = math.nan
+    if value > 0:
+        return value
+    raise ConfigError("an absolute tier (low, mid, high) scales the plan by EfficientNet-Lite0's latency on the "
+                      "machine that profiled it; this plan does not record it: set $DYNO_REFERENCE_MS (ms) or "
+                      "pass --tier as a slowdown number")

@@ -124,6 +124,15 @@ class Device:
         device.tier_name = str(tier)
         return device
 
+    @classmethod
+    def named(cls, tier: str | float, *, reference_ms: Callable[[], float], mode: str = "pad") -> "Device":
+        """The device a user names: an absolute tier (``TIER_MS``), ``native``, or a number (a slowdown
+        against this machine). ``reference_ms`` is called only for an absolute tier: finding the
+        reference model's latency may mean timing it."""
+        if isinstance(tier, str) and tier in TIER_MS:
+            return cls.absolute(tier, reference_ms=reference_ms(), mode=mode)
+        return cls.tier(tier, mode=mode)
+
     @property
     def description(self) -> str:
         how = "padding each head run" if self.mode == "pad" else "cgroup v1 CPU quota"

@@ -6,7 +6,7 @@
             ...
 
     config = ClientConfig(server="127.0.0.1:50051", slo="throughput;drop<=1", in_flight=4)
-    with Client(plan, model, config, link=Link(trace), device=Device.tier("mid")) as client:
+    with Client(plan, model, config, link=Link(trace), device=Device(slowdown=8.0)) as client:
         ...
 
 Settings live in one frozen :class:`~dyno.runtime.config.ClientConfig`; keyword arguments named like

@@ -8,6 +8,7 @@ The run is skipped where Ray, Fashion-MNIST, or fmnist-resnet's trained weights 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,6 @@ def test_fleet_bench_against_two_ray_replicas_says_so_and_counts_the_replicas_co
     assert figures["inferences"] + figures["dropped"] == figures["demanded"]
     assert figures["offloaded_share"] == 1.0 and figures["inferences"] > 0
     assert 0 < figures["cloud_s"] < 0.5                    # the replicas' compute reached the front's counter
+    host = measured["host"]                                # what the devices' own work asks of this machine
+    assert host["cores"] == os.cpu_count()
+    assert host["device_cores"] == pytest.approx(3 * 10 * document["calibration"]["local_cpu_ms"] / 1000, abs=1e-3)

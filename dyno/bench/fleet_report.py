@@ -54,6 +54,10 @@ def print_fleet(document: dict[str, Any]) -> None:
             title = (f"{document['plan']}: {entry['devices']} device(s), SLO {document['slo']}, "
                      f"{_rate(document)}" + (f" ({part})" if part else ""))
             console.print(_table(entry, title, price))
+            host = entry.get("host")
+            if host:
+                console.print(f"host: the devices' own work needs {host['device_cores']:.2f} of {host['cores']} "
+                              f"cores at the offered rate; load {host['load_1min']:.1f} after", highlight=False)
     goals = document.get("goals") or (document.get("simulated") or {}).get("goals")
     if goals:
         console.print(f"goals: {goals}", highlight=False, soft_wrap=True)

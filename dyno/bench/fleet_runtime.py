@@ -19,6 +19,11 @@ trip (``round_trip_ms``), from which the Ray path's overhead over the embedded s
 with ``capacity_s``, the cloud-bound case (``capacity``: closed-loop raw streams, all in the cloud). Every
 client comes from 127.0.0.1, so the server's per-client limits are raised to its whole-server ones.
 
+The simulator gives every device its own CPU; here they share this machine's with the server. Each
+size's measured entry says how much of it the devices' own work needs at the offered rate (``host``:
+``device_cores``, from the calibrated CPU per device-only inference, against ``cores``, and the load
+average after the size): where that nears the cores, the measured figures are the host's, not the cloud's.
+
     document = fleet_bench("plan.json", sizes=(1, 8), policies=("dyno", "cloud-only"), traces=[...])
     document["measured"]["fleet"][1]["policies"]["dyno"]["goodput"]
 """
@@ -26,6 +31,7 @@ client comes from 127.0.0.1, so the server's per-client limits are raised to its
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 import urllib.request
 from typing import Any, Sequence
@@ -293,6 +299,8 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
                                               compute_s=_compute_seconds(cloud) - before, price=setup["price"])
         sim = run_fleet(shared_model(plan), specs, setup["sim_config"])
         s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])
+    m_entry["host"] = {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
+                       "device_cores": round(size * setup["rate"] * setup["device_cpu_ms"] / 1000.0, 3)}
     return m_entry, s_entry
 
 
@@ -328,6 +336,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
         setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
                  "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,
+                 "device_cpu_ms": calibration["local_cpu_ms"],
                  "worker": {"plan_path": str(plan_path), "weights": weights, "slo": str(parsed), "rate": rate,
                             "duration": duration, "window": window, "n": n}}
         for size in sizes:

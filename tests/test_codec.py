@@ -167,6 +167,35 @@ def test_the_kernels_are_the_documented_formulas(bits):
     assert _quant.quantize(ties, 0.0, 7.0, 3).tolist() == [0, 2, 4, 7]
 
 
+@pytest.mark.parametrize("bits", [2, 8, 12])
+def test_the_block_kernels_are_the_formulas_over_several_blocks_and_layouts(bits):
+    """quantize, dequantize and fake_quantize run block by block (``_quant.BLOCK`` values, above
+    ``WHOLE``): over a tensor of several blocks and a ragged last one, C-ordered, channels-last or
+    strided, they give exactly the documented formulas, in the input's shape and layout."""
+    base = (torch.randn(6, 230, 201, generator=torch.Generator().manual_seed(bits)) * 2 + 0.3).numpy()
+    assert base.size > _quant.WHOLE and base.size % _quant.BLOCK
+    channels_last = np.ascontiguousarray(base.transpose(1, 2, 0)).transpose(2, 0, 1)
+    for x in (base, channels_last, base[:, ::2]):
+        for nonnegative, clip in ((False, None), (True, None), (False, (0.5, 2.0))):
+            lo, hi = _quant.tensor_range(x, nonnegative, clip)
+            g = _quant.grid(lo, hi, bits)
+            inv = np.float32(1) / np.float32(g.scale)
+            p = ((x - np.float32(g.offset)) if g.offset else x) * inv
+            want = np.clip(np.rint(p.astype(np.float64) + g.zero_point), 0, g.levels)
+            for span in (None, _quant.minmax(x)):
+                codes = _quant.quantize(x, lo, hi, bits, span)
+                assert codes.shape == x.shape and np.array_equal(codes, want)
+                assert np.argsort(codes.strides).tolist() == np.argsort(x.strides).tolist()
+            step = np.float32(g.scale)
+            ref = (np.float32(g.offset) + codes.astype(np.float32) * step if g.offset
+                   else (codes.astype(np.float32) - np.float32(g.zero_point)) * step)
+            for c in (codes, np.ascontiguousarray(codes)):
+                assert np.array_equal(_quant.dequantize(c, lo, hi, bits).view(np.uint32), ref.view(np.uint32))
+            out = np.empty_like(x)
+            assert _quant.fake_quantize(x, lo, hi, bits, _quant.minmax(x), out) is out
+            assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
 def test_the_codec_imports_no_torch():
     import subprocess
     import sys

@@ -21,8 +21,10 @@ every CPU computes the same codes and values whatever SIMD it has (and torch is 
     decode   value = (code - zp) * step,  or  lo + code * step
 
 ``rint(p + zp)`` is one rounding of the exact sum: ``p + (zp + 1.5 * 2**23)`` in float32 lands on an
-integer, whose low bits are the code (the clamp is done on that float). The offline analysis's fake
-quantisation calls these very kernels (``dyno.offline.quant``). Per-channel ranges (axis 0) use the
+integer, whose low bits are the code (the clamp is done on that float). The passes run block by
+block (``BLOCK`` values, in memory order) so that each pass after the first reads cache, not memory;
+the arithmetic per value is the same. The offline analysis's fake quantisation calls these very
+kernels (``dyno.offline.quant``, ``fake_quantize``). Per-channel ranges (axis 0) use the
 same rules per channel. Codes are uint8 for 1..8 bits and uint16 for 9..16. Error bound:
 ``|decode(x) - x| <= scale / 2`` for x inside ``[lo, hi]`` (plus float32 rounding); values outside the
 range clamp to (within half a step of) its nearest end.
@@ -36,10 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from dyno.codec._layout import dense as _dense
+from dyno.codec._layout import restore as _restore
 from dyno.errors import ConfigError
 
 __all__ = ["Grid", "grid", "channel_grids", "tensor_range", "minmax", "span_range", "channel_ranges", "quantize",
-           "dequantize",
+           "dequantize", "fake_quantize", "BLOCK", "WHOLE",
            "quantize_per_channel", "dequantize_per_channel", "as_float32_array", "decodes_finite",
            "channels_decode_finite", "container", "SAFE_MAX"]
 
@@ -53,6 +57,12 @@ _EASY = 1e38
 #: 1.5 * 2**23: a float32 sum with it in [2**23, 2**24) has ulp 1, i.e. it rounds to an integer.
 _MAGIC = np.float32(12582912.0)
 _ONE = np.float32(1.0)
+#: Values per block of the element-wise kernels: a float32 block (256 KiB) stays in the core's cache
+#: between the kernel's passes (multiply, add, clamp, narrow), so only the first reads memory.
+BLOCK = 1 << 16
+#: Arrays up to this many values (1 MiB of float32) run each pass over the whole array: they and their
+#: temporaries fit a core's cache anyway, and a loop of blocks only adds calls.
+WHOLE = 4 * BLOCK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,26 +256,90 @@ def quantize(x: np.ndarray, lo: float, hi: float, bits: int, span: tuple[float, 
     g = grid(lo, hi, bits)
     if g.constant:  # everything is the range's one grid point
         return np.zeros(x.shape, container(bits))
-    inv = _ONE / g.step
-    if g.offset != 0.0:
-        t = np.subtract(x, np.float32(g.offset))
-        np.multiply(t, inv, out=t)
-    else:
-        t = np.multiply(x, inv)
-    if span is not None and _lands_inside(span, g, inv):
-        np.add(t, _MAGIC + np.float32(g.zero_point), out=t)
-        return t.view(np.uint32).astype(container(bits))
-    return _codes(t, g.zero_point, g.levels, bits)
+    kernel = _Kernel(g, span)
+    dense = _dense(x)
+    if dense is None or x.size <= WHOLE:  # small, or a strided view: each pass over the whole array
+        return kernel.codes(kernel.scaled(x, None), bits)
+    flat, order = dense
+    codes = np.empty(flat.size, container(bits))
+    buf = np.empty(min(flat.size, BLOCK), np.float32)
+    for start in range(0, flat.size, BLOCK):
+        part = flat[start:start + BLOCK]
+        t = kernel.scaled(part, buf[:part.size])
+        np.copyto(codes[start:start + BLOCK], t.view(np.uint32), casting="unsafe")  # M + code: its low bits
+    return _restore(codes, x.shape, order)
+
+
+def fake_quantize(x: np.ndarray, lo: float, hi: float, bits: int, span: tuple[float, float] | None,
+                  out: np.ndarray) -> np.ndarray:
+    """``dequantize(quantize(x, lo, hi, bits, span), lo, hi, bits, out=out)`` bit for bit, without the codes:
+    block by block, the quantiser's float32 ``M + code`` less ``M + zero_point`` is ``code - zero_point``
+    exactly (integers below 2**24), which the dequantiser's float32 operations then scale. ``out`` has
+    ``x``'s shape (and, for the blocked path, its strides)."""
+    g = grid(lo, hi, bits)
+    dense, dense_out = _dense(x), _dense(out)
+    if g.constant or dense is None or dense_out is None or x.strides != out.strides or x.dtype != out.dtype:
+        return dequantize(quantize(x, lo, hi, bits, span), lo, hi, bits, out=out)
+    kernel = _Kernel(g, span)
+    flat, flat_out = dense[0], dense_out[0]
+    step, offset = g.step, np.float32(g.offset)
+    back = _MAGIC if g.offset != 0.0 else _MAGIC + np.float32(g.zero_point)
+    block = max(flat.size, 1) if flat.size <= WHOLE else BLOCK
+    for start in range(0, flat.size, block):
+        t = kernel.scaled(flat[start:start + block], flat_out[start:start + block])
+        np.subtract(t, back, out=t)  # code (offset form) or code - zero_point, exact
+        np.multiply(t, step, out=t)
+        if g.offset != 0.0:
+            np.add(t, offset, out=t)
+    return out
+
+
+class _Kernel:
+    """The quantiser's float32 passes for one grid: ``t = x * inv`` (or ``(x - lo) * inv``), ``t += M + zp``,
+    and the clamp to ``[M, M + L]`` unless ``span`` shows that no value leaves it."""
+
+    def __init__(self, g: Grid, span: tuple[float, float] | None) -> None:
+        self.inv = _ONE / g.step
+        self.offset = np.float32(g.offset) if g.offset != 0.0 else None
+        self.shift = _MAGIC + np.float32(g.zero_point)
+        self.top = None if span is not None and _lands_inside(span, g, self.inv) else _MAGIC + np.float32(g.levels)
+
+    def scaled(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """``M + code`` as float32 (into ``out`` if given, else a new array in ``x``'s layout)."""
+        if self.offset is not None:
+            t = np.subtract(x, self.offset, out=out)
+            np.multiply(t, self.inv, out=t)
+        else:
+            t = np.multiply(x, self.inv, out=out)
+        np.add(t, self.shift, out=t)
+        if self.top is not None:
+            np.clip(t, _MAGIC, self.top, out=t)
+        return t
+
+    @staticmethod
+    def codes(t: np.ndarray, bits: int) -> np.ndarray:
+        return t.view(np.uint32).astype(container(bits))  # M + code: its low bits are the code
 
 
 def dequantize(codes: np.ndarray, lo: float, hi: float, bits: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Float32 values of codes on grid(lo, hi, bits), in their shape (into ``out`` if given)."""
+    """Float32 values of codes on grid(lo, hi, bits), in their shape (into ``out`` if given); a two-pass
+    grid (offset or zero point) block by block, the second pass on values still in cache."""
     g = grid(lo, hi, bits)
+    if g.offset == 0.0 and g.zero_point == 0:  # value = code * step: one pass
+        return np.multiply(codes, g.step, dtype=np.float32, out=out)
+    if out is not None or not codes.flags.c_contiguous or codes.size <= WHOLE:
+        return _dequantize(g, codes, out)
+    values = np.empty(codes.shape, np.float32)
+    flat, flat_values = codes.reshape(-1), values.reshape(-1)
+    for start in range(0, flat.size, BLOCK):
+        _dequantize(g, flat[start:start + BLOCK], flat_values[start:start + BLOCK])
+    return values
+
+
+def _dequantize(g: Grid, codes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if g.offset != 0.0:  # value = lo + code * step
         values = np.multiply(codes, g.step, dtype=np.float32, out=out)
         return np.add(values, np.float32(g.offset), out=values)
-    if g.zero_point == 0:
-        return np.multiply(codes, g.step, dtype=np.float32, out=out)
     values = np.subtract(codes, np.float32(g.zero_point), dtype=np.float32, out=out)
     return np.multiply(values, g.step, out=values)
 

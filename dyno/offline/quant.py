@@ -56,7 +56,7 @@ def fake_quant(x: torch.Tensor, bits: int, *, nonnegative: bool = False,
             raise DataError(f"an activation holds NaN or infinite values; the model or the input is broken "
                             f"({error})") from None
         lo, hi = _quant.span_range(span, nonnegative, clip)
-        _quant.dequantize(_quant.quantize(sample, lo, hi, bits, span), lo, hi, bits, out=dst[i])
+        _quant.fake_quantize(sample, lo, hi, bits, span, dst[i])
     return out
 
 

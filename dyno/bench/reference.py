@@ -9,7 +9,11 @@ pipeline should time the reference model beside its profiles and store ``notes["
 profiled here (``assumed`` says so, and a plan whose profile names another host gets a warning).
 
 Measured once per process: one torch thread, a warm-up, then the median of ``REPEATS`` runs of one
-224x224 input. ``DYNO_REFERENCE_MS`` overrides the measurement (tests, or a known machine).
+224x224 input, each timed as the thread's CPU time: the machine's speed, not its load. Wall time read
+the same VM's Lite0 at 24 ms idle and 60-63 ms beside other work, so a demo started on a busy machine
+ran the low tier (49 ms) at native speed; the device emulation pads the work's CPU time too
+(``dyno.emulate.device``), so the two agree. ``DYNO_REFERENCE_MS`` overrides the measurement (tests, or
+a known machine).
 
     speeds = Speeds.for_plan(plan)                      # Speeds(reference_ms=38.2, source=...)
     speeds.device("low")                                # 49 / 38.2 = 1.28: the plan's device_ms times this
@@ -64,9 +68,9 @@ def measure_reference_ms(repeats: int = REPEATS) -> dict[str, Any]:
                 model(x)
             times = []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = time.thread_time()
                 model(x)
-                times.append((time.perf_counter() - start) * 1000)
+                times.append((time.thread_time() - start) * 1000)
     finally:
         torch.set_num_threads(threads)
     _MEASURED.update(ms=statistics.median(times), min_ms=min(times), max_ms=max(times), repeats=repeats,

@@ -13,7 +13,7 @@ from torch import nn
 
 from dyno import offline, packing, partition, zoo
 from dyno.codec import Expected, decode, encode
-from dyno.errors import PlanError
+from dyno.errors import DataError, PlanError
 from dyno.offline import pipeline
 from dyno.plan import Plan
 
@@ -397,11 +397,26 @@ def test_imagenet_inputs_invert_to_the_8bit_images():
         data = zoo.load_dataset("imagenet-samples", model="efficientnet-lite0")
     except Exception as error:  # the 500 images live outside the repository
         pytest.skip(f"imagenet-samples not available here ({error})")
-    x, _, _ = offline.load_sample(data, 3)
+    from dyno.offline import sample as sample_module
+
+    x, _, _ = offline.load_sample(data, sample_module._CHUNK + 3)  # two chunks of the check, the last ragged
     spec = offline.input_spec(zoo.get_model("efficientnet-lite0"), data)
     images, normalize, note = offline.input_images(x, spec)
-    assert not note and images[0].dtype == np.uint8 and images[0].shape == (224, 224, 3)
+    assert not note and len(images) == len(x)
+    assert all(i.dtype == np.uint8 and i.shape == (224, 224, 3) and i.flags.c_contiguous for i in images)
     assert torch.equal(normalize(np.stack(images).astype(np.float32)), x)
+    broken = x.clone()
+    broken[-1, 0, 0, 0] += 0.01  # one value of the last chunk off the 8-bit grid
+    assert offline.input_images(broken, spec)[0] is None
+
+
+def test_load_sample_fills_one_tensor_and_refuses_mixed_shapes():
+    items = [(torch.full((2, 3), float(i)), i % 3) for i in range(7)]
+    x, y, index = offline.load_sample(items, 4)
+    assert index == [0, 2, 4, 6] and x.is_contiguous() and x.dtype == torch.float32
+    assert torch.equal(x, torch.stack([items[i][0] for i in index])) and y.tolist() == [0, 2, 1, 0]
+    with pytest.raises(DataError, match="shape"):
+        offline.load_sample(items + [(torch.zeros(3, 2), 0)], None)
 
 
 # ------------------------------------------------------------------------------------ the search

@@ -27,6 +27,8 @@ DEFAULT_LIMITS = {"fashion-mnist": 2000, "imagenet-samples": 500}
 FALLBACK_LIMIT = 1000
 
 Normalize = Callable[[np.ndarray], torch.Tensor]
+#: Samples per chunk of ``input_images``'s check that the inputs invert to 8-bit images.
+_CHUNK = 50
 
 
 def default_limit(data: Any) -> int:
@@ -56,15 +58,22 @@ def load_sample(dataset: Any, limit: int | None, *, progress: Progress = NO_PROG
         raise DataError("the dataset is empty")
     index = spread(n, limit)
     tick = progress.task(f"loading {label}", len(index))
-    xs, ys = [], []
-    for i in index:
+    x: torch.Tensor | None = None  # filled in place: the sample is never held twice (a list and its stack)
+    ys = []
+    for j, i in enumerate(index):
         item = dataset[i]
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise DataError(f"dataset items must be (tensor, label) pairs, item {i} is {type(item).__name__}")
-        xs.append(torch.as_tensor(item[0], dtype=torch.float32))
+        value = torch.as_tensor(item[0], dtype=torch.float32)
+        if x is None:
+            x = torch.empty((len(index), *value.shape), dtype=torch.float32)
+        if value.shape != x.shape[1:]:
+            raise DataError(f"dataset item {i} has shape {tuple(value.shape)}, the first {tuple(x.shape[1:])}")
+        x[j] = value
         ys.append(int(item[1]))
         tick()
-    return torch.stack(xs).contiguous(), torch.tensor(ys, dtype=torch.long), index
+    assert x is not None
+    return x, torch.tensor(ys, dtype=torch.long), index
 
 
 def spread(n: int, limit: int | None) -> list[int]:
@@ -129,13 +138,15 @@ def input_images(x: torch.Tensor, spec: InputSpec | None
         # outputs, on which a model's later `.view` fails.
         return torch.from_numpy(array).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
-    hwc = x.permute(0, 2, 3, 1).numpy()
-    pixels = np.rint((hwc * std + mean) * np.float32(255.0))
-    if pixels.min() < 0 or pixels.max() > 255:
-        return None, None, "inputs are not normalised 8-bit images: no jpeg/webp options"
-    pixels = pixels.astype(np.uint8)
-    error = float((normalize(pixels.astype(np.float32)) - x).abs().max())
-    if error > 1e-4:
-        return None, None, f"inputs are not normalised 8-bit images (error {error:.2g}): no jpeg/webp options"
-    images = [p[:, :, 0] if p.shape[2] == 1 else p for p in pixels]
-    return [np.ascontiguousarray(i) for i in images], (lambda b: normalize(b if b.ndim == 4 else b[..., None])), ""
+    images: list[np.ndarray] = []
+    for start in range(0, len(x), _CHUNK):  # a chunk at a time: the float temporaries stay small
+        part = x[start:start + _CHUNK]
+        pixels = np.rint((part.permute(0, 2, 3, 1).numpy() * std + mean) * np.float32(255.0))
+        if pixels.min() < 0 or pixels.max() > 255:
+            return None, None, "inputs are not normalised 8-bit images: no jpeg/webp options"
+        codes = pixels.astype(np.uint8)
+        error = float((normalize(codes.astype(np.float32)) - part).abs().max())
+        if error > 1e-4:
+            return None, None, f"inputs are not normalised 8-bit images (error {error:.2g}): no jpeg/webp options"
+        images += [np.ascontiguousarray(p[:, :, 0] if p.shape[2] == 1 else p) for p in codes]
+    return images, (lambda b: normalize(b if b.ndim == 4 else b[..., None])), ""

@@ -13,10 +13,10 @@ at the input, against ``server``). CPU time is what the work costs whether or no
 make the client wait. It becomes wall time at the device's speed for that work: times the slowdown when
 the whole client process is slowed (a cgroup CPU quota), as is when only the heads are padded.
 
-The head's own time is what the client's monitors saw it take in this run (their slowdown over the plan's
-profile, divided by the emulated slowdown), not the profile itself: a profile timed on a busier
-afternoon is longer than the head now, and subtracting it left no overhead at all (0.0 ms measured
-where the runtime spent 0.38 ms per inference, and DynO priced its device 20% fast).
+The head's own time is its CPU time now (the whole model, one thread, timed on this thread), not the
+plan's profile: a profile timed on a busier afternoon is longer than the head now, and subtracting it
+left no overhead at all (0.0 ms measured where the runtime spent 0.38 ms per inference, and DynO priced
+its device 20% fast); nor the head's wall time in the run, which beside other work waits for a core.
 
     overheads = client_overheads(plan, model, xs, server=address, device=device, slowdown=1.3, whole=True)
     overheads["offload_ms"], overheads["local_ms"], overheads["server_factor"]
@@ -52,6 +52,29 @@ def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: A
     return (used / count if count else 0.0), count, estimates
 
 
+def _head_cpu_ms(plan: Any, model: Any, xs: Any, splits: Any, repeats: int = 21) -> float:
+    """The median CPU time of the whole model on one input, as the device runs it (its last cut's head)."""
+    import statistics
+
+    import torch
+
+    from dyno.runtime.splits import Splits
+
+    head = (splits or Splits(model, plan)).head(plan.cuts[-1].id)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            times = []
+            for i in range(repeats + 2):
+                start = time.thread_time()
+                head(xs[i % len(xs)].unsqueeze(0))
+                times.append(time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times[2:]) * 1000
+
+
 def _until(xs: Any, deadline: float) -> Any:
     i = 0
     while time.perf_counter() < deadline:
@@ -67,10 +90,9 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
     from dyno.runtime import ClientConfig
 
     factor = slowdown if whole else 1.0
-    local_cpu, local_n, seen = _cpu_per_inference(plan, model, xs, ClientConfig(server=None, policy="device-only"),
-                                                  device=device, splits=splits, seconds=seconds)
-    emulated = device.slowdown if device is not None else factor
-    head_ms = seen.device_slowdown * plan.cuts[-1].device_ms / emulated
+    local_cpu, local_n, _ = _cpu_per_inference(plan, model, xs, ClientConfig(server=None, policy="device-only"),
+                                               device=device, splits=splits, seconds=seconds)
+    head_ms = _head_cpu_ms(plan, model, xs, splits)
     local_ms = max(0.0, local_cpu * 1000 - head_ms)
     out = {"local_ms": local_ms * factor, "local_cpu_ms": local_cpu * 1000, "local_n": local_n,
            "head_ms": head_ms, "factor": factor, "seconds": seconds}

@@ -99,13 +99,18 @@ def analyze(model: str | nn.Module, *, data: Any = None, limit: int | None = Non
     t = time.perf_counter()
     cloud = _profile("cloud", cloud_profile, cuts, measured)
     timings["cloud_profile"] = time.perf_counter() - t
+    index = spread(len(x), min(bytes_samples, len(x)))  # the inputs the bytes stage encodes
+    costs_x = x[index]
+    del x
     t = time.perf_counter()
-    result = analyze_precision(subject.module, cuts, x, subject.y, images=images, normalize=subject.normalize,
-                               config=config, channels_last=channels_last, progress=progress)
+    result = analyze_precision(subject.module, cuts, subject.x, subject.y, images=images,
+                               normalize=subject.normalize, config=config, channels_last=channels_last,
+                               release_input=True, progress=progress)  # subject.x is empty from here on
     timings["precision"] = time.perf_counter() - t
     t = time.perf_counter()
     ladders = [ladder(c, result) for c in result.cuts[:-1]]
-    costs = _costs(subject, ladders, bytes_samples, max(1, codec_samples // 2), progress.task("bytes", len(cuts) - 1))
+    costs = _costs(subject, ladders, costs_x, index, bytes_samples, max(1, codec_samples // 2),
+                   progress.task("bytes", len(cuts) - 1))
     timings["bytes"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - began
     plan = _assemble(subject, result, ladders, costs, device, cloud, timings)
@@ -150,15 +155,15 @@ def _profile(role: str, given: ProfileSource, cuts: Sequence[partition.Cut],
     return loaded
 
 
-def _costs(subject: _Subject, ladders: list[dict[Any, Entry]], count: int, timed: int, tick: Tick
-           ) -> list[dict[str, dict[str, float]]]:
-    """Per cut, every option's median wire bytes and encode time over ``count`` real inputs (the coders
-    beyond LZ4: over half of them) and decode time over the first ``timed``, each option encoded as it
-    is sent (its calibrated clip range); the inputs walk the model together, one cut at a time."""
-    cuts, x, images = subject.cuts, subject.x, subject.images
-    index = spread(len(x), min(count, len(x)))
+def _costs(subject: _Subject, ladders: list[dict[Any, Entry]], x: torch.Tensor, index: list[int], count: int,
+           timed: int, tick: Tick) -> list[dict[str, dict[str, float]]]:
+    """Per cut, every option's median wire bytes and encode time over the real inputs ``x`` (samples
+    ``index`` of the sample, at most ``count``; the coders beyond LZ4: over ``count // 2``) and decode
+    time over the first ``timed``, each option encoded as it is sent (its calibrated clip range); the
+    inputs walk the model together, one cut at a time."""
+    cuts, images = subject.cuts, subject.images
     out = []
-    for i, samples in cut_activations(partition.trace(subject.module), cuts[:-1], x[index]):
+    for i, samples in cut_activations(partition.trace(subject.module), cuts[:-1], x):
         clip = {b: e.clip for b, e in ladders[i].items() if isinstance(b, int) and e.clip is not None}
         options = codec_options(first=i == 0, last=False, image=images is not None)
         out.append(codec_costs(samples, options, nonnegative=cuts[i].nonnegative, clip=clip, timed=timed,

@@ -79,7 +79,7 @@ THREAD_PROBE = 16
 def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.Tensor, y: torch.Tensor, *,
                       images: Sequence[np.ndarray] | None = None, normalize: Normalize | None = None,
                       config: SearchConfig | None = None, channels_last: bool | None = None,
-                      threads: int | None = None, hold_bytes: int = HOLD_BYTES,
+                      threads: int | None = None, hold_bytes: int = HOLD_BYTES, release_input: bool = False,
                       progress: Progress = NO_PROGRESS) -> PrecisionResult:
     """Measure accuracy per cut and bit width on the labelled sample ``x`` (N, C, H, W), ``y`` (N,).
 
@@ -90,7 +90,8 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     whichever runs the model faster right now - on a machine shared with other busy processes one
     thread is often several times faster than two) the torch threads. ``hold_bytes`` bounds the
     activations held for the whole sample at one cut (see :mod:`dyno.offline.held`; the result is
-    the same at any bound, only memory and time change).
+    the same at any bound, only memory and time change). ``release_input``: the caller hands ``x`` over;
+    once the batches are made it is emptied (``x.set_()``), so the sample is not held twice.
     """
     config = config or SearchConfig()
     if len(x) != len(y) or len(x) == 0:
@@ -98,6 +99,8 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     chooser = _Threads(model, x, config.batch_size, threads)
     with torch_threads(chooser.count), heap_allocations() as heap:
         run = _Run(model, cuts, x, y, config, channels_last, hold_bytes, progress)
+        if release_input:
+            x.set_()  # type: ignore[call-overload]  # the batches hold the sample now (copies or views)
         result = run.analyze(images, normalize, chooser)
     result.notes["threads"] = chooser.count
     if chooser.switches:
@@ -111,10 +114,10 @@ class _Threads:
     again every ``RETHREAD_SECONDS``."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, batch: int, threads: int | None) -> None:
-        self.model, self.x, self.batch = model, x, batch
         self.most = torch.get_num_threads()
         self.auto = threads is None
         self.probe = min(batch, THREAD_PROBE)
+        self.model, self.x, self.batch = model, x[: self.probe].clone(), batch  # not the whole sample
         self.count = faster_threads(model, x[: self.probe], self.probe, self.most) if threads is None else threads
         self.checked = time.perf_counter()
         self.switches: list[list[int]] = []

@@ -21,7 +21,9 @@ its device 20% fast); nor the head's wall time in the run, which beside other wo
     overheads = client_overheads(plan, model, xs, server=address, device=device, slowdown=1.3, whole=True)
     overheads["offload_ms"], overheads["local_ms"], overheads["server_factor"]
 
-The offloaded run also reads the server's speed now: its replies' compute time per sample over the
+The head's CPU time over the plan's profile is this machine's device speed now (``device_factor``): a
+simulator compared with the run scales each tier's slowdown by it, as it scales the cloud by
+``server_factor``. The offloaded run also reads the server's speed now: its replies' compute time per sample over the
 plan's profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the
 machine is as fast as when it was profiled). A simulator compared with this run uses it as the cloud's
 scale: the plan's profile was measured at another time, on a machine other work shares.
@@ -94,8 +96,10 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
                                                device=device, splits=splits, seconds=seconds)
     head_ms = _head_cpu_ms(plan, model, xs, splits)
     local_ms = max(0.0, local_cpu * 1000 - head_ms)
+    profiled = plan.cuts[-1].device_ms
     out = {"local_ms": local_ms * factor, "local_cpu_ms": local_cpu * 1000, "local_n": local_n,
-           "head_ms": head_ms, "factor": factor, "seconds": seconds}
+           "head_ms": head_ms, "device_factor": head_ms / profiled if profiled > 0 else 1.0, "factor": factor,
+           "seconds": seconds}
     if server is None:
         out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0,
                    server_overhead_ms=0.0)

@@ -9,7 +9,8 @@ own uplink (the in-process token bucket replaying its trace from its own offset)
 monitors. The fleet is the simulator's (``dyno.bench.fleet.fleet_specs``: same tiers, traces, offsets
 and frame rate), and the fleet simulator runs the same configuration beside it: one worker, the emulated
 slowdowns, and the speeds measured at the start (``dyno.bench.calibrate``: the client's own work per
-inference, and the server's time per sample over the plan's profile as the cloud's scale).
+inference, the device's and the server's time over the plan's profile as the scales of the simulated
+devices and cloud).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
 inference (the server's own compute-time counter over the answered inferences; on Ray the replicas' own
@@ -30,6 +31,7 @@ average after the size): where that nears the cores, the measured figures are th
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -297,7 +299,8 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
         reports = run_clients(cloud, clients, setup["worker"], setup["processes"])
         m_entry["policies"][name] = _measured(plan, specs, reports, duration=setup["duration"], slo=setup["slo"],
                                               compute_s=_compute_seconds(cloud) - before, price=setup["price"])
-        sim = run_fleet(shared_model(plan), specs, setup["sim_config"])
+        now = [dataclasses.replace(spec, slowdown=spec.slowdown * setup["device_factor"]) for spec in specs]
+        sim = run_fleet(shared_model(plan), now, setup["sim_config"])
         s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])
     m_entry["host"] = {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
                        "device_cores": round(size * setup["rate"] * setup["device_cpu_ms"] / 1000.0, 3)}
@@ -336,7 +339,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
         setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
                  "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,
-                 "device_cpu_ms": calibration["local_cpu_ms"],
+                 "device_cpu_ms": calibration["local_cpu_ms"], "device_factor": calibration["device_factor"],
                  "worker": {"plan_path": str(plan_path), "weights": weights, "slo": str(parsed), "rate": rate,
                             "duration": duration, "window": window, "n": n}}
         for size in sizes:

@@ -132,7 +132,8 @@ def _simulated(plan: Any, system: str, trace: Trace, *, slo: Any, slowdown: floa
     from dyno.policy.model import shared_model
     from dyno.simulate import CloudConfig, SimConfig, simulate_policy
 
-    config = SimConfig(slowdown=slowdown, duration_s=duration, rtt_ms=rtt_ms, max_inflight=in_flight,
+    config = SimConfig(slowdown=slowdown * overheads["device_factor"], duration_s=duration, rtt_ms=rtt_ms,
+                       max_inflight=in_flight,
                        initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3),
                        cloud=CloudConfig(scale=overheads["server_factor"],
                                          overhead_ms=overheads["server_overhead_ms"]),

@@ -201,3 +201,26 @@ def test_a_named_tier_is_absolute_and_a_number_a_slowdown():
     assert len(asked) == 2      # a slowdown needs no reference model timed
     with pytest.raises(ConfigError, match="unknown device tier"):
         Device.named("phone", reference_ms=reference_ms)
+
+
+def test_under_a_process_quota_the_device_s_time_is_its_cpu_time_times_k():
+    # the process's quota slows it (dyno bench); a head shorter than a slice of quota runs at full speed,
+    # so the device's time is the work's CPU time times k_d, what the quota holds the rate to
+    import torch
+
+    def busy(seconds):
+        start = time.thread_time()
+        while time.thread_time() - start < seconds:
+            pass
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        began = time.perf_counter()
+        _, ms, own = Device(10.0, mode="quota").timed(busy, 0.02)
+        wall = (time.perf_counter() - began) * 1000
+    finally:
+        torch.set_num_threads(threads)
+    assert wall < 0.5 * own                           # not padded (200 ms): the quota does the slowing
+    assert own == pytest.approx(200, rel=0.25) and ms >= own
+    assert "on the process" in Device(3.0, mode="quota").description

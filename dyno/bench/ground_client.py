@@ -69,8 +69,8 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
     xs, ys = labelled(plan.model, spec["data"], spec["n"])
     t = spec["trace"]
     trace = Trace(t["times"], t["rates"], name=t["name"])
-    device = (Device(spec["slowdown"], mode="pad") if spec["device_emulation"] == "pad" and spec["slowdown"] > 1
-              else None)
+    mode = "pad" if spec["device_emulation"] == "pad" else "quota"    # quota: this process is under one
+    device = Device(spec["slowdown"], mode=mode) if spec["slowdown"] > 1 else None
     policy = _policy(spec)
     config = ClientConfig(server=spec["server"], policy=policy, slo=spec["slo"], in_flight=spec["in_flight"],
                           timeout=spec["timeout"], stream_lifetime=max(600.0, 5 * spec["timeout"]))

@@ -88,8 +88,8 @@ class Device:
     def __init__(self, slowdown: float = 1.0, *, mode: str = "pad"):
         if not (isinstance(slowdown, (int, float)) and 1.0 <= slowdown <= 1000):
             raise ConfigError(f"device slowdown must be in 1..1000, got {slowdown!r}")
-        if mode not in ("pad", "cgroup"):
-            raise ConfigError(f"device emulation mode must be 'pad' or 'cgroup', got {mode!r}")
+        if mode not in ("pad", "cgroup", "quota"):
+            raise ConfigError(f"device emulation mode must be 'pad', 'cgroup' or 'quota', got {mode!r}")
         if mode == "cgroup" and not cgroup_available():
             raise ConfigError("cgroup device emulation needs a writable cgroup v1 cpu controller at "
                               f"{_CGROUP_ROOT}; use mode='pad'")
@@ -135,7 +135,8 @@ class Device:
 
     @property
     def description(self) -> str:
-        how = "padding each head run" if self.mode == "pad" else "cgroup v1 CPU quota"
+        how = {"pad": "padding each head run", "cgroup": "cgroup v1 CPU quota",
+               "quota": "cgroup v1 CPU quota on the process"}[self.mode]
         text = f"k_d={self.slowdown:.3g} ({how})"
         if self.requested < 1.0:
             text += f"; the tier wants k_d={self.requested:.3g}, faster than this machine: run at native speed"
@@ -152,10 +153,13 @@ class Device:
         client's network loop holding the GIL stretched the device's runs while it offloaded (2x at
         fmnist-resnet's 1.1 ms), and a device that timed them so believed itself slow and kept
         offloading. Other processes' load stays in: a busy device is slower. Without CPU timing (a
-        cgroup quota, several torch threads) both are the wall time."""
+        cgroup quota, several torch threads) both are the wall time. ``quota``: the whole process is
+        under a ``ProcessQuota`` already; the work runs at once and the device's time is its CPU time
+        times k_d, the rate the quota holds it to (a 0.5 ms head fits in one 1 ms slice of quota and
+        ran at full speed, so its wall time read the device as faster than this machine)."""
         if self.mode == "cgroup" and self.slowdown > 1:
             self._join()
-        cpu = self.mode == "pad" and _single_threaded()
+        cpu = self.mode in ("pad", "quota") and _single_threaded()
         start = time.perf_counter()
         start_cpu, start_process = (time.thread_time(), time.process_time()) if cpu else (0.0, 0.0)
         value = fn(*args, **kwargs)
@@ -166,6 +170,8 @@ class Device:
             elapsed = time.perf_counter() - start
         if not cpu:
             return value, elapsed * 1000, elapsed * 1000
+        if self.mode == "quota":
+            return value, max(elapsed, work * self.slowdown) * 1000, work * self.slowdown * 1000
         others = (time.process_time() - start_process) - (time.thread_time() - start_cpu)
         own = max(work * self.slowdown, elapsed - others)
         return value, elapsed * 1000, own * 1000

@@ -3,6 +3,8 @@ pattern for the same time, the summaries hold the documented keys, and the PNG i
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from nets import tiny_model
@@ -74,3 +76,14 @@ def test_rounds_alternate_the_order_and_count_every_round():
     assert summary["evidence"] == {"round": 0, "choices": {"device": 2970, "cut 1 jpeg:90": 30}}
     assert [s["n"] for s in summary["rounds"]] == [1000, 1500, 500]
     assert D.combined(dyno[:1]) is dyno[0].summary
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2, reason="needs two cores")
+def test_the_device_and_the_cloud_run_on_cores_apart():
+    from dyno.bench.demo import _cores_apart
+
+    before = os.sched_getaffinity(0)
+    with _cores_apart() as cloud:
+        assert cloud == max(before) and cloud not in os.sched_getaffinity(0)
+        assert os.sched_getaffinity(0) == before - {cloud}
+    assert os.sched_getaffinity(0) == before

@@ -1,8 +1,9 @@
 """``dyno demo``: the whole system on one machine, measured.
 
-The demo starts a cloud server on localhost (in a child process: its own interpreter, the "cloud"
-core), then runs each compared system in turn - by default DynO, device-only and cloud-only - as a
-device client in this process (``dyno.bench.session``) with:
+The demo starts a cloud server on localhost (in a child process: its own interpreter, pinned to the
+last core, the "cloud"; this process, the device, keeps the others), then runs each compared system in
+turn - by default DynO, device-only and cloud-only - as a device client in this process
+(``dyno.bench.session``) with:
 
 - an emulated slow device (``dyno.emulate.device``: each head, encoding and fallback tail padded to
   k_d times its measured time, or a cgroup v1 CPU quota with ``device_emulation="cgroup"``), torch
@@ -40,7 +41,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -189,7 +190,7 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     title = (f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
              + (f" x {rounds} rounds" if rounds > 1 else ""))
     parsed = policies.SLO.parse(slo) if slo else policies.SLO()
-    with _server(plan_path) as server:
+    with _cores_apart() as cloud_cpu, _server(plan_path, cloud_cpu) as server:
         overheads = client_overheads(plan, net, xs, server=server.address, device=device, splits=splits)
         with _display(live, runs, title):
             for run in runs:
@@ -274,11 +275,29 @@ def _run_one(run: SystemRun, plan: Any, net: Any, address: str, slo: Any, in_fli
     run.summary["stats"] = run.stats
 
 
-def _server(plan_path: Path) -> Any:
-    from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
+def _server(plan_path: Path, cpu: int | None) -> Any:
+    from dyno.bench.ground import server_in
+    from dyno.runtime import ServerConfig, ServerProcess
 
-    return ServerProcess(from_plan_file, plan_path, "trained", config=ServerConfig(torch_threads=1), threads=1,
-                         log=os.devnull)
+    return ServerProcess(server_in, None, cpu, str(plan_path), "trained", config=ServerConfig(torch_threads=1),
+                         threads=1, log=os.devnull)
+
+
+@contextlib.contextmanager
+def _cores_apart() -> Iterator[int | None]:
+    """The cloud's core (the last) and this process, the device, on the others, as two machines would
+    be: with both on every core the server's work slowed the device's while DynO offloaded, so the
+    device read itself slower than it is and the offloading looked better than it was. Yields the
+    cloud's core (None on one core, or where affinity cannot be set)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        yield None
+        return
+    os.sched_setaffinity(0, set(cores[:-1]))
+    try:
+        yield cores[-1]
+    finally:
+        os.sched_setaffinity(0, set(cores))
 
 
 def _display(live: bool, runs: list[SystemRun], title: str) -> Any:

@@ -21,12 +21,12 @@ its device 20% fast); nor the head's wall time in the run, which beside other wo
     overheads = client_overheads(plan, model, xs, server=address, device=device, slowdown=1.3, whole=True)
     overheads["offload_ms"], overheads["local_ms"], overheads["server_factor"]
 
-The head's CPU time over the plan's profile is this machine's device speed now (``device_factor``): a
-simulator compared with the run scales each tier's slowdown by it, as it scales the cloud by
-``server_factor``. The offloaded run also reads the server's speed now: its replies' compute time per sample over the
-plan's profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the
-machine is as fast as when it was profiled). A simulator compared with this run uses it as the cloud's
-scale: the plan's profile was measured at another time, on a machine other work shares.
+The head's CPU time over the plan's profile is this machine's device speed now (``device_factor``). The
+offloaded run also reads the server's speed now: its replies' compute time per sample over the plan's
+profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the machine
+is as fast as when it was profiled). A simulator compared with this run scales each tier's slowdown by
+the first and the cloud by the second: the plan's profiles were measured at another time, on a machine
+other work shares.
 """
 
 from __future__ import annotations

@@ -58,23 +58,11 @@ def _head_cpu_ms(plan: Any, model: Any, xs: Any, splits: Any, repeats: int = 21)
     """The median CPU time of the whole model on one input, as the device runs it (its last cut's head)."""
     import statistics
 
-    import torch
-
+    from dyno.bench.reference import cpu_times_ms
     from dyno.runtime.splits import Splits
 
     head = (splits or Splits(model, plan)).head(plan.cuts[-1].id)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            times = []
-            for i in range(repeats + 2):
-                start = time.thread_time()
-                head(xs[i % len(xs)].unsqueeze(0))
-                times.append(time.thread_time() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return statistics.median(times[2:]) * 1000
+    return statistics.median(cpu_times_ms(lambda i: head(xs[i % len(xs)].unsqueeze(0)), repeats, warmup=2))
 
 
 def _until(xs: Any, deadline: float) -> Any:

@@ -23,16 +23,15 @@ a known machine).
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
-from dyno.emulate.device import CLOUD_MS, REFERENCE_MODEL, TIER_MS, slowdown_for
+from dyno.emulate.device import CLOUD_MS, REFERENCE_MODEL, TIER_MS, reference_ms_override, slowdown_for
 from dyno.errors import ConfigError
 
-__all__ = ["REPEATS", "measure_reference_ms", "Speeds"]
+__all__ = ["REPEATS", "measure_reference_ms", "cpu_times_ms", "Speeds"]
 
 REPEATS = 15
 _MEASURED: dict[str, Any] = {}
@@ -43,14 +42,8 @@ def measure_reference_ms(repeats: int = REPEATS) -> dict[str, Any]:
     "max_ms", "repeats", "threads", "model", "host", "source"}``."""
     if _MEASURED:
         return dict(_MEASURED)
-    override = os.environ.get("DYNO_REFERENCE_MS")
-    if override:
-        try:
-            ms = float(override)
-        except ValueError:
-            raise ConfigError(f"$DYNO_REFERENCE_MS must be a latency in ms, got {override!r}") from None
-        if not ms > 0:
-            raise ConfigError(f"$DYNO_REFERENCE_MS must be > 0, got {override!r}")
+    ms = reference_ms_override()
+    if ms is not None:
         _MEASURED.update(ms=ms, min_ms=ms, max_ms=ms, repeats=0, threads=1, model=REFERENCE_MODEL,
                          host=platform.node(), source="$DYNO_REFERENCE_MS")
         return dict(_MEASURED)
@@ -60,22 +53,31 @@ def measure_reference_ms(repeats: int = REPEATS) -> dict[str, Any]:
 
     model = zoo.load_model(REFERENCE_MODEL)
     x = torch.zeros(1, *zoo.get_model(REFERENCE_MODEL).input_shape)
+    times = cpu_times_ms(lambda _: model(x), repeats)
+    _MEASURED.update(ms=statistics.median(times), min_ms=min(times), max_ms=max(times), repeats=repeats,
+                     threads=1, model=REFERENCE_MODEL, host=platform.node(), source="measured")
+    return dict(_MEASURED)
+
+
+def cpu_times_ms(run: Callable[[int], Any], repeats: int, *, warmup: int = 3) -> list[float]:
+    """This thread's CPU milliseconds of each of ``repeats`` calls ``run(i)`` after ``warmup`` untimed
+    ones, with one torch thread and no autograd: the work's cost, not the wait for a core."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for _ in range(3):
-                model(x)
+            for i in range(warmup):
+                run(i)
             times = []
-            for _ in range(repeats):
+            for i in range(warmup, warmup + repeats):
                 start = time.thread_time()
-                model(x)
+                run(i)
                 times.append((time.thread_time() - start) * 1000)
     finally:
         torch.set_num_threads(threads)
-    _MEASURED.update(ms=statistics.median(times), min_ms=min(times), max_ms=max(times), repeats=repeats,
-                     threads=1, model=REFERENCE_MODEL, host=platform.node(), source="measured")
-    return dict(_MEASURED)
+    return times
 
 
 @dataclasses.dataclass(frozen=True)

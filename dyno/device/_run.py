@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -67,17 +66,14 @@ def run_labelled(plan: Any, heads: OrtHeads, *, server: str, data: str | None = 
 def _reference_ms(plan: Any) -> float:
     """The reference model's latency on the machine that profiled the plan, for an absolute tier; this
     client has no torch to time it, so the plan or ``$DYNO_REFERENCE_MS`` must say."""
-    import os
+    from dyno.emulate.device import reference_ms_override
 
     recorded = plan.notes.get("reference_ms") if isinstance(plan.notes, dict) else None
     if isinstance(recorded, (int, float)) and recorded > 0:
         return float(recorded)
-    try:
-        value = float(os.environ.get("DYNO_REFERENCE_MS", "nan"))
-    except ValueError:
-        value = math.nan
-    if value > 0:
-        return value
+    override = reference_ms_override()
+    if override is not None:
+        return override
     raise ConfigError("an absolute tier (low, mid, high) scales the plan by EfficientNet-Lite0's latency on the "
                       "machine that profiled it; this plan does not record it: set $DYNO_REFERENCE_MS (ms) or "
                       "pass --tier as a slowdown number")

@@ -43,7 +43,7 @@ from typing import Any, Callable
 from dyno.errors import ConfigError
 
 __all__ = ["TIERS", "TIER_MS", "CLOUD_MS", "REFERENCE_MODEL", "Device", "ProcessQuota", "cgroup_available",
-           "slowdown_for", "tier_ms"]
+           "reference_ms_override", "slowdown_for", "tier_ms"]
 
 #: The model tier latencies are quoted for (its whole-model latency, one inference, one thread).
 REFERENCE_MODEL = "efficientnet-lite0"
@@ -53,6 +53,20 @@ TIER_MS: dict[str, float] = {"low": 49.0, "mid": 12.0, "high": 3.0}
 CLOUD_MS: dict[str, float] = {"gpu": 1.5}
 #: The older relative tiers: slowdowns against this machine (``Device.tier``).
 TIERS: dict[str, float] = {"low": 33.0, "mid": 8.0, "high": 2.0}
+
+
+def reference_ms_override() -> float | None:
+    """``$DYNO_REFERENCE_MS``: the reference model's latency on a known machine, ms (None: not set)."""
+    text = os.environ.get("DYNO_REFERENCE_MS")
+    if not text:
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        raise ConfigError(f"$DYNO_REFERENCE_MS must be a latency in ms, got {text!r}") from None
+    if not ms > 0:
+        raise ConfigError(f"$DYNO_REFERENCE_MS must be > 0, got {text!r}")
+    return ms
 
 
 def tier_ms(tier: str | float) -> float:

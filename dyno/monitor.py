@@ -13,9 +13,10 @@
   when about (n - k)/B1 = k/B2). Both are the behaviour a scheduler wants: back off at once, believe
   good news only when it lasts.
 - ``Monitors``: the bundle the device client and the simulator feed. Device slowdown is the median of
-  observed / profiled head time; server time factor the median of observed / profiled per-sample
-  tail time; queueing the median of recent waits; cloud capacity this device's own use of the cloud
-  plus the server's reported headroom; RTT the median of recent samples.
+  observed / profiled head time; server time factor, per cut, the median of observed / profiled per-sample
+  tail time (a cut no reply has come from yet: the median over all cuts); queueing
+  the median of recent waits; cloud capacity this device's own use of the cloud plus the server's
+  reported headroom; RTT the median of recent samples.
 
     monitors = Monitors(plan, initial_bandwidth_bps=2e6)
     monitors.record_transfer(nbytes=12_000, seconds=0.05)
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING
 from dyno.errors import ConfigError, PolicyError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from dyno.plan import Plan
 
 __all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "DEVICE_STALE_S", "MIN_PROFILED_MS"]
@@ -45,7 +48,12 @@ class Estimates:
     - ``bandwidth_bps``: uplink bits per second.
     - ``rtt_ms``: round-trip time added once per offloaded inference.
     - ``device_slowdown``: k_d, device time / profiled (plan) device time.
-    - ``server_ms_factor``: observed / profiled server time per sample (at the batch size it ran).
+    - ``server_ms_factor``: observed / profiled server time per sample (at the batch size it ran), over
+      every cut: the figure for a cut the device has not offloaded at.
+    - ``server_ms_factors``: ``(cut, factor)`` pairs for the cuts replies have come from, sorted by cut. A
+      tail's time is not its profile times one factor: on fmnist-resnet the short tail after cut 7 read
+      2-4x its profile where the whole model (cut 0) read 1.2-1.6x, and one factor over both priced
+      cloud-only by cut 7's readings (``server_factor`` reads a cut's own).
     - ``queue_ms``: how long a request waits at the server before its batch starts: *waiting*, which
       lengthens latency and takes no capacity.
     - ``cloud_capacity``: the cloud's compute this device can use, in worker-seconds per second: what
@@ -68,6 +76,7 @@ class Estimates:
     offload_overhead_ms: float = 0.0
     local_overhead_ms: float = 0.0
     server_overhead_ms: float = 0.0
+    server_ms_factors: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity",
@@ -77,6 +86,17 @@ class Estimates:
                 raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
         if self.device_slowdown <= 0 or self.server_ms_factor <= 0:
             raise PolicyError("Estimates.device_slowdown and server_ms_factor must be > 0")
+        for pair in self.server_ms_factors:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], int)
+                    and isinstance(pair[1], (int, float)) and math.isfinite(pair[1]) and pair[1] > 0):
+                raise PolicyError(f"Estimates.server_ms_factors holds (cut, factor > 0) pairs, got {pair!r}")
+
+    def server_factor(self, cut: int) -> float:
+        """Observed / profiled server time per sample at ``cut`` (``server_ms_factor`` where none seen)."""
+        for seen, factor in self.server_ms_factors:
+            if seen == cut:
+                return factor
+        return self.server_ms_factor
 
 
 class BandwidthEstimator:
@@ -159,6 +179,9 @@ def _dearer_on_agreement(samples: collections.deque[float], initial: float) -> f
     return min(_median(samples, initial, SLOWDOWN_PRIOR), _median(samples, initial))
 
 
+_NONE: collections.deque[float] = collections.deque()   # a cut's readings before its first reply
+
+
 def _moved(values: tuple[float, ...], published: tuple[float, ...]) -> bool:
     """Whether any figure moved by more than ``REPUBLISH_REL`` of itself since it was published."""
     return any(abs(a - b) > REPUBLISH_REL * max(abs(a), abs(b)) for a, b in zip(values, published, strict=True))
@@ -185,7 +208,9 @@ class Monitors:
       ``CLOUD_WINDOW_S``: capacity = (own use + headroom) / pressure. ``cpu_ms``, the server's whole CPU
       per request where it says, less this request's compute share and decoding, is the server's
       per-request handling (``server_overhead_ms``; ``initial_server_overhead_ms`` until three replies
-      outvote it).
+      outvote it). The server factor is kept per cut as well: ``initial_server_factors`` (cut -> factor,
+      as calibrated at those cuts) stand in for a cut's replies until they outvote it, and
+      ``initial_server_factor`` for the cloud as a whole.
     - ``record_rtt(ms)``: a round-trip time sample.
 
     ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
@@ -200,7 +225,8 @@ class Monitors:
     def __init__(self, plan: "Plan", *, initial_bandwidth_bps: float = 1e6, window: int = 8,
                  initial_rtt_ms: float = 1.0, initial_slowdown: float = 1.0,
                  initial_server_factor: float = 1.0, overheads_ms: tuple[float, float] = (0.0, 0.0),
-                 initial_server_overhead_ms: float = 0.0) -> None:
+                 initial_server_overhead_ms: float = 0.0,
+                 initial_server_factors: Mapping[int, float] | None = None) -> None:
         if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0
                 and initial_server_factor > 0 and min(overheads_ms) >= 0 and initial_server_overhead_ms >= 0):
             raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT and "
@@ -212,10 +238,14 @@ class Monitors:
         self.initial_rtt_ms = float(initial_rtt_ms)
         self.initial_slowdown = float(initial_slowdown)
         self.initial_server_factor = float(initial_server_factor)   # the cloud's speed against the plan
+        self.initial_server_factors = {int(c): float(f) for c, f in (initial_server_factors or {}).items()}
+        if not all(f > 0 and math.isfinite(f) for f in self.initial_server_factors.values()):
+            raise ConfigError(f"initial server factors must be > 0, got {initial_server_factors!r}")
         self.initial_server_overhead_ms = float(initial_server_overhead_ms)
         self.bandwidth = BandwidthEstimator(window)
         self._slowdown: collections.deque[float] = collections.deque(maxlen=window)
         self._server: collections.deque[float] = collections.deque(maxlen=window)
+        self._server_at: dict[int, collections.deque[float]] = {}   # the same readings, per cut
         self._handling: collections.deque[float] = collections.deque(maxlen=window)
         self._rtt: collections.deque[float] = collections.deque(maxlen=window)
         self._queue: collections.deque[float] = collections.deque(maxlen=window)
@@ -227,6 +257,7 @@ class Monitors:
         self._cached: Estimates | None = None
         self._previous: Estimates | None = None
         self._values: tuple[float, ...] = ()
+        self._cuts: tuple[int, ...] = ()
         self._profiled: dict[tuple[int, int], float] = {}
 
     def record_transfer(self, nbytes: float, seconds: float) -> None:
@@ -251,7 +282,12 @@ class Monitors:
         if profiled is None:
             profiled = self._profiled[(cut_id, batch)] = self.plan.cuts[cut_id].cloud_ms_per_sample(batch)
         if profiled > 0 and compute_ms > 0 and math.isfinite(compute_ms):
-            self._server.append((compute_ms / batch) / profiled)
+            factor = (compute_ms / batch) / profiled
+            self._server.append(factor)
+            at_cut = self._server_at.get(cut_id)
+            if at_cut is None:
+                at_cut = self._server_at[cut_id] = collections.deque(maxlen=self.window)
+            at_cut.append(factor)
         if math.isfinite(queue_ms) and queue_ms >= 0:
             self._queue.append(queue_ms)
         if headroom is not None and math.isfinite(headroom) and headroom >= 0:
@@ -290,15 +326,22 @@ class Monitors:
             capacity = 1.0 if self._headroom is None else (self.own_cloud_use + self._headroom) / self._pressure
             slowdown = _median(self._slowdown, self.initial_slowdown, SLOWDOWN_PRIOR)
             busier = max(1.0, slowdown / self.initial_slowdown)   # the client's own work shares the CPU
+            unseen = _dearer_on_agreement(self._server, self.initial_server_factor)
+            cuts = tuple(sorted({*self._server_at, *self.initial_server_factors}))
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
-                      _median(self._rtt, self.initial_rtt_ms), slowdown,
-                      _dearer_on_agreement(self._server, self.initial_server_factor), _median(self._queue, 0.0),
+                      _median(self._rtt, self.initial_rtt_ms), slowdown, unseen, _median(self._queue, 0.0),
                       max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms),
-                      _dearer_on_agreement(self._handling, self.initial_server_overhead_ms))
+                      _dearer_on_agreement(self._handling, self.initial_server_overhead_ms),
+                      *(_dearer_on_agreement(self._server_at.get(c, _NONE), self.initial_server_factors.get(c, unseen))
+                        for c in cuts))
             cached = self._previous
-            if cached is None or _moved(values, self._values):   # else the same object
-                cached = self._previous = Estimates(*values)
-                self._values = values
+            if cached is None or cuts != self._cuts or _moved(values, self._values):   # else the same object
+                (bandwidth_bps, rtt_ms, device_slowdown, server_ms_factor, queue_ms, cloud_capacity,
+                 offload_overhead_ms, local_overhead_ms, server_overhead_ms, *per_cut) = values
+                cached = self._previous = Estimates(
+                    bandwidth_bps, rtt_ms, device_slowdown, server_ms_factor, queue_ms, cloud_capacity,
+                    offload_overhead_ms, local_overhead_ms, server_overhead_ms, tuple(zip(cuts, per_cut, strict=True)))
+                self._values, self._cuts = values, cuts
             self._cached = cached
         return self._cached
 
@@ -306,6 +349,7 @@ class Monitors:
         self.bandwidth.reset()
         for samples in (self._slowdown, self._server, self._handling, self._rtt, self._queue, self._own):
             samples.clear()
+        self._server_at.clear()
         self._own_sum = 0.0
         self._headroom = None
         self._pressure = 1.0

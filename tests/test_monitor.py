@@ -71,13 +71,34 @@ def test_the_server_factor_follows_a_slower_reading_once_three_agree_and_a_faste
     m = Monitors(plan, initial_server_factor=1.5)
     cut = plan.cuts[2]
     m.record_reply(2, compute_ms=cut.cloud_ms[1] * 20, batch=1, queue_ms=0.0, headroom=None, at=1.0)
-    assert m.estimates().server_ms_factor == pytest.approx(1.5)
+    assert m.estimates().server_factor(2) == pytest.approx(1.5)
     for at in (1.1, 1.2, 1.3):
         m.record_reply(2, compute_ms=cut.cloud_ms[1] * 3, batch=1, queue_ms=0.0, headroom=None, at=at)
-    assert m.estimates().server_ms_factor == pytest.approx(3.0)
+    assert m.estimates().server_factor(2) == pytest.approx(3.0)
     fast = Monitors(plan, initial_server_factor=1.5)   # a faster server, though, counts from its first reply
     fast.record_reply(2, compute_ms=cut.cloud_ms[1] * 0.5, batch=1, queue_ms=0.0, headroom=None, at=1.0)
-    assert fast.estimates().server_ms_factor == pytest.approx(0.5)
+    assert fast.estimates().server_factor(2) == pytest.approx(0.5)
+    assert fast.estimates().server_ms_factor == pytest.approx(0.5)   # the cloud as a whole too
+
+
+def test_a_dear_tail_at_one_cut_does_not_price_the_others():
+    """In dyno demo the short tail after fmnist-resnet's cut 7 read 2-4x its profile, the whole model
+    1.2-1.6x; one factor over both priced cloud-only by cut 7's replies, and DynO split at cut 7 (~550/s)
+    where cloud-only ran 750-820/s."""
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_server_factor=1.3, initial_server_factors={0: 1.3})   # calibrated at cut 0
+    for i in range(6):
+        m.record_reply(3, compute_ms=plan.cuts[3].cloud_ms[1] * 3.0, batch=1, queue_ms=0.0, headroom=None,
+                       at=1.0 + i / 10)
+    est = m.estimates()
+    assert est.server_factor(3) == pytest.approx(3.0)
+    assert est.server_factor(0) == pytest.approx(1.3)   # as calibrated there
+    assert est.server_factor(2) == pytest.approx(3.0)   # no word on cut 2: the cloud as a whole
+    m.record_reply(0, compute_ms=plan.cuts[0].cloud_ms[1] * 1.2, batch=1, queue_ms=0.0, headroom=None, at=2.0)
+    est = m.estimates()
+    assert (est.server_factor(0), est.server_factor(3)) == (pytest.approx(1.2), pytest.approx(3.0))
+    m.reset()
+    assert m.estimates().server_ms_factors == ((0, 1.3),)
 
 
 def test_estimates_are_republished_only_when_a_figure_moves():

@@ -88,13 +88,25 @@ def test_model_vector_equals_scalar_reference():
     m = PerfModel(plan)
     est = Estimates(bandwidth_bps=3.3e5, rtt_ms=17.0, device_slowdown=7.0, server_ms_factor=1.3, queue_ms=9.0,
                     cloud_capacity=0.6)
-    ev = m.evaluate(est, batch=8)
-    ev4 = m.evaluate(est, batch=8, in_flight=4)
-    for i, r in enumerate(m.rows):
-        p = predict(plan, r, est, 8)
-        assert (ev.latency[i], ev.throughput[i], ev.cloud_s(8)[i], ev.energy()[i]) == (
-            p.latency_ms, p.throughput, p.cloud_s, p.energy_j)
-        assert ev4.throughput[i] == predict(plan, r, est, 8, in_flight=4).throughput
+    per_cut = dataclasses.replace(est, server_ms_factors=((2, 3.5), (5, 0.7)))
+    for e in (est, per_cut, est):   # and back: the model's per-row factors follow the estimates
+        ev = m.evaluate(e, batch=8)
+        ev4 = m.evaluate(e, batch=8, in_flight=4)
+        for i, r in enumerate(m.rows):
+            p = predict(plan, r, e, 8)
+            assert (ev.latency[i], ev.throughput[i], ev.cloud_s(8)[i], ev.energy()[i]) == (
+                p.latency_ms, p.throughput, p.cloud_s, p.energy_j)
+            assert ev4.throughput[i] == predict(plan, r, e, 8, in_flight=4).throughput
+
+
+def test_model_prices_each_cut_by_its_own_server_factor():
+    plan = tiny_plan()
+    m = PerfModel(plan)
+    dear_cut_1 = dataclasses.replace(EST, server_ms_factor=1.0, server_ms_factors=((1, 4.0),))
+    assert predict(plan, row(m, 0, "jpeg", 90), dear_cut_1).cloud_s == pytest.approx(0.010)   # 10 ms x 1
+    assert predict(plan, row(m, 1, "shuffle-lz4", 8), dear_cut_1).cloud_s == pytest.approx(0.020)   # 5 ms x 4
+    with pytest.raises(PolicyError):
+        dataclasses.replace(EST, server_ms_factors=((1, 0.0),))
 
 
 def test_model_batch_uses_per_sample_time_and_unbatchable_cuts_use_one():

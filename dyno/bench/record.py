@@ -23,7 +23,7 @@ __all__ = ["Recorder", "evidence", "timeline", "choices", "accuracy_report", "wi
 
 class Recorder(Policy):
     """A policy that decides as ``inner`` does and keeps, per decision, (time, cut, codec, bits,
-    predicted throughput, bandwidth estimate, device slowdown estimate, server factor estimate).
+    predicted throughput, bandwidth estimate, device slowdown estimate, server factor estimate at the chosen cut).
     ``start(t0)`` sets the clock's zero and clears the log."""
 
     def __init__(self, inner: Policy) -> None:
@@ -43,7 +43,7 @@ class Recorder(Policy):
         predicted = decision.predicted.throughput if decision.predicted is not None else math.nan
         est = state.estimates
         self.log.append((time.perf_counter() - self.t0, decision.cut, decision.codec, decision.bits, predicted,
-                         est.bandwidth_bps, est.device_slowdown, est.server_ms_factor))
+                         est.bandwidth_bps, est.device_slowdown, est.server_factor(decision.cut)))
         return decision
 
     def reset(self) -> None:

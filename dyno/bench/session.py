@@ -129,6 +129,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
                         initial_slowdown=slowdown if slowdown else float(getattr(device, "slowdown", 1.0)),
                         initial_server_factor=server_factor, overheads_ms=overheads_ms,
+                        initial_server_factors={plan.cuts[0].id: server_factor},   # calibrated cloud-only
                         initial_server_overhead_ms=server_overhead_ms)
     results: list[Result] = []
     state.link = link

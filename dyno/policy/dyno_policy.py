@@ -67,7 +67,11 @@ MIX_TOLERANCE = 0.05
 def _close(a: Estimates | None, b: Estimates) -> bool:
     if a is None:
         return False
-    for x, y in zip(vars(a).values(), vars(b).values()):
+    if [cut for cut, _ in a.server_ms_factors] != [cut for cut, _ in b.server_ms_factors]:
+        return False
+    figures = lambda e: (*(v for v in vars(e).values() if not isinstance(v, tuple)),   # noqa: E731
+                         *(factor for _, factor in e.server_ms_factors))
+    for x, y in zip(figures(a), figures(b), strict=True):
         if abs(x - y) > max(MIX_TOLERANCE * max(abs(x), abs(y)), 0.1):
             return False
     return True

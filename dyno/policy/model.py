@@ -160,6 +160,11 @@ class PerfModel:
         self._cloud_cache: dict[int, np.ndarray] = {}
         self._batch_cache: dict[int, np.ndarray] = {}
         self._static_cache: dict[tuple, np.ndarray] = {}
+        self._cut_rows: dict[int, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            if r.offloaded:
+                self._cut_rows.setdefault(r.cut, []).append(i)
+        self._factors: tuple[tuple | None, np.ndarray] = (None, np.ones(len(self.rows)))
 
     def cloud_ps(self, batch: int) -> np.ndarray:
         """Profiled server ms per sample for every row at ``batch`` (0 on the device-only row)."""
@@ -168,6 +173,19 @@ class PerfModel:
             cached = np.array([cloud_ms(self.plan, r.cut, batch) for r in self.rows], dtype=np.float64)
             self._cloud_cache[batch] = cached
         return cached
+
+    def server_factors(self, est: Estimates) -> np.ndarray | float:
+        """Per row, the server's observed / profiled time at its cut (``Estimates.server_factor``)."""
+        if not est.server_ms_factors:
+            return est.server_ms_factor
+        key = (est.server_ms_factor, est.server_ms_factors)
+        cached_key, factors = self._factors   # one tuple: a policy may be shared by threads
+        if key != cached_key:   # the estimates change far less often than decisions are taken
+            factors = np.full(len(self.rows), est.server_ms_factor)
+            for cut, factor in est.server_ms_factors:
+                factors[self._cut_rows.get(cut, [])] = factor
+            self._factors = (key, factors)
+        return factors
 
     def batch_sizes(self, batch: int) -> np.ndarray:
         """Per row, the batch size its cut runs at (1 where the cut is not batchable)."""
@@ -182,7 +200,7 @@ class PerfModel:
         if est.offload_overhead_ms or est.local_overhead_ms:
             device = device + np.where(self.offloaded > 0, est.offload_overhead_ms, est.local_overhead_ms)
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
-        s = self.cloud_ps(batch) * est.server_ms_factor
+        s = self.cloud_ps(batch) * self.server_factors(est)
         cost = self.decode_ms + s + self.offloaded * est.server_overhead_ms
         cloud = cost / est.cloud_capacity
         wait = self.offloaded * est.rtt_ms + self.decode_ms + self.batch_sizes(batch) * s

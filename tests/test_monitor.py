@@ -101,6 +101,23 @@ def test_a_dear_tail_at_one_cut_does_not_price_the_others():
     assert m.estimates().server_ms_factors == ((0, 1.3),)
 
 
+def test_the_batch_is_kept_per_cut_and_a_calibrated_one_stands_until_replies_outvote_it():
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_batches={0: 6})   # cloud-only's requests, as calibrated, ran in sixes
+    assert m.estimates().batch_at(0, 1) == 6 and m.estimates().batch_at(3, 2) == 2
+    reply = lambda cut, batch, at: m.record_reply(cut, compute_ms=1.0, batch=batch, queue_ms=0.0,  # noqa: E731
+                                                   headroom=None, at=at)
+    for i in range(4):
+        reply(3, 1, 1.0 + i / 10)
+    reply(0, 2, 2.0)
+    est = m.estimates()
+    assert est.batch_at(3, 8) == 1          # a split whose replies ran alone
+    assert est.batch_at(0, 1) == 6          # one reply does not outvote the calibration
+    for i in range(4):
+        reply(0, 2, 2.1 + i / 10)
+    assert m.estimates().batch_at(0, 1) == 2
+
+
 def test_estimates_are_republished_only_when_a_figure_moves():
     plan = make_plan(5, seed=0)
     m = Monitors(plan, initial_slowdown=2.0, window=4)

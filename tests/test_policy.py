@@ -88,8 +88,8 @@ def test_model_vector_equals_scalar_reference():
     m = PerfModel(plan)
     est = Estimates(bandwidth_bps=3.3e5, rtt_ms=17.0, device_slowdown=7.0, server_ms_factor=1.3, queue_ms=9.0,
                     cloud_capacity=0.6)
-    per_cut = dataclasses.replace(est, server_ms_factors=((2, 3.5), (5, 0.7)))
-    for e in (est, per_cut, est):   # and back: the model's per-row factors follow the estimates
+    per_cut = dataclasses.replace(est, server_ms_factors=((2, 3.5), (5, 0.7)), batches=((2, 4), (3, 1)))
+    for e in (est, per_cut, est):   # and back: the model's per-row figures follow the estimates
         ev = m.evaluate(e, batch=8)
         ev4 = m.evaluate(e, batch=8, in_flight=4)
         for i, r in enumerate(m.rows):
@@ -107,6 +107,19 @@ def test_model_prices_each_cut_by_its_own_server_factor():
     assert predict(plan, row(m, 1, "shuffle-lz4", 8), dear_cut_1).cloud_s == pytest.approx(0.020)   # 5 ms x 4
     with pytest.raises(PolicyError):
         dataclasses.replace(EST, server_ms_factors=((1, 0.0),))
+
+
+def test_model_prices_each_cut_at_the_batch_its_replies_ran_in():
+    plan = make_plan(5, seed=1)   # cloud_ms per batch: 1, 8 measured
+    m = PerfModel(plan)
+    i0, i1 = m.index[(0, "fp32", None)], m.index[(1, "fp32", None)]
+    batched_at_0 = dataclasses.replace(EST, batches=((0, 8),))
+    ev = m.evaluate(batched_at_0, batch=1)
+    assert ev.cost[i0] == pytest.approx(plan.cuts[0].cloud_ms[8] / 8 + m.decode_ms[i0])
+    assert ev.cost[i1] == pytest.approx(plan.cuts[1].cloud_ms[1] + m.decode_ms[i1])   # no word: the batch given
+    assert m.evaluate(batched_at_0, batch=8).cost[i1] == pytest.approx(plan.cuts[1].cloud_ms[8] / 8 + m.decode_ms[i1])
+    with pytest.raises(PolicyError):
+        dataclasses.replace(EST, batches=((0, 0),))
 
 
 def test_model_batch_uses_per_sample_time_and_unbatchable_cuts_use_one():

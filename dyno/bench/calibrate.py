@@ -24,7 +24,8 @@ its device 20% fast); nor the head's wall time in the run, which beside other wo
 The head's CPU time over the plan's profile is this machine's device speed now (``device_factor``). The
 offloaded run also reads the server's speed now: its replies' compute time per sample over the plan's
 profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the machine
-is as fast as when it was profiled). A simulator compared with this run scales each tier's slowdown by
+is as fast as when it was profiled), and the batch size its requests ran in (``server_batch``: a
+server batches what waits for it, so cloud-only's per-sample cost is the batched one). A simulator compared with this run scales each tier's slowdown by
 the first and the cloud by the second: the plan's profiles were measured at another time, on a machine
 other work shares.
 """
@@ -90,7 +91,7 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
            "seconds": seconds}
     if server is None:
         out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0,
-                   server_overhead_ms=0.0)
+                   server_overhead_ms=0.0, server_batch=1)
         return out
     option = next((o for o in plan.cuts[0].options if o.codec == "jpeg"), None)
     policy = "cloud-only" if option is not None else "cloud-only-raw"
@@ -100,5 +101,5 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
     encode = option.encode_ms if option is not None else 0.0
     out.update(offload_ms=max(0.0, offload_cpu * 1000 - encode) * factor, offload_cpu_ms=offload_cpu * 1000,
                offload_n=offload_n, offload_policy=policy, server_factor=seen.server_ms_factor,
-               server_overhead_ms=seen.server_overhead_ms)
+               server_overhead_ms=seen.server_overhead_ms, server_batch=seen.batch_at(plan.cuts[0].id, 1))
     return out

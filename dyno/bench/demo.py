@@ -268,7 +268,8 @@ def _run_one(run: SystemRun, plan: Any, net: Any, address: str, slo: Any, in_fli
                ready=lambda: recorder.start(time.perf_counter()),
                overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
                server_factor=overheads["server_factor"],
-               server_overhead_ms=overheads["server_overhead_ms"])
+               server_overhead_ms=overheads["server_overhead_ms"],
+               server_batch=overheads["server_batch"])
     assert run.summary is not None
     run.summary["evidence"] = evidence(run.points, recorder.log, trace=pattern, duration=run.duration, slo=slo,
                                        fp32_correct=[fp32[p.index] for p in run.points])

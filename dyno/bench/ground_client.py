@@ -93,7 +93,8 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
                          initial_bandwidth_bps=spec["initial_bandwidth_bps"], slowdown=spec["slowdown"],
                          ready=ready, overheads_ms=(overheads["offload_ms"], overheads["local_ms"]),
                          server_factor=overheads["server_factor"],
-                         server_overhead_ms=overheads["server_overhead_ms"])
+                         server_overhead_ms=overheads["server_overhead_ms"],
+                         server_batch=overheads["server_batch"])
     return {"summary": summary, "points": [dataclasses.asdict(p) for p in run.points], "log": policy.log,
             "errors": run.errors, "stats": run.stats, "overheads": overheads,
             "device": device.description if device else f"k_d={spec['slowdown']:.3g}"}

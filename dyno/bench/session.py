@@ -111,7 +111,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
                trace: Any = None, device: Any = None, splits: Any = None, initial_bandwidth_bps: float | None = None,
                slowdown: float | None = None, ready: Callable[[], None] | None = None,
                overheads_ms: tuple[float, float] = (0.0, 0.0), server_factor: float = 1.0,
-               server_overhead_ms: float = 0.0) -> dict[str, Any]:
+               server_overhead_ms: float = 0.0, server_batch: int = 1) -> dict[str, Any]:
     """Run a client configured by ``config`` (its policy is the run's system) over ``workload``, through
     the emulated ``trace`` and ``device`` if given; returns its summary (``SUMMARY_KEYS``).
 
@@ -119,8 +119,9 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     device's slowdown); ``ready()`` is called once the client is built, just before the clock starts
     (``dyno bench`` starts the kernel link's rate replay there); ``overheads_ms`` (offloaded, device-only)
     are the client's own per-inference costs (``dyno.bench.calibrate``) the policy prices, and
-    ``server_factor`` and ``server_overhead_ms`` the server's speed against its profile and its handling
-    per request as calibrated, until its replies say."""
+    ``server_factor``, ``server_overhead_ms`` and ``server_batch`` the server's speed against its profile,
+    its handling per request and the batches it ran cloud-only's requests in, as calibrated (cloud-only,
+    at the input cut), until its replies say."""
     from dyno.emulate.link import Link
     from dyno.monitor import Monitors
 
@@ -129,7 +130,8 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
     monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
                         initial_slowdown=slowdown if slowdown else float(getattr(device, "slowdown", 1.0)),
                         initial_server_factor=server_factor, overheads_ms=overheads_ms,
-                        initial_server_factors={plan.cuts[0].id: server_factor},   # calibrated cloud-only
+                        initial_server_factors={plan.cuts[0].id: server_factor},
+                        initial_batches={plan.cuts[0].id: server_batch},
                         initial_server_overhead_ms=server_overhead_ms)
     results: list[Result] = []
     state.link = link

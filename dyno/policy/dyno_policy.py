@@ -67,7 +67,7 @@ MIX_TOLERANCE = 0.05
 def _close(a: Estimates | None, b: Estimates) -> bool:
     if a is None:
         return False
-    if [cut for cut, _ in a.server_ms_factors] != [cut for cut, _ in b.server_ms_factors]:
+    if a.batches != b.batches or [cut for cut, _ in a.server_ms_factors] != [cut for cut, _ in b.server_ms_factors]:
         return False
     figures = lambda e: (*(v for v in vars(e).values() if not isinstance(v, tuple)),   # noqa: E731
                          *(factor for _, factor in e.server_ms_factors))

@@ -165,6 +165,7 @@ class PerfModel:
             if r.offloaded:
                 self._cut_rows.setdefault(r.cut, []).append(i)
         self._factors: tuple[tuple | None, np.ndarray] = (None, np.ones(len(self.rows)))
+        self._batched: tuple[tuple | None, tuple[np.ndarray, np.ndarray]] = (None, (self.bytes, self.bytes))
 
     def cloud_ps(self, batch: int) -> np.ndarray:
         """Profiled server ms per sample for every row at ``batch`` (0 on the device-only row)."""
@@ -187,6 +188,23 @@ class PerfModel:
             self._factors = (key, factors)
         return factors
 
+    def batched(self, est: Estimates, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, profiled server ms per sample and the batch it runs in: at ``batch``, or at the batch
+        the replies from its cut ran in (``Estimates.batches``)."""
+        if not est.batches:
+            return self.cloud_ps(batch), self.batch_sizes(batch)
+        key = (batch, est.batches)
+        cached_key, cached = self._batched   # one tuple: a policy may be shared by threads
+        if key != cached_key:
+            per_sample, sizes = self.cloud_ps(batch).copy(), self.batch_sizes(batch).copy()
+            for cut, size in est.batches:
+                rows = self._cut_rows.get(cut, [])
+                per_sample[rows] = self.cloud_ps(size)[rows]
+                sizes[rows] = self.batch_sizes(size)[rows]
+            cached = (per_sample, sizes)
+            self._batched = (key, cached)
+        return cached
+
     def batch_sizes(self, batch: int) -> np.ndarray:
         """Per row, the batch size its cut runs at (1 where the cut is not batchable)."""
         cached = self._batch_cache.get(batch)
@@ -200,10 +218,11 @@ class PerfModel:
         if est.offload_overhead_ms or est.local_overhead_ms:
             device = device + np.where(self.offloaded > 0, est.offload_overhead_ms, est.local_overhead_ms)
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))
-        s = self.cloud_ps(batch) * self.server_factors(est)
+        per_sample, sizes = self.batched(est, batch)
+        s = per_sample * self.server_factors(est)
         cost = self.decode_ms + s + self.offloaded * est.server_overhead_ms
         cloud = cost / est.cloud_capacity
-        wait = self.offloaded * est.rtt_ms + self.decode_ms + self.batch_sizes(batch) * s
+        wait = self.offloaded * est.rtt_ms + self.decode_ms + sizes * s
         stage = np.maximum(np.maximum(device, link), cloud)
         if self._zero_stage:        # only a degenerate plan has a row with no time at all (inf/s)
             with np.errstate(divide="ignore"):

@@ -132,6 +132,7 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
                                                    else estimates.local_overhead_ms)
     if row.offloaded:
         link = (row.wire_bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
+        batch = estimates.batch_at(row.cut, batch)
         s = cloud_ms(plan, row.cut, batch) * estimates.server_factor(row.cut)
         cost = row.decode_ms + s + estimates.server_overhead_ms
         cloud = cost / estimates.cloud_capacity

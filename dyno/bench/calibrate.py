@@ -25,9 +25,9 @@ The head's CPU time over the plan's profile is this machine's device speed now (
 offloaded run also reads the server's speed now: its replies' compute time per sample over the plan's
 profile (``server_factor``; the decoding is in the compute time, so it is above 1 even when the machine
 is as fast as when it was profiled), and the batch size its requests ran in (``server_batch``: a
-server batches what waits for it, so cloud-only's per-sample cost is the batched one). A simulator compared with this run scales each tier's slowdown by
-the first and the cloud by the second: the plan's profiles were measured at another time, on a machine
-other work shares.
+server batches what waits for it, so cloud-only's per-sample cost is the batched one). A simulator
+compared with this run scales each tier's slowdown by the first and the cloud by the second: the plan's
+profiles were measured at another time, on a machine other work shares.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
     from dyno.plan import Plan
 
-__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "DEVICE_STALE_S", "MIN_PROFILED_MS"]
+__all__ = ["Estimates", "BandwidthEstimator", "Monitors", "CLOUD_WINDOW_S", "DEVICE_STALE_S", "SERVER_STALE_S",
+           "MIN_PROFILED_MS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +169,12 @@ SLOWDOWN_PRIOR = 3
 #: than the policy's least probe interval (0.5 s), so a device probe after a streak of input offloads
 #: always reads the device afresh.
 DEVICE_STALE_S = 0.25
+#: Seconds after a cut's last reply its readings (server factor, batch) no longer count once replies come
+#: from elsewhere: the cut is priced as calibrated, or as the cloud as a whole, again. Kept for ever, a
+#: cut's cold replies did: in ``dyno bench`` (low tier, a 4.3 Mbit/s Norway trace) three early replies at
+#: cut 0 read several times its calibrated 1.1 and DynO ran on the device (389/s) all run where cloud-only
+#: ran 524/s; the probes went to deeper cuts and never refreshed cut 0.
+SERVER_STALE_S = 2.0
 #: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
 MIN_PROFILED_MS = 0.05
 #: The estimates are republished only when a figure moves by more than this share: the median of a
@@ -228,7 +235,7 @@ class Monitors:
       outvote it). The server factor is kept per cut as well: ``initial_server_factors`` (cut -> factor,
       as calibrated at those cuts) stand in for a cut's replies until they outvote it, and
       ``initial_server_factor`` for the cloud as a whole; so does the batch size the replies ran in
-      (``initial_batches``).
+      (``initial_batches``). A cut's readings are forgotten ``SERVER_STALE_S`` after its last reply.
     - ``record_rtt(ms)``: a round-trip time sample.
 
     ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
@@ -269,6 +276,7 @@ class Monitors:
         self._server: collections.deque[float] = collections.deque(maxlen=window)
         self._server_at: dict[int, collections.deque[float]] = {}   # the same readings, per cut
         self._batches_at: dict[int, collections.deque[float]] = {}
+        self._replied_at: dict[int, float] = {}   # per cut, its last reply (the caller's clock)
         self._handling: collections.deque[float] = collections.deque(maxlen=window)
         self._rtt: collections.deque[float] = collections.deque(maxlen=window)
         self._queue: collections.deque[float] = collections.deque(maxlen=window)
@@ -315,6 +323,7 @@ class Monitors:
         if sizes is None:
             sizes = self._batches_at[cut_id] = collections.deque(maxlen=self.window)
         sizes.append(float(batch))
+        self._forget_stale_cuts(cut_id, at)
         if math.isfinite(queue_ms) and queue_ms >= 0:
             self._queue.append(queue_ms)
         if headroom is not None and math.isfinite(headroom) and headroom >= 0:
@@ -328,6 +337,14 @@ class Monitors:
         self._own_sum += share
         self._expire(at)
         self._cached = None
+
+    def _forget_stale_cuts(self, cut_id: int, at: float) -> None:
+        self._replied_at[cut_id] = at
+        stale = [c for c, last in self._replied_at.items() if last < at - SERVER_STALE_S]
+        for c in stale:
+            del self._replied_at[c]
+            self._server_at.pop(c, None)
+            self._batches_at.pop(c, None)
 
     def _expire(self, now: float) -> None:
         own = self._own
@@ -388,6 +405,7 @@ class Monitors:
             samples.clear()
         self._server_at.clear()
         self._batches_at.clear()
+        self._replied_at.clear()
         self._own_sum = 0.0
         self._headroom = None
         self._pressure = 1.0

@@ -6,7 +6,7 @@ import pytest
 from plan_factory import make_plan
 
 from dyno.errors import ConfigError
-from dyno.monitor import DEVICE_STALE_S, BandwidthEstimator, Monitors
+from dyno.monitor import DEVICE_STALE_S, SERVER_STALE_S, BandwidthEstimator, Monitors
 from dyno.policy import Estimates
 
 
@@ -231,3 +231,20 @@ def test_the_servers_handling_is_part_of_the_clouds_cost():
     ev = model.evaluate(handled)
     assert ev.cloud[i] == pytest.approx(dear.cloud_s * 1000 / 0.5)   # the cloud stage: cost over capacity
     assert ev.cloud[model.device_only] == 0.0                         # the device-only row uses no cloud
+
+
+def test_a_cut_s_readings_are_forgotten_once_replies_come_only_from_elsewhere():
+    """A cut's cold replies, kept for ever, kept DynO off cut 0 for a whole dyno bench run (its probes
+    went to deeper cuts and never refreshed it): after SERVER_STALE_S it is priced as calibrated again."""
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_server_factors={0: 1.1}, initial_batches={0: 4})
+    for i in range(4):   # cut 0's replies read 5x and ran alone
+        m.record_reply(0, compute_ms=plan.cuts[0].cloud_ms[1] * 5, batch=1, queue_ms=0.0, headroom=None, at=i / 10)
+    assert (m.estimates().server_factor(0), m.estimates().batch_at(0, 8)) == (pytest.approx(5.0), 1)
+    m.record_reply(3, compute_ms=plan.cuts[3].cloud_ms[1], batch=1, queue_ms=0.0, headroom=None,
+                   at=0.3 + SERVER_STALE_S / 2)
+    assert m.estimates().server_factor(0) == pytest.approx(5.0)   # not yet
+    m.record_reply(3, compute_ms=plan.cuts[3].cloud_ms[1], batch=1, queue_ms=0.0, headroom=None,
+                   at=0.31 + SERVER_STALE_S)
+    est = m.estimates()
+    assert (est.server_factor(0), est.batch_at(0, 8), est.server_factor(3)) == (pytest.approx(1.1), 4, pytest.approx(1.0))

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dyno"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("dyno",),                                         # the package root: errors and the version only
-    ("packing", "datafile", "progress", "codec", "graph", "emulate", "wire"),
+    ("packing", "datafile", "progress", "codec", "graph", "emulate", "wire", "bandwidth"),
     ("figures",),                                      # a matplotlib figure saved atomically (datafile)
     ("zoo",),
     ("plan", "manifest"),                              # manifest: the exported heads' file (no torch)

@@ -1,5 +1,5 @@
-"""How the analysis uses the machine: the thread and memory-format choices, and the device profile's
-heads timed directly cut by cut when the node timers fail their check.
+"""How the analysis uses the machine: the thread and memory-format choices, the device profile's
+heads timed directly cut by cut when the node timers fail their check, and the fp16 range check.
 
 The choosers are given stand-in models whose speed is set by the test (a sleep per call, far longer
 on the slow side), so what is checked is the choice made from the timings, not any timing itself."""
@@ -129,3 +129,14 @@ def test_failed_node_timer_checks_fall_back_to_the_runs_cut_by_cut_then_to_each_
         profile = measure.measure("device", model, cuts, x, min_seconds=0.05, tolerance=-1.0, codecs=False)
     assert profile.method["head"] == "direct (cumulative node timers and the runs cut by cut failed the check)"
     assert not any(c["ok"] for c in profile.method["walk_checks"]) and profile.cuts[-1].head_ms > 0
+
+
+def test_the_fp16_check_is_the_range_of_float16():
+    fits = precision._fits_fp16
+    assert fits(torch.tensor([-65504.0, 0.0, 65504.0]))
+    assert fits(torch.zeros(2, 3, 4, 4).to(memory_format=torch.channels_last))
+    for bad in (65505.0, -65505.0, float("inf"), float("-inf"), float("nan")):
+        assert not fits(torch.tensor([1.0, bad, -1.0])), bad
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    x[1, 2, 4, 0] = -7e4
+    assert not fits(x) and fits(x.clamp(-6e4, 6e4))

@@ -226,7 +226,7 @@ class _Run:
         self.fp16_ok = True
         for k in range(len(self.labels)):
             before, values = self.held.move(k, index)
-            self.fp16_ok = self.fp16_ok and bool(values[cuts[index].name].abs().max() <= 65504)
+            self.fp16_ok = self.fp16_ok and _fits_fp16(values[cuts[index].name])
             if share_ and before is not None and previous is not None:
                 share_ = same_values(self.walk, index, before, cuts, values[cuts[index].name], previous,
                                      self.quantize)
@@ -297,6 +297,11 @@ class _Run:
         if clipped(knee - 1, screen).passes(THRESHOLDS[-1]):
             found = Search(BITS[: knee - 1], clipped, screen, self.total).run(knee - 1, half=False)
             record["used"] = found is not None
+
+
+def _fits_fp16(t: torch.Tensor) -> bool:
+    """Whether every value is within float16's range (NaN is not): two reductions, no |t| copy."""
+    return bool(t.max() <= 65504) and bool(t.min() >= -65504)
 
 
 def _image_transform(images: Sequence[np.ndarray], codec: str, quality: int, normalize: Normalize,

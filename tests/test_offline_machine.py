@@ -55,14 +55,15 @@ def test_one_busy_moment_does_not_move_the_thread_choice():
     assert spike.calls[4][0] == 2  # the slowed run was one of two threads
 
 
-def test_the_layout_probe_alternates_and_needs_a_clear_gain():
+def test_the_layout_probe_alternates_and_takes_the_faster_format():
     x = torch.zeros(2, 3, 40, 40)
     clear = Paced(lambda n, _t, cl: 0.5 if n == 4 else (0.005 if cl else 0.05))  # a busy moment in round 1
     assert machine.faster_channels_last(clear, x)
     assert [cl for _t, cl in clear.calls] == [False, True, False, True, True, False, False, True]
     assert clear.calls[3][1]  # the slowed run was a channels-last one
-    slight = Paced(lambda _n, _t, cl: 0.045 if cl else 0.05)  # 10% faster: not worth the copies
-    assert not machine.faster_channels_last(slight, x)
+    slower = Paced(lambda _n, _t, cl: 0.06 if cl else 0.05)
+    assert not machine.faster_channels_last(slower, x)
+    assert machine.faster_channels_last(Paced(lambda _n, _t, cl: 0.04 if cl else 0.05), x)  # 20% faster
     assert not machine.faster_channels_last(clear, torch.zeros(2, 3, 8, 8))  # too small to matter: not timed
 
 

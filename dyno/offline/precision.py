@@ -73,8 +73,8 @@ Normalize = Callable[[np.ndarray], torch.Tensor]
 #: kept for long), and the interval doubles while the choice holds, up to ``RETHREAD_SECONDS``.
 RETHREAD_FIRST = 60
 RETHREAD_SECONDS = 300
-#: Samples a choice of the thread count times the model on (each thread count: a warm-up and two runs).
-#: A choice costs ~6 forward passes of these: 16 keep it a second or two (50-100 cost a quarter of the
+#: Samples a choice of the thread count times the model on (each thread count: a warm-up and three runs,
+#: alternating). A choice costs ~8 forward passes of these: 16 keep it a second or two (50-100 cost a quarter of the
 #: analysis on a loaded machine), and the ratio of one to two threads does not need more.
 THREAD_PROBE = 16
 

@@ -45,6 +45,8 @@ __all__ = ["measure", "ABS_TOLERANCE_MS"]
 ABS_TOLERANCE_MS = 0.02
 #: Seconds each check of a head spends at least (alternating direct and node-timed runs).
 HEAD_CHECK_SECONDS = 0.3
+#: Seconds the heads timed directly cut by cut spend at least (each run times every head).
+WALK_SECONDS = 2.0
 
 
 
@@ -184,13 +186,48 @@ def _head_times(model: torch.nn.Module, gm: torch.fx.GraphModule, cuts: Sequence
         method = {"head": "cumulative node timers", "checks": checks, "tolerance": tolerance}
         if all(c["ok"] for c in checks):
             return estimate, {**method, "head_repeats": repeats}
-        method["head"] = "direct (cumulative node timers failed the check)"
+        walked, walk_repeats = _walk_heads(gm, cuts, x, once, WALK_SECONDS)
+        method["walk_checks"] = [_walk_check(c, walked[c["cut"]], tolerance) for c in checks]
+        if all(c["ok"] for c in method["walk_checks"]):
+            method["head"] = "direct, every cut from the same runs (cumulative node timers failed the check)"
+            return walked, {**method, "head_repeats": walk_repeats}
+        method["head"] = "direct (cumulative node timers and the runs cut by cut failed the check)"
     times = [0.0]
     for cut in cuts[1:]:
         head, _ = partition.split(gm, cut)
         times.append(time_call(functools.partial(head, x)))
         tick()
     return times, {**method, "head_repeats": repeats}
+
+
+def _walk_heads(gm: torch.fx.GraphModule, cuts: Sequence[partition.Cut], x: torch.Tensor, once: float,
+                min_seconds: float) -> tuple[list[float], int]:
+    """Head ms per cut at batch size one, every head timed directly from the same runs: the model runs
+    as its compiled segments between the cuts (:class:`dyno.graph.Walk`, the very nodes each head
+    runs, in order), and a head's time is the time from the start of the run to the end of its cut,
+    median over repeats (filling ``min_seconds``; cut 0, the input, is 0). One run times every head,
+    where timing each head alone runs the model's first part once per cut."""
+    walk = graph.Walk(gm, [cut.position for cut in cuts])
+    repeats = repeats_for(once, min_seconds, 10, 400)
+    rows = np.zeros((repeats, len(cuts)))
+    with torch.no_grad():
+        for r in range(-2, repeats):  # two warm-ups
+            values: tuple[Any, ...] = (x,)
+            start = time.perf_counter_ns()
+            for k in range(len(cuts)):
+                values = walk.step(k, *values)
+                if r >= 0:
+                    rows[r, k] = time.perf_counter_ns() - start
+    times = [float(t) for t in np.median(rows, axis=0) / 1e6]
+    return [0.0, *times[1:]], repeats
+
+
+def _walk_check(check: dict[str, Any], walked: float, tolerance: float) -> dict[str, Any]:
+    """A head timed in the runs cut by cut against the same head timed alone (``check``)."""
+    direct = check["direct_ms"]
+    error = walked / direct - 1 if direct > 0 else 0.0
+    return {"cut": check["cut"], "direct_ms": direct, "walk_ms": round(walked, 4), "error": round(error, 4),
+            "ok": abs(error) <= tolerance or abs(walked - direct) <= ABS_TOLERANCE_MS}
 
 
 def _tail_times(gm: torch.fx.GraphModule, cuts: Sequence[partition.Cut], inputs: torch.Tensor,

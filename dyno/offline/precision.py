@@ -68,10 +68,13 @@ __all__ = ["analyze_precision"]
 
 Normalize = Callable[[np.ndarray], torch.Tensor]
 
-#: Seconds between two choices of the thread count (other processes come and go).
+#: Seconds between two choices of the thread count (other processes come and go): the first
+#: re-check comes after ``RETHREAD_FIRST`` seconds (a choice made in a busy moment at the start is not
+#: kept for long), and the interval doubles while the choice holds, up to ``RETHREAD_SECONDS``.
+RETHREAD_FIRST = 60
 RETHREAD_SECONDS = 300
-#: Samples a choice of the thread count times the model on (each thread count: a warm-up and two runs).
-#: A choice costs ~6 forward passes of these: 16 keep it a second or two (50-100 cost a quarter of the
+#: Samples a choice of the thread count times the model on (each thread count: a warm-up and three runs,
+#: alternating). A choice costs ~8 forward passes of these: 16 keep it a second or two (50-100 cost a quarter of the
 #: analysis on a loaded machine), and the ratio of one to two threads does not need more.
 THREAD_PROBE = 16
 
@@ -96,12 +99,13 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
     config = config or SearchConfig()
     if len(x) != len(y) or len(x) == 0:
         raise DataError(f"need a non-empty labelled sample, got {len(x)} inputs and {len(y)} labels")
-    chooser = _Threads(model, x, config.batch_size, threads)
-    with torch_threads(chooser.count), heap_allocations() as heap:
-        run = _Run(model, cuts, x, y, config, channels_last, hold_bytes, progress)
-        if release_input:
-            x.set_()  # type: ignore[call-overload]  # the batches hold the sample now (copies or views)
-        result = run.analyze(images, normalize, chooser)
+    with heap_allocations() as heap:  # the threads are chosen as the analysis allocates: from the heap
+        chooser = _Threads(model, x, config.batch_size, threads)
+        with torch_threads(chooser.count):
+            run = _Run(model, cuts, x, y, config, channels_last, hold_bytes, progress)
+            if release_input:
+                x.set_()  # type: ignore[call-overload]  # the batches hold the sample now (copies or views)
+            result = run.analyze(images, normalize, chooser)
     result.notes["threads"] = chooser.count
     if chooser.switches:
         result.notes["thread_switches"] = chooser.switches  # [cut index, threads from then on]
@@ -111,7 +115,7 @@ def analyze_precision(model: nn.Module, cuts: Sequence[partition.Cut], x: torch.
 
 class _Threads:
     """The torch thread count: as given, or 1 or all cores, whichever runs the model faster, chosen
-    again every ``RETHREAD_SECONDS``."""
+    again after ``RETHREAD_FIRST`` seconds, then at doubling intervals up to ``RETHREAD_SECONDS``."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, batch: int, threads: int | None) -> None:
         self.most = torch.get_num_threads()
@@ -120,15 +124,19 @@ class _Threads:
         self.model, self.x, self.batch = model, x[: self.probe].clone(), batch  # not the whole sample
         self.count = faster_threads(model, x[: self.probe], self.probe, self.most) if threads is None else threads
         self.checked = time.perf_counter()
+        self.interval = RETHREAD_FIRST
         self.switches: list[list[int]] = []
 
     def recheck(self, index: int) -> None:
-        if not self.auto or time.perf_counter() - self.checked < RETHREAD_SECONDS:
+        if not self.auto or time.perf_counter() - self.checked < self.interval:
             return
         best = faster_threads(self.model, self.x[: self.probe], self.probe, self.most)
         if best != torch.get_num_threads():
             torch.set_num_threads(best)
             self.switches.append([index, best])
+            self.interval = RETHREAD_FIRST
+        else:
+            self.interval = min(2 * self.interval, RETHREAD_SECONDS)
         self.checked = time.perf_counter()
 
 
@@ -218,7 +226,7 @@ class _Run:
         self.fp16_ok = True
         for k in range(len(self.labels)):
             before, values = self.held.move(k, index)
-            self.fp16_ok = self.fp16_ok and bool(values[cuts[index].name].abs().max() <= 65504)
+            self.fp16_ok = self.fp16_ok and _fits_fp16(values[cuts[index].name])
             if share_ and before is not None and previous is not None:
                 share_ = same_values(self.walk, index, before, cuts, values[cuts[index].name], previous,
                                      self.quantize)
@@ -289,6 +297,11 @@ class _Run:
         if clipped(knee - 1, screen).passes(THRESHOLDS[-1]):
             found = Search(BITS[: knee - 1], clipped, screen, self.total).run(knee - 1, half=False)
             record["used"] = found is not None
+
+
+def _fits_fp16(t: torch.Tensor) -> bool:
+    """Whether every value is within float16's range (NaN is not): two reductions, no |t| copy."""
+    return bool(t.max() <= 65504) and bool(t.min() >= -65504)
 
 
 def _image_transform(images: Sequence[np.ndarray], codec: str, quality: int, normalize: Normalize,

@@ -52,6 +52,10 @@ class Estimates:
       eight inferences in flight fmnist-resnet's cloud-only requests ran in batches of 4-8 (0.6 ms a
       sample against 1.24 alone), a split at cut 7, whose short tail never keeps them waiting, in
       batches of 1; priced at the last replies' batch (cut 7's 1), cloud-only read 450/s and ran 750/s.
+    - ``codec_slowdown``: the device's time to encode over the plan's ``encode_ms``: 1 where only the
+      heads are emulated slower (padding), k_d where the device is slowed as a whole (a CPU quota; a
+      real device): under ``dyno bench``'s quota WebP's 0.14 ms encode took 0.5 ms, and a model that
+      took it as profiled priced DynO's cut-0 WebP 25% fast.
     - ``queue_ms``: how long a request waits at the server before its batch starts: *waiting*, which
       lengthens latency and takes no capacity.
     - ``cloud_capacity``: the cloud's compute this device can use, in worker-seconds per second: what
@@ -76,15 +80,16 @@ class Estimates:
     server_overhead_ms: float = 0.0
     server_ms_factors: tuple[tuple[int, float], ...] = ()
     batches: tuple[tuple[int, int], ...] = ()
+    codec_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("bandwidth_bps", "rtt_ms", "device_slowdown", "server_ms_factor", "queue_ms", "cloud_capacity",
-                     "offload_overhead_ms", "local_overhead_ms", "server_overhead_ms"):
+                     "offload_overhead_ms", "local_overhead_ms", "server_overhead_ms", "codec_slowdown"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise PolicyError(f"Estimates.{name} must be a finite number >= 0, got {value!r}")
-        if self.device_slowdown <= 0 or self.server_ms_factor <= 0:
-            raise PolicyError("Estimates.device_slowdown and server_ms_factor must be > 0")
+        if self.device_slowdown <= 0 or self.server_ms_factor <= 0 or self.codec_slowdown <= 0:
+            raise PolicyError("Estimates.device_slowdown, server_ms_factor and codec_slowdown must be > 0")
         for pair in self.server_ms_factors:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], int)
                     and isinstance(pair[1], (int, float)) and math.isfinite(pair[1]) and pair[1] > 0):
@@ -190,6 +195,9 @@ class Monitors:
       (``initial_batches``). A cut's readings are forgotten ``SERVER_STALE_S`` after its last reply.
     - ``record_rtt(ms)``: a round-trip time sample.
 
+    ``codec_slowdown``: how much slower than the plan's ``encode_ms`` the device encodes (1 where only
+    its heads are emulated slower; ``Device.codec_slowdown``), scaled like the overheads below.
+
     ``overheads_ms`` (offloaded, device-only) are the client's own per-inference costs, given as measured
     once when the client starts (``dyno.bench.calibrate``), not learned here: the device thread does not
     report its per-inference time yet. They run on the device's CPU like the heads, so when the heads run
@@ -204,10 +212,10 @@ class Monitors:
                  initial_server_factor: float = 1.0, overheads_ms: tuple[float, float] = (0.0, 0.0),
                  initial_server_overhead_ms: float = 0.0,
                  initial_server_factors: Mapping[int, float] | None = None,
-                 initial_batches: Mapping[int, int] | None = None) -> None:
-        if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0
+                 initial_batches: Mapping[int, int] | None = None, codec_slowdown: float = 1.0) -> None:
+        if not (initial_bandwidth_bps > 0 and initial_slowdown > 0 and initial_rtt_ms >= 0 and codec_slowdown > 0
                 and initial_server_factor > 0 and min(overheads_ms) >= 0 and initial_server_overhead_ms >= 0):
-            raise ConfigError("initial bandwidth, slowdown and server factor must be > 0, initial RTT and "
+            raise ConfigError("initial bandwidth, slowdowns and server factor must be > 0, initial RTT and "
                               "overheads >= 0")
         self.overheads_ms = (float(overheads_ms[0]), float(overheads_ms[1]))   # (offloaded, device-only)
         self.plan = plan
@@ -215,6 +223,7 @@ class Monitors:
         self.initial_bandwidth_bps = float(initial_bandwidth_bps)
         self.initial_rtt_ms = float(initial_rtt_ms)
         self.initial_slowdown = float(initial_slowdown)
+        self.codec_slowdown = float(codec_slowdown)
         self.initial_server_factor = float(initial_server_factor)   # the cloud's speed against the plan
         self.initial_server_factors = {int(c): float(f) for c, f in (initial_server_factors or {}).items()}
         if not all(f > 0 and math.isfinite(f) for f in self.initial_server_factors.values()):
@@ -327,6 +336,7 @@ class Monitors:
             values = (self.initial_bandwidth_bps if bandwidth is None else bandwidth,
                       _median(self._rtt, self.initial_rtt_ms), slowdown, unseen, _median(self._queue, 0.0),
                       max(capacity, MIN_CLOUD_CAPACITY), *(busier * o for o in self.overheads_ms),
+                      busier * self.codec_slowdown,
                       _dearer_on_agreement(self._handling, self.initial_server_overhead_ms),
                       *(_dearer_on_agreement(self._server_at.get(c, _NONE), self.initial_server_factors.get(c, unseen))
                         for c in cuts))
@@ -335,11 +345,11 @@ class Monitors:
             if (cached is None or cuts != self._cuts or batches != cached.batches
                     or _moved(values, self._values)):   # else the same object
                 (bandwidth_bps, rtt_ms, device_slowdown, server_ms_factor, queue_ms, cloud_capacity,
-                 offload_overhead_ms, local_overhead_ms, server_overhead_ms, *per_cut) = values
+                 offload_overhead_ms, local_overhead_ms, codec_slowdown, server_overhead_ms, *per_cut) = values
                 cached = self._previous = Estimates(
                     bandwidth_bps, rtt_ms, device_slowdown, server_ms_factor, queue_ms, cloud_capacity,
                     offload_overhead_ms, local_overhead_ms, server_overhead_ms, tuple(zip(cuts, per_cut, strict=True)),
-                    batches)
+                    batches, codec_slowdown)
                 self._values, self._cuts = values, cuts
             self._cached = cached
         return self._cached

@@ -224,3 +224,5 @@ def test_under_a_process_quota_the_device_s_time_is_its_cpu_time_times_k():
     assert wall < 0.5 * own                           # not padded (200 ms): the quota does the slowing
     assert own == pytest.approx(200, rel=0.25) and ms >= own
     assert "on the process" in Device(3.0, mode="quota").description
+    # the quota slows the encoding as well; padding slows the head runs alone
+    assert Device(3.0, mode="quota").codec_slowdown == 3.0 and Device(3.0).codec_slowdown == 1.0

@@ -118,6 +118,20 @@ def test_the_batch_is_kept_per_cut_and_a_calibrated_one_stands_until_replies_out
     assert m.estimates().batch_at(0, 1) == 2
 
 
+def test_the_codec_slowdown_is_given_and_grows_as_the_heads_run_slower():
+    # the encoding runs on the device's CPU like the overheads: a busier device encodes slower too
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_slowdown=2.0, codec_slowdown=2.0, window=4)
+    assert m.estimates().codec_slowdown == 2.0
+    cut = plan.cuts[2]
+    for i in range(4):
+        m.record_device(cut.id, 3.0 * cut.device_ms, at=1.0 + i / 10)    # heads at 3x: 1.5x busier
+    assert m.estimates().codec_slowdown == pytest.approx(3.0)
+    assert Monitors(plan).estimates().codec_slowdown == 1.0
+    with pytest.raises(ConfigError):
+        Monitors(plan, codec_slowdown=0.0)
+
+
 def test_estimates_are_republished_only_when_a_figure_moves():
     plan = make_plan(5, seed=0)
     m = Monitors(plan, initial_slowdown=2.0, window=4)

@@ -109,6 +109,23 @@ def test_model_prices_each_cut_by_its_own_server_factor():
         dataclasses.replace(EST, server_ms_factors=((1, 0.0),))
 
 
+def test_model_prices_the_encoding_at_the_device_s_codec_slowdown():
+    # a CPU quota (dyno bench) slows the encoding with the heads; padding the heads alone does not
+    base = tiny_plan()
+    jpeg = dataclasses.replace(base.cuts[0].options[0], encode_ms=2.0)
+    plan = dataclasses.replace(base, cuts=(dataclasses.replace(base.cuts[0], options=(jpeg,)), *base.cuts[1:]))
+    m = PerfModel(plan)
+    i = m.index[(0, "jpeg", 90)]
+    whole = dataclasses.replace(EST, codec_slowdown=3.0)
+    assert m.evaluate(EST).device[i] == pytest.approx(2.0)
+    assert m.evaluate(whole).device[i] == pytest.approx(6.0)
+    assert (predict(plan, m.rows[i], whole).latency_ms - predict(plan, m.rows[i], EST).latency_ms
+            == pytest.approx(4.0))
+    assert m.evaluate(whole).device[m.device_only] == m.evaluate(EST).device[m.device_only]   # no encoding
+    with pytest.raises(PolicyError):
+        dataclasses.replace(EST, codec_slowdown=0.0)
+
+
 def test_model_prices_each_cut_at_the_batch_its_replies_ran_in():
     plan = make_plan(5, seed=1)   # cloud_ms per batch: 1, 8 measured
     m = PerfModel(plan)

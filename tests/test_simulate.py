@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -53,6 +54,18 @@ def test_device_bound_split_by_hand():
     assert r.makespan_s == pytest.approx(0.992 + 0.027)
     assert r.throughput == pytest.approx(125 / 1.019)
     assert r.bytes_total == 125 * 500 and r.cloud_s_total == pytest.approx(125 * 0.005)
+
+
+def test_the_device_encodes_at_its_codec_slowdown():
+    # cut 1 with a 2 ms encoding: device 2*4 + 2 = 10 ms as profiled, 2*4 + 3*2 = 14 ms when the whole
+    # device (a CPU quota) runs 3x slower than the plan's encoding; the link and cloud are faster
+    base = tiny_plan(bytes_=(1e9, 500.0))
+    lz4 = dataclasses.replace(base.cuts[1].options[0], encode_ms=2.0)
+    plan = dataclasses.replace(base, cuts=(base.cuts[0], dataclasses.replace(base.cuts[1], options=(lz4,)),
+                                           base.cuts[2]))
+    trace = Trace.constant(rate(500, 0.004))
+    assert sim("split-int8", plan, trace, slowdown=2.0, duration_s=1.0).inferences == 100
+    assert sim("split-int8", plan, trace, slowdown=2.0, codec_slowdown=3.0, duration_s=1.0).inferences == 72
 
 
 def test_request_window_limits_the_pipeline():

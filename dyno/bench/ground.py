@@ -132,7 +132,9 @@ def _simulated(plan: Any, system: str, trace: Trace, *, slo: Any, slowdown: floa
     from dyno.policy.model import shared_model
     from dyno.simulate import CloudConfig, SimConfig, simulate_policy
 
+    whole = overheads.get("factor", 1.0) > 1.0          # a CPU quota slows the encoding as well as the heads
     config = SimConfig(slowdown=slowdown * overheads["device_factor"], duration_s=duration, rtt_ms=rtt_ms,
+                       codec_slowdown=slowdown * overheads["device_factor"] if whole else 1.0,
                        max_inflight=in_flight,
                        initial_bandwidth_bps=max(trace.rate_bps(0.0), 1e3),
                        cloud=CloudConfig(scale=overheads["server_factor"],
@@ -158,7 +160,7 @@ def _row(system: str, tier: str, trace: Trace, measured: dict[str, Any], simulat
             "simulated_p95_ms": simulated.metrics()["p95_ms"],
             "simulated_bytes_mean": simulated.metrics()["bytes_mean"],
             "fallbacks": s["fallbacks"], "stats": measured.get("stats", {}), "errors": measured.get("errors", []),
-            "overheads": measured.get("overheads"),
+            "overheads": measured.get("overheads"), "cpu_ms_per_inference": measured.get("cpu_ms_per_inference"),
             "evidence": record}
 
 

@@ -132,7 +132,8 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
                         initial_server_factor=server_factor, overheads_ms=overheads_ms,
                         initial_server_factors={plan.cuts[0].id: server_factor},
                         initial_batches={plan.cuts[0].id: server_batch},
-                        initial_server_overhead_ms=server_overhead_ms)
+                        initial_server_overhead_ms=server_overhead_ms,
+                        codec_slowdown=float(getattr(device, "codec_slowdown", 1.0)))
     results: list[Result] = []
     state.link = link
     client = Client(plan, model, config, link=link, device=device, monitors=monitors, splits=splits,

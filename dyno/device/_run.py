@@ -42,7 +42,8 @@ def run_labelled(plan: Any, heads: OrtHeads, *, server: str, data: str | None = 
     link = Link(loaded) if loaded is not None else None
     initial = loaded.rate_bps(0.0) if loaded is not None else 1e6
     monitors = Monitors(plan, initial_bandwidth_bps=max(initial, 1e3),
-                        initial_slowdown=float(getattr(device, "slowdown", 1.0)))
+                        initial_slowdown=float(getattr(device, "slowdown", 1.0)),
+                        codec_slowdown=float(getattr(device, "codec_slowdown", 1.0)))
     config = ClientConfig(server=server, policy=policy, slo=slo, in_flight=in_flight, timeout=timeout, token=token,
                           tls=tls)
     tick = progress.task(f"{policy} via {server} (onnxruntime)", len(xs))

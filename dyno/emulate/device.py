@@ -148,6 +148,13 @@ class Device:
         return cls.tier(tier, mode=mode)
 
     @property
+    def codec_slowdown(self) -> float:
+        """How much slower than this machine the device runs the codec: padding slows the head runs
+        only, a CPU quota everything the device thread (``cgroup``) or the whole client (``quota``) does,
+        the encoding included, as a real slow device would."""
+        return 1.0 if self.mode == "pad" else self.slowdown
+
+    @property
     def description(self) -> str:
         how = {"pad": "padding each head run", "cgroup": "cgroup v1 CPU quota",
                "quota": "cgroup v1 CPU quota on the process"}[self.mode]

@@ -37,8 +37,9 @@ The last cut (device-only) has T_l = T_c = RTT = Q = 0, D = 0, C = 0 and the pla
 
 Assumptions (stated because the plan is measured on this CPU, not on the paper's GPU server): the cloud
 is the native-speed process that produced the plan's ``cloud_ms``; the device is that process slowed by
-k_d (the tiers); the codec times ``encode_ms`` are taken as measured (not multiplied by k_d), exactly as
-the formula in DESIGN.md and the runtime's emulation (which pads the head run only) do. A cut that is
+k_d (the tiers); the codec times ``encode_ms`` are taken as measured times ``codec_slowdown``: 1 (the
+formula in DESIGN.md) where the emulation pads the head runs only, k_d where the device is slowed as a
+whole (a CPU quota, as in ``dyno bench``; a real device). A cut that is
 not ``batchable`` is priced at batch 1. A cut without a measured fp32 option gets one inferred from its
 shape (4 bytes per element, fp32 accuracy, zero codec time) so Neurosurgeon can always cut anywhere;
 an input cut without an 8-bit quantised option gets ``shuffle-lz4:8`` inferred as one byte per value
@@ -214,7 +215,7 @@ class PerfModel:
         return cached
 
     def evaluate(self, est: Estimates, batch: int = 1, in_flight: int | None = None) -> Evaluation:
-        device = self.encode_ms + est.device_slowdown * self.device_ms
+        device = est.codec_slowdown * self.encode_ms + est.device_slowdown * self.device_ms
         if est.offload_overhead_ms or est.local_overhead_ms:
             device = device + np.where(self.offloaded > 0, est.offload_overhead_ms, est.local_overhead_ms)
         link = self.bits8 * (1000.0 / max(est.bandwidth_bps, MIN_BANDWIDTH_BPS))

@@ -128,8 +128,8 @@ def predict(plan: "Plan", row: Row, estimates: Estimates, batch: int = 1, *,
     """The scalar reference of the model for one row (plain Python floats, same operation order).
     ``bound``: the row's drop bound in points (``drop_bounds``); None checks the point estimate."""
     kd = estimates.device_slowdown
-    device = kd * row.device_ms + row.encode_ms + (estimates.offload_overhead_ms if row.offloaded
-                                                   else estimates.local_overhead_ms)
+    device = kd * row.device_ms + estimates.codec_slowdown * row.encode_ms + (
+        estimates.offload_overhead_ms if row.offloaded else estimates.local_overhead_ms)
     if row.offloaded:
         link = (row.wire_bytes * 8.0) * (1000.0 / max(estimates.bandwidth_bps, MIN_BANDWIDTH_BPS))
         batch = estimates.batch_at(row.cut, batch)

@@ -3,7 +3,7 @@ code the device client runs. It is the fleet simulator (``dyno.simulate.fleet``)
 closed loop: inferences start as fast as the device and the request window (``max_inflight``) admit,
 during ``[0, duration)``; throughput is their number divided by the time the last one is answered.
 
-The pipeline is device (k_d * device_ms + encode_ms) -> link (trace.transfer_time) -> RTT/2 -> the
+The pipeline is device (k_d * device_ms + codec_slowdown * encode_ms) -> link (trace.transfer_time) -> RTT/2 -> the
 batching cloud (``dyno.simulate.cloud``: ``cloud.scale`` times the plan's cloud profile, its replies'
 headroom and pressure fed to the device's monitors) -> RTT/2. The policy decides at each start on
 estimates from its ``feed``: ``"own"`` (every real system): ``dyno.monitor.Monitors`` fed by what the
@@ -35,9 +35,11 @@ __all__ = ["SimConfig", "SimResult", "simulate_policy", "OracleDyno", "result_of
 class SimConfig:
     """Simulation settings. ``duration_s`` None = one period of the trace; ``batch`` the batch size the
     policy expects before any reply says otherwise; ``cloud`` the simulated server; ``overhead_ms`` /
-    ``local_overhead_ms`` the client's own work per offloaded / device-only inference."""
+    ``local_overhead_ms`` the client's own work per offloaded / device-only inference; ``codec_slowdown``
+    the device's encoding against the plan's (``Estimates.codec_slowdown``)."""
 
     slowdown: float
+    codec_slowdown: float = 1.0
     duration_s: float | None = None
     rtt_ms: float = 40.0
     batch: int = 1
@@ -121,7 +123,8 @@ def simulate_policy(policy: Policy, model: PerfModel, trace: Trace, slo: SLO, co
     """Run ``policy`` over ``trace`` and return what happened (see the module docstring): the fleet
     simulator with this one device, closed loop."""
     duration = trace.period if config.duration_s is None else config.duration_s
-    spec = DeviceSpec(policy=policy, slowdown=config.slowdown, trace=trace, slo=slo)
+    spec = DeviceSpec(policy=policy, slowdown=config.slowdown, trace=trace, slo=slo,
+                      codec_slowdown=config.codec_slowdown)
     fleet = run_fleet(model, [spec], config.fleet(duration))
     return result_of(policy.name, fleet.devices[0])
 

@@ -4,7 +4,7 @@ sharing one batching cloud (``dyno.simulate.cloud``). One device is the single-d
 
 Each device is a pipeline of its own two stages and the shared cloud::
 
-    device (k_d * device_ms + encode_ms + the client's own work) -> link (transfer_time(wire bytes, start))
+    device (k_d * device_ms + k_codec * encode_ms + the client's own work) -> link (transfer_time(wire bytes, start))
         -> RTT/2 -> cloud (batched per cut) -> RTT/2 -> reply
 
 Work arrives in one of two ways (``DeviceSpec.rate``):
@@ -116,7 +116,8 @@ class _Engine:
                                 window=config.monitor_window, initial_rtt_ms=config.rtt_ms,
                                 initial_slowdown=spec.slowdown, initial_server_factor=config.cloud.scale,
                                 overheads_ms=(config.overhead_ms, config.local_overhead_ms),
-                                initial_server_overhead_ms=config.cloud.overhead_ms)
+                                initial_server_overhead_ms=config.cloud.overhead_ms,
+                                codec_slowdown=spec.codec_slowdown)
             self.devices.append(_Device(i, spec, monitors, met, config.timeline))
 
     def push(self, when: float, kind: int, a: Any, b: Any = None) -> None:
@@ -204,7 +205,7 @@ class _Engine:
             return Estimates(bandwidth_bps=dev.spec.trace.mean_rate(start, start + c.oracle_horizon_s),
                              rtt_ms=c.rtt_ms, device_slowdown=dev.spec.slowdown, server_ms_factor=c.cloud.scale,
                              offload_overhead_ms=c.overhead_ms, local_overhead_ms=c.local_overhead_ms,
-                             server_overhead_ms=c.cloud.overhead_ms)
+                             server_overhead_ms=c.cloud.overhead_ms, codec_slowdown=dev.spec.codec_slowdown)
         pending, monitors = dev.pending, dev.monitors
         while pending and pending[0][0] <= t:
             when, _, observed = heapq.heappop(pending)
@@ -263,7 +264,7 @@ class _Engine:
             return
         head_ms = k * row.device_ms
         extra = self.config.overhead_ms if offload else self.config.local_overhead_ms
-        dev_end = t + (head_ms + row.encode_ms + extra) / 1000.0
+        dev_end = t + (head_ms + dev.spec.codec_slowdown * row.encode_ms + extra) / 1000.0
         dev.device_free = dev_end
         if row.device_ms > 0:
             dev.later(dev_end, ("d", row.cut, head_ms))

@@ -18,7 +18,8 @@ __all__ = ["DeviceSpec", "FleetConfig", "DeviceTally", "FleetResult", "met_rows"
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DeviceSpec:
     """One device: its policy (a fresh instance per device), slowdown k_d against the plan's device
-    profile, uplink trace and where in it the device starts (``offset_s``), SLO, and frame ``rate``."""
+    profile (and ``codec_slowdown`` against its encode times: ``Estimates.codec_slowdown``), uplink trace
+    and where in it the device starts (``offset_s``), SLO, and frame ``rate``."""
 
     policy: Policy
     slowdown: float
@@ -28,10 +29,12 @@ class DeviceSpec:
     rate: float | None = None
     tier: str = ""
     phase_s: float | None = None     # the first frame's time (None: spread over the frame period by index)
+    codec_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.slowdown > 0 and math.isfinite(self.slowdown)):
-            raise ConfigError(f"device slowdown must be > 0, got {self.slowdown!r}")
+        if not (self.slowdown > 0 and math.isfinite(self.slowdown)
+                and self.codec_slowdown > 0 and math.isfinite(self.codec_slowdown)):
+            raise ConfigError(f"device slowdowns must be > 0, got {self.slowdown!r}, {self.codec_slowdown!r}")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise ConfigError(f"a device's frame rate must be > 0, got {self.rate!r}")
 

@@ -25,8 +25,23 @@ def test_harmonic_mean_of_the_window():
     est.update(1000, 0.002)     # 4 Mbit/s
     assert est.estimate_bps == pytest.approx(2 / (1 / 1e6 + 1 / 4e6))   # 1.6 Mbit/s, not the 2.5 mean
     est.update(0, 0.1)          # no information: ignored
-    est.update(1000, 0.0)
+    est.update(1000, float("nan"))
     assert est.samples == 2
+
+
+def test_a_late_reading_and_its_correction_cancel():
+    # on a real network a reply read 5 ms late makes its frame look 5 ms slow and the next 5 ms fast
+    est = BandwidthEstimator(window=8)
+    feed(est, 8e6, 8, nbytes=1000)                      # 1 ms a frame
+    est.update(1000, 0.001 + 0.005)
+    assert est.estimate_bps < 5e6                        # alone it reads as a 40% drop
+    est.update(1000, 0.001 - 0.005)                      # the correction, below zero
+    assert est.estimate_bps == pytest.approx(8e6)
+    est.reset()
+    est.update(1000, -0.002)                             # no positive time yet: no estimate
+    assert est.estimate_bps is None
+    est.update(1000, 0.003)
+    assert est.estimate_bps == pytest.approx(16_000 / 0.001)
 
 
 @pytest.mark.parametrize("window", [1, 4, 8, 16])
@@ -57,6 +72,20 @@ def test_one_outlier_burst_barely_moves_it():
     feed(est, 1e6, 8)
     est.update(10_000, 10_000 * 8 / 1e9)                # one transfer at 1 Gbit/s
     assert est.estimate_bps < 1.15e6
+
+
+def test_the_wire_clock_takes_a_late_reading_back_with_the_next_frame():
+    # frames of 1 ms queued back to back on the link; the client reads the second reply 5 ms late
+    from dyno.runtime.inflight import WireClock
+
+    clock, est = WireClock(), BandwidthEstimator(window=8)
+    clock.note_rtt(0.0005)
+    late = {2: 0.005}
+    for i in range(8):
+        arrival = 0.0005 + 0.001 * (i + 1)               # written at 0, one after another on the link
+        transfer, _ = clock.frame(0.0, arrival + late.get(i, 0.0), server_s=0.0)
+        est.update(1000, transfer)
+    assert est.estimate_bps == pytest.approx(8e6)       # 1000 B a ms, as if no reading had been late
 
 
 def test_window_validated():

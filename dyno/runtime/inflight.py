@@ -71,7 +71,9 @@ class WireClock:
     ``rtt`` is the least of a round trip without payload (``note_rtt``: the ``Describe`` call at
     connection) and the recent round trips of whole frames. Counting the wait behind earlier frames as
     transfer time (what ``replied - written - server`` does) reads a queue of 8 frames as a link 8 times
-    slower."""
+    slower. A reply read late (the client busy or throttled) makes its frame look slow and the next
+    one fast by as much, below zero if need be: both are kept, so that they cancel in the estimator's
+    window (``dyno.bandwidth``)."""
 
     def __init__(self) -> None:
         self.rtt_s: float | None = None
@@ -86,14 +88,15 @@ class WireClock:
         """A new connection: no frame is ahead on the link."""
         self._last = float("-inf")
 
-    def frame(self, written: float, replied: float, server_s: float) -> tuple[float | None, float]:
-        """(transfer seconds or None when the sample says nothing, the round trip in seconds)."""
+    def frame(self, written: float, replied: float, server_s: float) -> tuple[float, float]:
+        """(transfer seconds, the round trip in seconds). A transfer can read zero or below: the frame
+        before it was read late, and looked slow by as much (``dyno.bandwidth``: the two cancel)."""
         arrival = replied - server_s
         self._recent.append(max(arrival - written, 0.0))
         rtt = min(self._recent) if self.rtt_s is None else min(self.rtt_s, min(self._recent))
         transfer = arrival - max(written + rtt, self._last)
-        self._last = max(self._last, arrival)
-        return (transfer if transfer > 1e-6 else None), rtt
+        self._last = arrival     # not the latest so far: a late reading is then taken back by the next
+        return transfer, rtt
 
 
 class Telemetry:

@@ -40,19 +40,23 @@ __all__ = ["client_overheads"]
 
 def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: Any, splits: Any,
                        seconds: float) -> tuple[float, int, Any]:
-    """(CPU seconds per inference, inferences, the estimates at the end: the server's speed)."""
-    from dyno.runtime import Client
+    """(CPU seconds per inference, inferences, the estimates at the end: the server's speed), through
+    the session a run goes through (``dyno.bench.session``: its recording of each result, the policy's
+    decision log): timed with a bare client, the client's work read 5-10% short of the run's."""
+    from dyno.bench.record import Recorder
+    from dyno.bench.session import SystemRun, Workload, run_system
+    from dyno.policy import make
 
-    with Client(plan, model, config, device=device, splits=splits) as client:
-        for result in client.map(xs[i % len(xs)] for i in range(16)):   # warm: the first replies, the codec
-            del result
-        count, start_cpu, deadline = 0, time.process_time(), time.perf_counter() + seconds
-        window = client.map(_until(xs, deadline))
-        for _ in window:
-            count += 1
-        used = time.process_time() - start_cpu
-        estimates = client.estimates()
-    return (used / count if count else 0.0), count, estimates
+    ys = [0] * len(xs)
+    config = config.replace(policy=Recorder(make(config.policy)))
+    run_system(SystemRun("warm", 0.0), plan, model, Workload(xs=xs, ys=ys, n=16), config, device=device,
+               splits=splits)       # the first replies, the codec
+    state, started = SystemRun("calibration", seconds), []
+    run_system(state, plan, model, Workload(xs=xs, ys=ys, duration=seconds), config, device=device, splits=splits,
+               ready=lambda: started.append(time.process_time()))   # from here: not building the client
+    count = len(state.points)
+    used = time.process_time() - started[0]
+    return (used / count if count else 0.0), count, state.estimates
 
 
 def _head_cpu_ms(plan: Any, model: Any, xs: Any, splits: Any, repeats: int = 21) -> float:
@@ -64,13 +68,6 @@ def _head_cpu_ms(plan: Any, model: Any, xs: Any, splits: Any, repeats: int = 21)
 
     head = (splits or Splits(model, plan)).head(plan.cuts[-1].id)
     return statistics.median(cpu_times_ms(lambda i: head(xs[i % len(xs)].unsqueeze(0)), repeats, warmup=2))
-
-
-def _until(xs: Any, deadline: float) -> Any:
-    i = 0
-    while time.perf_counter() < deadline:
-        yield xs[i % len(xs)]
-        i += 1
 
 
 def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, device: Any = None, slowdown: float = 1.0,

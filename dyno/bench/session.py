@@ -97,6 +97,7 @@ class SystemRun:
         self.client: Any = None
         self.errors: list[str] = []   # why the cloud was unreachable, as the client saw it
         self.stats: dict[str, int] = {}   # the client's counters (replies, timeouts, overloaded, ...)
+        self.estimates: Any = None        # the client's estimates when it closed
 
     @property
     def elapsed(self) -> float:
@@ -149,6 +150,7 @@ def run_system(state: SystemRun, plan: Any, model: Any, workload: Workload, conf
         elapsed = max(r.finished for r in results) - state.start if results else 0.0
     finally:
         state.errors = list(client.errors)
+        state.estimates = client.estimates()
         client.close()
         state.stats = dict(client.stats)
         state.client = None

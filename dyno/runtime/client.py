@@ -57,7 +57,9 @@ class Client(ClientFacade):
     """A device client for one plan and model (see the module docstring).
 
     ``policy`` is made from its name (``dyno.policy.make``) unless ``config.policy`` is a ``Policy``;
-    ``monitors`` defaults to ``dyno.monitor.Monitors(plan)``. ``on_result`` is called (in a client
+    ``monitors`` defaults to ``dyno.monitor.Monitors(plan)`` starting from the emulated ``device``'s
+    slowdowns, if one is given (a device 20x slower that believed itself as fast as the plan's profile
+    kept a small model's first inferences on the device). ``on_result`` is called (in a client
     thread) with every ``Result`` as it is made.
 
     What callers read: ``config``, ``plan``, ``splits``, ``policy``, ``slo``, ``monitors``,

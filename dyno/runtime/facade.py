@@ -45,7 +45,8 @@ class ClientFacade:
                        else self.config.policy)
         assert isinstance(self.config.slo, policies.SLO)  # ClientConfig parses it
         self.slo: policies.SLO = self.config.slo
-        self.monitors = monitors or Monitors(plan)
+        self.monitors = monitors or Monitors(plan, initial_slowdown=float(getattr(device, "slowdown", 1.0)),
+                                             codec_slowdown=float(getattr(device, "codec_slowdown", 1.0)))
         self.link, self.device, self.on_result = link, device, on_result
         self._telemetry = Telemetry(self.monitors)
         if self.config.warm:  # pay one-time costs now, not in the first (timed) inferences

@@ -97,7 +97,8 @@ def _run(spec: dict[str, Any], conn: Any) -> dict[str, Any]:
                          server_overhead_ms=overheads["server_overhead_ms"],
                          server_batch=overheads["server_batch"])
     cpu_ms = (time.process_time() - cpu_before) * 1000 / max(1, len(run.points))
-    return {"summary": summary, "cpu_ms_per_inference": cpu_ms, "points": [dataclasses.asdict(p) for p in run.points], "log": policy.log,
+    return {"summary": summary, "cpu_ms_per_inference": cpu_ms,
+            "points": [dataclasses.asdict(p) for p in run.points], "log": policy.log,
             "errors": run.errors, "stats": run.stats, "overheads": overheads,
             "device": device.description if device else f"k_d={spec['slowdown']:.3g}"}
 

@@ -54,8 +54,9 @@ class Estimates:
       batches of 1; priced at the last replies' batch (cut 7's 1), cloud-only read 450/s and ran 750/s.
     - ``codec_slowdown``: the device's time to encode over the plan's ``encode_ms``: 1 where only the
       heads are emulated slower (padding), k_d where the device is slowed as a whole (a CPU quota; a
-      real device): under ``dyno bench``'s quota WebP's 0.14 ms encode took 0.5 ms, and a model that
-      took it as profiled priced DynO's cut-0 WebP 25% fast.
+      real device): under ``dyno bench``'s quota (k_d 3.5) WebP's 0.14 ms encode costs the device
+      0.5 ms; with the encoding as profiled (and the client's own cost read outside the run's session)
+      the simulator beside the bench priced cloud-only at 8 Mbit/s at 938/s where it ran 781/s.
     - ``queue_ms``: how long a request waits at the server before its batch starts: *waiting*, which
       lengthens latency and takes no capacity.
     - ``cloud_capacity``: the cloud's compute this device can use, in worker-seconds per second: what

@@ -88,6 +88,17 @@ def test_the_wire_clock_takes_a_late_reading_back_with_the_next_frame():
     assert est.estimate_bps == pytest.approx(8e6)       # 1000 B a ms, as if no reading had been late
 
 
+def test_the_wire_clock_reads_nothing_from_an_idle_link_s_frame_faster_than_the_round_trip():
+    # probes now and then onto an idle link: one read a little early against the least round trip
+    # corrects nothing (no frame was ahead of it) and says nothing
+    from dyno.runtime.inflight import WireClock
+
+    clock = WireClock()
+    clock.note_rtt(0.002)
+    assert clock.frame(0.0, 0.003, server_s=0.0)[0] == pytest.approx(0.001)
+    assert clock.frame(1.0, 1.0019, server_s=0.0)[0] is None
+
+
 def test_window_validated():
     with pytest.raises(ConfigError):
         BandwidthEstimator(0)

@@ -322,8 +322,8 @@ class CloudConnection:
         wire = None
         if self.link is None:  # no emulated link: the frame's own time on the wire (inflight.WireClock)
             transfer, rtt = self.telemetry.wire.frame(inference.written, now, server_s)
-            network_s, wire = rtt, (inference.nbytes, transfer)
-            inference.transfer_ms = max(transfer, 0.0) * 1000
+            network_s, wire = rtt, None if transfer is None else (inference.nbytes, transfer)
+            inference.transfer_ms = max(transfer or 0.0, 0.0) * 1000
         decision = inference.decision
         assert decision is not None and decision.codec is not None
         option = self.plan.cuts[decision.cut].option(decision.codec, decision.bits)

@@ -88,15 +88,18 @@ class WireClock:
         """A new connection: no frame is ahead on the link."""
         self._last = float("-inf")
 
-    def frame(self, written: float, replied: float, server_s: float) -> tuple[float, float]:
-        """(transfer seconds, the round trip in seconds). A transfer can read zero or below: the frame
-        before it was read late, and looked slow by as much (``dyno.bandwidth``: the two cancel)."""
+    def frame(self, written: float, replied: float, server_s: float) -> tuple[float | None, float]:
+        """(transfer seconds or None when the sample says nothing, the round trip in seconds). A frame
+        queued behind the one before can read zero or below: that one was read late, and looked slow
+        by as much (``dyno.bandwidth``: the two cancel). One sent onto an idle link that reads faster
+        than the least round trip says nothing."""
         arrival = replied - server_s
         self._recent.append(max(arrival - written, 0.0))
         rtt = min(self._recent) if self.rtt_s is None else min(self.rtt_s, min(self._recent))
+        queued = self._last > written + rtt
         transfer = arrival - max(written + rtt, self._last)
         self._last = arrival     # not the latest so far: a late reading is then taken back by the next
-        return transfer, rtt
+        return (transfer if queued or transfer > 1e-6 else None), rtt
 
 
 class Telemetry:

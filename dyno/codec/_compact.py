@@ -49,10 +49,13 @@ __all__ = ["varint", "read_varint", "read_shape", "layout", "Layout", "Fields", 
 MAX_VARINT = 5
 _ZERO32 = b"\0\0\0\0"
 _CRC = struct.Struct("<I")
+_BYTES = [bytes((i,)) for i in range(0x80)]
 
 
 def varint(value: int) -> bytes:
     """``value`` (0..2**32-1) as a minimal LEB128 varint."""
+    if value < 0x80:
+        return _BYTES[value]
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -64,6 +67,8 @@ def varint(value: int) -> bytes:
 def read_varint(buf: bytes | memoryview, offset: int, what: str) -> tuple[int, int]:
     """(value, offset after it) of the varint at ``offset``; FrameError if it is truncated, longer than
     MAX_VARINT bytes, not minimal, or 2**32 or more."""
+    if offset < len(buf) and buf[offset] < 0x80:  # the common case: one byte
+        return buf[offset], offset + 1
     value = 0
     for i in range(MAX_VARINT):
         if offset + i >= len(buf):

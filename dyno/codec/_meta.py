@@ -223,6 +223,10 @@ class FrameMeta:
 
     def unsigned_bytes(self) -> bytes:
         """The wire bytes without the trailing crc32 (what the checksum covers, before the payload)."""
+        return self._unsigned
+
+    @functools.cached_property
+    def _unsigned(self) -> bytes:  # packed once: encode checksums, sizes and sends the same bytes
         if (self.version or FORMAT_VERSION) >= COMPACT_VERSION:
             return _compact.pack_unsigned(self)
         head = HEAD.pack(MAGIC, self.version, MODES.index(self.mode), self.bits or 0,
@@ -238,10 +242,11 @@ class FrameMeta:
 
     def with_crc(self, payload: bytes | memoryview) -> FrameMeta:
         """This metadata with ``crc32`` set for ``payload`` (every other field as validated here)."""
+        crc = self.checksum(payload)  # packs (and caches) the unsigned bytes, which the copy keeps
         sealed = object.__new__(FrameMeta)
         sealed.__dict__.update(self.__dict__)
         sealed.__dict__.pop("_bytes", None)
-        object.__setattr__(sealed, "crc32", self.checksum(payload))
+        object.__setattr__(sealed, "crc32", crc)
         return sealed
 
     def checksum(self, payload: bytes | memoryview) -> int:

@@ -155,34 +155,29 @@ def read_head(prefix: bytes | memoryview) -> Head:
     """The fixed-size header that starts ``prefix``; FrameError for a short buffer, a wrong magic, an
     unknown version (or a mode/compressor newer than the frame's version), unknown flags, unknown
     mode/dtype/compressor numbers, or more than MAX_NDIM axes."""
-    if len(prefix) >= 3 and prefix[2] >= COMPACT_VERSION:
-        size = HEAD3.size
-    else:
-        size = HEAD.size
+    compact = len(prefix) >= 3 and prefix[2] >= COMPACT_VERSION
+    size = HEAD3.size if compact else HEAD.size
     if len(prefix) < size:
         raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {size}-byte header")
-    if size == HEAD3.size:
+    if compact:
         magic, version, kinds, layout, bits = HEAD3.unpack_from(prefix)
-        fields = (kinds & 15, bits & ~LO_ZERO, FLAG_PER_CHANNEL if layout & 0x80 else 0, layout & 7, kinds >> 4,
-                  (layout >> 3) & 15)
+        mode, flags, dtype, comp, ndim = kinds & 15, layout >> 7, layout & 7, kinds >> 4, (layout >> 3) & 15
+        lo_zero, bits = bits >= LO_ZERO, bits & ~LO_ZERO
     else:
-        magic, version, *numbers = HEAD.unpack_from(prefix)
-        fields = tuple(numbers)
-        bits = 0
+        magic, version, mode, bits, flags, dtype, comp, ndim = HEAD.unpack_from(prefix)
+        lo_zero = False
     if magic != MAGIC:
         raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
     if version not in VERSIONS:
         raise FrameError(f"unsupported frame version {version}; this dyno reads versions "
                          f"{', '.join(map(str, VERSIONS))} (upgrade the older side)")
-    head = _named(version, *fields)
-    if bits & LO_ZERO:
-        if head.per_channel or head.mode in FLOAT_MODES:
-            raise FrameError(f"a {'per-channel' if head.per_channel else head.mode} frame has no lo to leave out")
-        head = head._replace(lo_zero=True)
+    head = _named(version, mode, bits, flags, dtype, comp, ndim, lo_zero)
+    if lo_zero and (head.per_channel or head.mode in FLOAT_MODES):
+        raise FrameError(f"a {'per-channel' if head.per_channel else head.mode} frame has no lo to leave out")
     return head
 
 
-def _named(version: int, mode: int, bits: int, flags: int, dtype: int, comp: int, ndim: int) -> Head:
+def _named(version: int, mode: int, bits: int, flags: int, dtype: int, comp: int, ndim: int, lo_zero: bool) -> Head:
     """The header's numbers checked and named (FrameError for any unknown or impossible one)."""
     if flags & ~FLAG_PER_CHANNEL:
         raise FrameError(f"unknown frame flags 0x{flags:02x}")
@@ -197,7 +192,8 @@ def _named(version: int, mode: int, bits: int, flags: int, dtype: int, comp: int
     if version < required_version(MODES[mode], COMPRESSORS[comp]):
         raise FrameError(f"a version {version} frame cannot carry mode {MODES[mode]!r} with "
                          f"{COMPRESSORS[comp]!r} (version {required_version(MODES[mode], COMPRESSORS[comp])})")
-    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim, version)
+    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim, version,
+                lo_zero)
 
 
 def meta_nbytes(ndim: int, channels: int | None) -> int:

@@ -27,6 +27,7 @@ end beyond the bytes at hand is refused as truncated.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, NamedTuple, Protocol
 
@@ -50,6 +51,11 @@ MAX_VARINT = 5
 _ZERO32 = b"\0\0\0\0"
 _CRC = struct.Struct("<I")
 _BYTES = [bytes((i,)) for i in range(0x80)]
+_F32 = struct.Struct("<f")
+_RANGE = struct.Struct("<2f")
+_MODE = {name: i for i, name in enumerate(MODES)}
+_COMPRESSOR = {name: i for i, name in enumerate(COMPRESSORS)}
+_DTYPE = {name: i for i, name in enumerate(DTYPES)}
 
 
 def varint(value: int) -> bytes:
@@ -151,20 +157,23 @@ class Fields(Protocol):
 
 def pack_unsigned(meta: Fields) -> bytes:
     """The version-3 metadata of ``meta`` without its trailing crc32."""
-    single = meta.channel_ranges is None and meta.mode not in FLOAT_MODES
-    lo_zero = single and struct.pack("<f", meta.lo) == _ZERO32
-    head = HEAD3.pack(MAGIC, COMPACT_VERSION, MODES.index(meta.mode) | COMPRESSORS.index(meta.compressor) << 4,
-                      DTYPES.index(meta.dtype) | len(meta.shape) << 3 | (0x80 if meta.per_channel else 0),
-                      (meta.bits or 0) | (LO_ZERO if lo_zero else 0))
-    shape = b"".join(varint(d) for d in meta.shape)
-    if meta.channel_ranges is not None:
-        flat = [v for pair in meta.channel_ranges for v in pair]
-        ranges = struct.pack(f"<{len(flat)}f", *flat)
-    elif not single:
-        ranges = b""
-    else:
-        ranges = struct.pack("<f", meta.hi) if lo_zero else struct.pack("<2f", meta.lo, meta.hi)
-    return head + shape + ranges + varint(meta.payload_nbytes)
+    lo, table = meta.lo, meta.channel_ranges
+    single = table is None and meta.mode not in FLOAT_MODES
+    lo_zero = single and lo == 0.0 and math.copysign(1.0, lo) > 0  # +0.0: its float32 bytes are all zero
+    out = bytearray(HEAD3.pack(MAGIC, COMPACT_VERSION, _MODE[meta.mode] | _COMPRESSOR[meta.compressor] << 4,
+                               _DTYPE[meta.dtype] | len(meta.shape) << 3 | (0x80 if table is not None else 0),
+                               (meta.bits or 0) | (LO_ZERO if lo_zero else 0)))
+    for size in meta.shape:
+        out += varint(size)
+    if table is not None:
+        flat = [v for pair in table for v in pair]
+        out += struct.pack(f"<{len(flat)}f", *flat)
+    elif lo_zero:
+        out += _F32.pack(meta.hi)
+    elif single:
+        out += _RANGE.pack(lo, meta.hi)
+    out += varint(meta.payload_nbytes)
+    return bytes(out)
 
 
 def parse(head: Head, data: bytes | memoryview) -> dict[str, Any]:

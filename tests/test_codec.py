@@ -24,6 +24,7 @@ from dyno.codec import (
     Encoded,
     Expected,
     FrameMeta,
+    _compact,
     _pack,
     _quant,
     decode,
@@ -34,6 +35,12 @@ from dyno.errors import ConfigError, FrameError
 
 QUANT = ("shuffle-lz4", "shuffle-zstd", "dense", "centre-zstd", "zstd", "rans")
 SHUFFLE = ("shuffle-lz4", "shuffle-zstd", "centre-zstd")
+
+
+def meta_nbytes(shape: tuple[int, ...], payload_nbytes: int, ranges: int = 8) -> int:
+    """Bytes of a version-3 frame's metadata: head, shape varints, ``ranges`` bytes, size varint, crc."""
+    varints = [_compact.varint(d) for d in (*shape, payload_nbytes)]
+    return 6 + sum(map(len, varints)) + ranges + 4
 
 
 def widest(mode: str, bits: int) -> int:
@@ -131,7 +138,7 @@ def test_per_channel_and_clip_error_bound(x, bits, mode, data):
     assert m.per_channel == per_channel
     if per_channel:
         assert len(m.channel_ranges) == x32.shape[0]
-        assert m.nbytes == 9 + 4 * x32.ndim + 8 * x32.shape[0] + 8  # the table counts in the bytes
+        assert m.nbytes == meta_nbytes(x32.shape, m.payload_nbytes, 8 * x32.shape[0])  # the table counts
     if clip is not None:
         ranges = m.channel_ranges if per_channel else [(m.lo, m.hi)]
         lo32, hi32 = float(np.float32(clip[0])), float(np.float32(clip[1]))
@@ -316,7 +323,7 @@ def test_dense_is_exactly_b_bits_per_value_plus_metadata(bits):
         x = torch.randn(n)
         enc, _ = roundtrip(x, bits=bits, mode="dense")
         assert enc.meta.payload_nbytes == math.ceil(n * bits / 8)
-        assert enc.nbytes == 29 + math.ceil(n * bits / 8)  # 1-d metadata: 29 bytes
+        assert enc.nbytes == meta_nbytes((n,), enc.meta.payload_nbytes) + math.ceil(n * bits / 8)
         assert enc.meta.compressor == "bitpack"
 
 
@@ -341,28 +348,37 @@ def test_shuffle_mode_falls_back_to_dense_when_blosc2_does_not_pay():
 
 def test_metadata_is_small_and_exact():
     enc = encode(torch.rand(32, 28, 28), bits=4)
-    assert enc.meta.nbytes == len(enc.meta.to_bytes()) == 37
-    assert enc.nbytes == 37 + len(enc.payload)
-    assert enc.meta.to_bytes()[:2] == b"DY"
+    assert 8_000 < len(enc.payload) < 1 << 14  # a 2-byte varint: 6 + 3 + 8 + 2 + 4 bytes of metadata
+    assert enc.meta.nbytes == len(enc.meta.to_bytes()) == 23
+    assert enc.nbytes == 23 + len(enc.payload)
+    assert enc.meta.to_bytes()[:3] == b"DY\x03"
     assert zlib.crc32(enc.meta.to_bytes()[:-4] + enc.payload) == enc.meta.crc32
+    relu = encode(torch.relu(torch.randn(32, 28, 28)), bits=4, nonnegative=True)
+    assert relu.meta.nbytes == 23 - 4  # lo = 0 is a flag, not 4 bytes
     pc = encode(torch.rand(32, 28, 28), bits=4, per_channel=True)
-    assert pc.meta.nbytes == 37 - 8 + 32 * 8
+    assert pc.meta.nbytes == 23 - 8 + 32 * 8
+    old = dataclasses.replace(enc.meta, version=2).with_crc(enc.payload)
+    assert old.nbytes == len(old.to_bytes()) == 37  # version 2: 9 + 4 * 3 + 8 + 4 + 4
 
 
 # Saved once from this implementation (and checked by hand); tests never rewrite them. They pin the
 # wire format: a change here is a new FORMAT_VERSION.
 GOLDEN_X = (torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) - 6) / 4  # -1.5 .. 4.25
 GOLDEN_META = "4459010203000001030200000003000000040000000000c0bf0000884009000000126c3c95"
+GOLDEN_META_V3 = "4459031218030203040000c0bf0000884009fcb37a4a"  # the same frame in version 3
 GOLDEN_PAYLOAD = "38e1c707e03f001fff"  # the codes below as 3 bit planes of 3 bytes each
 GOLDEN_CODES = [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7]
 
 
 def test_golden_dense_frame():
     enc = encode(GOLDEN_X, bits=3, mode="dense")
-    assert enc.meta.to_bytes().hex() == GOLDEN_META
+    assert dataclasses.replace(enc.meta, version=1).with_crc(enc.payload).to_bytes().hex() == GOLDEN_META
+    assert enc.meta.to_bytes().hex() == GOLDEN_META_V3
     assert enc.payload.hex() == GOLDEN_PAYLOAD
     y = decode(Encoded.from_parts(bytes.fromhex(GOLDEN_META), bytes.fromhex(GOLDEN_PAYLOAD)),
                Expected((2, 3, 4)))
+    assert np.array_equal(y, decode(Encoded.from_parts(bytes.fromhex(GOLDEN_META_V3), bytes.fromhex(GOLDEN_PAYLOAD)),
+                                    Expected((2, 3, 4))))
     # range [-1.5, 4.25] at 3 bits: step 5.75 / 7, zero point round(1.5 / step) = 2
     step = 5.75 / 7
     assert GOLDEN_CODES == [round(x / step) + 2 for x in GOLDEN_X.reshape(-1).tolist()]
@@ -374,8 +390,10 @@ def test_golden_metadata_of_a_blosc2_frame():
     assert enc.meta.compressor == "bitpack"  # 48 codes: dense (48 bytes) beats a blosc2 chunk
     big = encode(torch.zeros(4, 64, 64), bits=8)
     assert big.meta.compressor == "blosc2-lz4" and big.meta.payload_nbytes == 32  # an all-zero chunk
-    assert big.meta.to_bytes()[:-4].hex() == (
+    assert dataclasses.replace(big.meta, version=1).to_bytes()[:-4].hex() == (
         "445901000800000203040000004000000040000000000000000000000020000000")
+    # version 3: mode 0 | blosc2-lz4 2 << 4; float32 0 | 3 axes << 3; 8 bits | lo 0; 4, 64, 64; hi 0.0; 32
+    assert big.meta.to_bytes()[:-4].hex() == "44590320188804404000000000" + "20"
     assert np.array_equal(decode(big, Expected((4, 64, 64))), np.zeros((4, 64, 64), np.float32))
 
 
@@ -505,14 +523,16 @@ def test_codes_beyond_the_bit_width_are_refused():
 
 
 def test_metadata_roundtrip_and_strict_parsing():
+    """The version-1 layout (version 3's own strictness: test_codec_compact)."""
     enc = frame(per_channel=True, mode="shuffle-zstd", bits=12)
+    enc = Encoded(dataclasses.replace(enc.meta, version=1).with_crc(enc.payload), enc.payload)
     raw = enc.meta.to_bytes()
     assert FrameMeta.from_bytes(raw) == enc.meta
     assert FrameMeta.from_bytes(bytearray(raw)) == enc.meta
     assert Encoded.from_bytes(enc.to_bytes()) == enc
     bad = {
         "not a dyno frame": b"XY" + raw[2:],
-        "unsupported frame version 3": raw[:2] + b"\x03" + raw[3:],
+        "unsupported frame version 4": raw[:2] + b"\x04" + raw[3:],
         "unsupported frame version 0": raw[:2] + b"\x00" + raw[3:],
         "unknown codec mode number": raw[:3] + b"\x0a" + raw[4:],
         "version 1 frame cannot carry mode 'rans'": raw[:3] + b"\x09" + raw[4:],
@@ -574,7 +594,7 @@ def test_public_surface():
     assert MODES == ("shuffle-lz4", "shuffle-zstd", "dense", "fp16", "fp32", "jpeg", "webp",
                      "centre-zstd", "zstd", "rans")
     assert codec.COMPRESSORS == ("raw", "bitpack", "blosc2-lz4", "blosc2-zstd", "jpeg", "webp", "zstd", "rans")
-    assert codec.VERSIONS == (1, 2) and codec.FORMAT_VERSION == 2
+    assert codec.VERSIONS == (1, 2, 3) and codec.FORMAT_VERSION == 3
     assert set(codec.__all__) >= {"encode", "decode", "Encoded", "FrameMeta", "Expected", "CodecSpec", "MODES"}
 
 
@@ -619,10 +639,13 @@ def test_codec_bench_cli_prints_one_json_document(capsys):
         assert set(row) == {"cut", "fp32_bytes", "bits", "mode", "bytes", "bits_per_value", "encode_gbps",
                             "decode_gbps", "rel_l2", "entropy_bits_per_value", "payload_bits_per_value"}
         assert 0 <= row["entropy_bits_per_value"] <= row["bits"]
-        assert row["payload_bits_per_value"] == pytest.approx(8 * (row["bytes"] - 37) / (row["fp32_bytes"] // 4))
         numel = row["fp32_bytes"] // 4
-        if row["mode"] == "dense":  # exactly b bits per value plus 37 bytes of metadata
-            assert row["bytes"] == 37 + math.ceil(numel * row["bits"] / 8)
+        shape = next(tuple(c["shape"]) for c in doc["cuts"] if c["id"] == row["cut"])
+        payload = row["payload_bits_per_value"] * numel / 8
+        assert payload == pytest.approx(round(payload))
+        assert row["bytes"] == meta_nbytes(shape, round(payload), 4) + round(payload)  # ReLU-like: lo = 0
+        if row["mode"] == "dense":  # exactly b bits per value plus the metadata
+            assert round(payload) == math.ceil(numel * row["bits"] / 8)
         else:  # ReLU6-like data: sparse, so fewer bits than dense
             assert row["bits_per_value"] < row["bits"]
         assert row["encode_gbps"] > 0 and row["decode_gbps"] > 0
@@ -636,6 +659,8 @@ def test_codec_bench_cli_prints_one_json_document(capsys):
     assert names == {"fp32", "fp16", "int8-zlib", "dense-8", "memcpy"}
     for b in doc["baselines"]:
         fp32 = next(r["fp32_bytes"] for r in doc["rows"] if r["cut"] == b["cut"])
-        want = {"fp32": fp32 + 37, "fp16": fp32 // 2 + 37, "memcpy": fp32}.get(b["name"])
+        shape = next(tuple(c["shape"]) for c in doc["cuts"] if c["id"] == b["cut"])
+        want = {"fp32": fp32 + meta_nbytes(shape, fp32, 0), "fp16": fp32 // 2 + meta_nbytes(shape, fp32 // 2, 0),
+                "memcpy": fp32}.get(b["name"])
         assert want is None or b["bytes"] == want
     assert doc["memcpy_gbps"] > 0

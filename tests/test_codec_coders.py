@@ -1,5 +1,5 @@
-"""The frame-version-2 coders (centre-zstd, zstd, rans): lossless over the codes, near the entropy of
-the codes, versioned on the wire, and strict about their own payloads."""
+"""The coders of frame version 2 (centre-zstd, zstd, rans; written in version 3 since): lossless over
+the codes, near the entropy of the codes, versioned on the wire, and strict about their own payloads."""
 
 from __future__ import annotations
 
@@ -46,25 +46,36 @@ def test_every_coder_decodes_what_dense_packing_decodes(mode, per_channel):
             got = decode(wire, Expected(x.shape, modes={mode}))
             want = decode(encode(x, mode="dense", **kwargs), Expected(x.shape))
             assert np.array_equal(got, want), (mode, bits, x.shape)
-            assert enc.meta.version == (2 if enc.meta.compressor != "bitpack" or mode in NEW else 1)
+            assert enc.meta.version == 3
             assert enc.nbytes <= 37 + 8 * x.shape[0] * per_channel + (x.size * bits + 7) // 8
+            v2 = Encoded(dataclasses.replace(enc.meta, version=2).with_crc(enc.payload), enc.payload)
+            assert v2.meta.to_bytes()[2] == 2 and v2.nbytes > enc.nbytes  # the older layout, and larger
+            assert np.array_equal(decode(Encoded.from_bytes(v2.to_bytes()), Expected(x.shape)), got)
 
 
-def test_version_1_modes_still_write_version_1_frames():
+def test_every_mode_writes_version_3_and_the_older_layouts_stay_writable():
+    """Encode writes the compact version 3; a frame re-versioned to the oldest version that carries it
+    (1 for the version-1 modes, 2 for the coders) writes that layout, and decodes the same."""
     x = sparse()
-    for mode in ("shuffle-lz4", "shuffle-zstd", "dense"):
-        assert encode(x, bits=4, mode=mode).meta.to_bytes()[2] == 1
-    for mode in NEW:
-        assert encode(x, bits=4, mode=mode).meta.to_bytes()[2] == 2
+    for mode in ("shuffle-lz4", "shuffle-zstd", "dense") + NEW:
+        enc = encode(x, bits=4, mode=mode)
+        assert enc.meta.to_bytes()[2] == 3
+        oldest = 2 if mode in NEW else 1
+        old = Encoded(dataclasses.replace(enc.meta, version=oldest).with_crc(enc.payload), enc.payload)
+        assert old.meta.to_bytes()[2] == oldest and old.meta.nbytes == 37 > enc.meta.nbytes
+        assert np.array_equal(decode(Encoded.from_bytes(old.to_bytes()), Expected(x.shape)),
+                              decode(enc, Expected(x.shape)))
 
 
 def test_a_version_1_frame_cannot_name_a_version_2_mode_and_version_2_reads_old_modes():
     enc = encode(peaked(), bits=4, mode="rans")
+    enc = Encoded(dataclasses.replace(enc.meta, version=2).with_crc(enc.payload), enc.payload)
     raw = bytearray(enc.meta.to_bytes())
     raw[2] = 1
     with pytest.raises(FrameError, match="version 1 frame cannot carry mode 'rans'"):
         FrameMeta.from_bytes(bytes(raw))
     old = encode(sparse(), bits=4, mode="shuffle-lz4")
+    old = Encoded(dataclasses.replace(old.meta, version=1).with_crc(old.payload), old.payload)
     newer = Encoded(dataclasses.replace(old.meta, version=2).with_crc(old.payload), old.payload)
     assert np.array_equal(decode(newer, Expected(old.meta.shape)), decode(old, Expected(old.meta.shape)))
     with pytest.raises(FrameError, match="version 1 is invalid"):
@@ -119,7 +130,12 @@ def test_rans_takes_at_most_8_bits():
         encode(peaked(), bits=9, mode="rans")
     enc = encode(peaked(), bits=8, mode="rans")
     raw = bytearray(enc.meta.to_bytes())
-    raw[4] = 9
+    raw[5] = 9  # version 3: the bits byte
+    with pytest.raises(FrameError, match="out of range 1..8"):
+        Expected(enc.meta.shape).check_wire(bytes(raw), enc.meta.payload_nbytes)
+    old = dataclasses.replace(enc.meta, version=2).with_crc(enc.payload)
+    raw = bytearray(old.to_bytes())
+    raw[4] = 9  # versions 1 and 2
     with pytest.raises(FrameError, match="out of range 1..8"):
         Expected(enc.meta.shape).check_wire(bytes(raw), enc.meta.payload_nbytes)
 

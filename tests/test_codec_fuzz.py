@@ -1,16 +1,17 @@
 """Fuzzing the decoder: >= 100,000 damaged or hostile frames per coder, and only ever a FrameError.
 
-Every mode contributes valid frames (the version-1 modes together; each version-2 coder, centre-zstd,
-zstd and rans, on its own 100,000 trials); each trial damages one (bit flips, byte changes, truncation,
-extension, random metadata) and runs a receiver's path (``decode_frame``, or ``Encoded.from_bytes`` /
-``from_parts`` then ``decode``). A tenth of the trials re-sign the damaged frame with a correct
-checksum, as a hostile or buggy sender would, so the checks behind the checksum (blosc2 header, code
-range, image header) and blosc2/Pillow themselves see garbage too. Memory stays bounded by the
-expected tensor, not by what a frame claims, and whatever decodes is finite (no wall-clock limits:
-the machine's load must not decide a test). Hostile headers (sizes declared far beyond the cut:
-per-channel tables, ndim, shapes, payload sizes) are refused without allocating anything in
-proportion to the declaration, and non-finite values (NaN/inf payloads, ranges whose grid overflows
-float32) never decode.
+Every mode contributes valid frames of frame version 3, the compact layout encode writes (the version-1
+modes together; each version-2 coder, centre-zstd, zstd and rans, on its own: 100,000 trials each), and
+all of them again in the older layouts (versions 1 and 2, another 100,000); each trial damages one (bit
+flips, byte changes, truncation, extension, random metadata) and runs a receiver's path
+(``decode_frame``, or ``Encoded.from_bytes`` / ``from_parts`` then ``decode``). A tenth of the trials
+re-sign the damaged frame with a correct checksum, as a hostile or buggy sender would, so the checks
+behind the checksum (blosc2 header, code range, image header) and blosc2/Pillow themselves see garbage
+too. Memory stays bounded by the expected tensor, not by what a frame claims, and whatever decodes is
+finite (no wall-clock limits: the machine's load must not decide a test). Hostile headers (sizes
+declared far beyond the cut: per-channel tables, ndim, shapes, payload sizes) are refused without
+allocating anything in proportion to the declaration, and non-finite values (NaN/inf payloads, ranges
+whose grid overflows float32) never decode.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def base_frames() -> list[tuple[Encoded, Expected]]:
     return [(f, Expected(f.meta.shape)) for f in frames]
 
 
+def older(frames: list[tuple[Encoded, Expected]]) -> list[tuple[Encoded, Expected]]:
+    """The frames in the oldest layout that carries each (version 1, or 2 for the coders)."""
+    out = []
+    for enc, expected in frames:
+        version = required_version(enc.meta.mode, enc.meta.compressor)
+        out.append((Encoded(dataclasses.replace(enc.meta, version=version).with_crc(enc.payload), enc.payload),
+                    expected))
+    return out
+
+
+GROUPS = ("version 1",) + NEW_CODERS + ("older layouts",)
+
+
+def group_frames(group: str) -> list[tuple[Encoded, Expected]]:
+    """The valid frames a fuzz group damages: version 3 but for the "older layouts" group."""
+    if group == "version 1":
+        return base_frames()
+    if group == "older layouts":
+        return older(base_frames() + [f for mode in NEW_CODERS for f in coder_frames(mode)])
+    return coder_frames(group)
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
     """A damaged copy of data (never equal to it)."""
     while (damaged := _damage(rng, data)) == data:
@@ -116,7 +139,7 @@ def resign(rng: random.Random, enc: Encoded) -> Encoded | None:
         if rng.random() < 0.3:
             field, value = rng.choice([
                 ("bits", rng.randint(0, 20)), ("compressor", rng.choice(COMPRESSORS)),
-                ("mode", rng.choice(MODES)), ("version", rng.choice([1, 2])),
+                ("mode", rng.choice(MODES)), ("version", rng.choice([1, 2, 3])),
                 ("lo", rng.uniform(-1e3, 1e3)), ("hi", rng.uniform(-1e3, 1e3)),
                 ("lo", -rng.choice(EXTREMES)), ("hi", rng.choice(EXTREMES)),
                 ("dtype", rng.choice(["float32", "uint8", "float16"])),
@@ -147,16 +170,17 @@ def one_trial(rng: random.Random, enc: Encoded, wire: tuple[bytes, bytes, bytes,
             return route, decode_frame(*parts, expected)
         return route, decode(Encoded.from_parts(*parts), expected)
     if route < 0.95:  # random metadata, sometimes with a plausible prefix
-        head = rng.choice([b"DY\x01", b"DY\x02"]) if rng.random() < 0.7 else b""
+        head = rng.choice([b"DY\x01", b"DY\x02", b"DY\x03"]) if rng.random() < 0.7 else b""
         return route, decode(Encoded.from_bytes(head + rng.randbytes(rng.randint(0, 80))), expected)
     return route, decode(Encoded.from_parts(rng.randbytes(rng.randint(0, 60)), rng.randbytes(rng.randint(0, 60))),
                          expected)
 
 
-@pytest.mark.parametrize("group", ("version 1",) + NEW_CODERS)
+@pytest.mark.parametrize("group", GROUPS)
 def test_fuzzed_frames_raise_frame_error_only(group):
     rng = random.Random(20240601)
-    frames = base_frames() if group == "version 1" else coder_frames(group)
+    frames = group_frames(group)
+    assert {f.meta.to_bytes()[2] for f, _ in frames} == ({1, 2} if group == "older layouts" else {3})
     wires = [(f.to_bytes(), f.meta.to_bytes(), f.payload, expected) for f, expected in frames]
     counts = {"rejected": 0, "decoded": 0}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -188,7 +212,8 @@ def test_fuzzed_frames_raise_frame_error_only(group):
 
 def test_every_single_bit_flip_of_every_frame_is_caught():
     """Exhaustive over bit positions: the checksum (or the metadata checks) catch each one."""
-    for enc, expected in base_frames()[::7] + [f for mode in NEW_CODERS for f in coder_frames(mode)[::9]]:
+    frames = base_frames()[::7] + [f for mode in NEW_CODERS for f in coder_frames(mode)[::9]]
+    for enc, expected in frames + older(frames):
         whole = enc.to_bytes()
         for position in range(0, 8 * len(whole), 3):
             buf = bytearray(whole)
@@ -200,11 +225,13 @@ def test_every_single_bit_flip_of_every_frame_is_caught():
             raise AssertionError(f"{enc!r}: flipping bit {position} went unnoticed")
 
 
-def test_random_metadata_never_parses_into_garbage():
+@pytest.mark.parametrize("version", [1, 3])
+def test_random_metadata_never_parses_into_garbage(version):
+    """What parses is valid, and canonical: it writes back the very bytes it was read from."""
     rng = random.Random(7)
     accepted = 0
     for _ in range(20_000):
-        data = b"DY\x01" + rng.randbytes(rng.randint(0, 50))
+        data = b"DY" + bytes([version]) + rng.randbytes(rng.randint(0, 50))
         try:
             meta = FrameMeta.from_bytes(data)
         except FrameError:

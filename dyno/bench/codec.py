@@ -4,7 +4,8 @@ For a few input images the model's head is run to each of several cuts spread ov
 activation is encoded at each bit width in each mode (and by each baseline), decoded, and timed on one
 thread (torch and blosc2). Per (cut, bits, mode) the figures are medians over the images: bytes on the
 wire (metadata included), bits per value (of the frame, and ``payload_bits_per_value`` of its payload
-alone: the metadata takes ``9 + 4 * ndim + 16`` bytes per frame, whatever the coder), encode and decode
+alone: the compact metadata of frame version 3 takes 6 bytes, a varint per axis, 4 or 8 of range, a
+varint of payload size and a 4-byte checksum, 15-25 bytes whatever the coder), encode and decode
 throughput in GB/s of the fp32 tensor (each itself the median of ``repeats`` timed runs after a
 warm-up), the relative L2 error, and the order-0 entropy of the codes (``entropy_bits_per_value``: what
 a memoryless coder of the codes cannot beat; LZ-style coders can, where codes repeat). ``rans`` takes
@@ -38,7 +39,6 @@ import torch
 
 from dyno import partition, zoo
 from dyno.codec import MAX_BITS, Expected, _pack, _quant, decode, encode
-from dyno.codec._wire import meta_nbytes
 from dyno.errors import ConfigError, DynoError
 from dyno.packing import IMAGE_CODECS
 from dyno.progress import NO_PROGRESS, Progress, Tick
@@ -159,15 +159,17 @@ def _synthetic(samples: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def _measure_codec(tensors: list[np.ndarray], repeats: int, **kwargs: Any) -> dict[str, float]:
     shape = tensors[0].shape
     expected = Expected(shape=shape)
-    sizes, enc_t, dec_t, errors = [], [], [], []
+    sizes, payloads, enc_t, dec_t, errors = [], [], [], [], []
     for x in tensors:
         t_enc, enc = _timed(functools.partial(encode, x, nthreads=1, **kwargs), repeats)
         t_dec, y = _timed(functools.partial(decode, enc, expected, nthreads=1), repeats)
         sizes.append(enc.nbytes)
+        payloads.append(len(enc.payload))
         enc_t.append(t_enc)
         dec_t.append(t_dec)
         errors.append(_rel_l2(y, x))
-    return _summary(tensors[0].nbytes, sizes, enc_t, dec_t, errors)
+    return {**_summary(tensors[0].nbytes, sizes, enc_t, dec_t, errors),
+            "payload_bytes": int(statistics.median(payloads))}
 
 
 def _summary(fp32_bytes: int, sizes: list[int], enc_t: list[float], dec_t: list[float],
@@ -271,10 +273,9 @@ def _codec_rows(cut: dict[str, Any], bits: tuple[int, ...], modes: tuple[str, ..
                 tick(status=f"cut {cut['id']} {mode} {b} bits: not a width of {mode}")
                 continue
             m = _measure_codec(tensors, repeats, bits=b, mode=mode, nonnegative=cut["nonnegative"])
-            payload = m["bytes"] - meta_nbytes(tensors[0].ndim, None)
             rows.append({"cut": cut["id"], "fp32_bytes": tensors[0].nbytes, "bits": b, "mode": mode,
                          "bytes": m["bytes"], "bits_per_value": 8 * m["bytes"] / tensors[0].size,
-                         "payload_bits_per_value": 8 * payload / tensors[0].size,
+                         "payload_bits_per_value": 8 * m["payload_bytes"] / tensors[0].size,
                          "entropy_bits_per_value": entropy, "encode_gbps": m["encode_gbps"],
                          "decode_gbps": m["decode_gbps"], "rel_l2": m["rel_l2"]})
             tick(status=f"cut {cut['id']} {mode} {b} bits")

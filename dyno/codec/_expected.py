@@ -1,6 +1,6 @@
 """What a receiver accepts (``Expected``) and its checks of a frame's wire header (steps 1-5 of
-``dyno.codec._receive``). It depends on the wire numbers alone (``_wire``), so the frame (``_meta``,
-``_codec``) and the decoder (``_receive``) all import it and nothing imports back.
+``dyno.codec._receive``). It depends on the wire numbers and layouts alone (``_wire``, ``_compact``), so
+the frame (``_meta``, ``_codec``) and the decoder (``_receive``) all import it and nothing imports back.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import math
 import struct
 from typing import Any
 
+from dyno.codec import _compact
 from dyno.codec._wire import (
     ALLOWED_COMPRESSORS,
+    COMPACT_VERSION,
     FLOAT_MODES,
     HEAD,
     MODES,
@@ -76,15 +78,24 @@ class Expected:
         """FrameError unless metadata bytes ``meta`` (with a payload of ``payload_nbytes`` bytes, if
         given) can be a frame this receiver accepts, judged from the fixed-size header, the shape and
         the declared sizes alone (steps 1-5 of the module docstring). Reads at most
-        9 + 4 * ndim + 4 bytes of ``meta`` and allocates nothing whose size the frame declares."""
+        9 + 4 * ndim + 4 bytes of ``meta`` (version 3: 6 + 5 * ndim + 5) and allocates nothing whose
+        size the frame declares."""
         head = read_head(meta)
         self.check_head(head)
-        size = meta_nbytes(head.ndim, self.shape[0] if head.per_channel else None)
-        if len(meta) != size:
-            raise FrameError(f"frame metadata is {len(meta)} bytes; a frame of the expected shape "
-                             f"{self.shape} has {size}")
-        self.check_shape(struct.unpack_from(f"<{head.ndim}I", meta, HEAD.size))
-        declared = struct.unpack_from("<I", meta, size - TAIL.size)[0]
+        if head.version >= COMPACT_VERSION:
+            shape, offset = _compact.read_shape(head, meta)
+            self.check_shape(shape)
+            where = _compact.layout(head, meta, shape, offset)
+            size, declared = where.size, where.payload_nbytes
+            if len(meta) != size:
+                raise FrameError(f"frame metadata is {len(meta)} bytes; its header says {size}")
+        else:
+            size = meta_nbytes(head.ndim, self.shape[0] if head.per_channel else None)
+            if len(meta) != size:
+                raise FrameError(f"frame metadata is {len(meta)} bytes; a frame of the expected shape "
+                                 f"{self.shape} has {size}")
+            self.check_shape(struct.unpack_from(f"<{head.ndim}I", meta, HEAD.size))
+            declared = struct.unpack_from("<I", meta, size - TAIL.size)[0]
         bits = None if head.mode in FLOAT_MODES else head.bits
         check_payload_size(head.mode, head.compressor, bits, math.prod(self.shape), declared)
         self.check_nbytes(size + declared)

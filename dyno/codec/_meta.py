@@ -1,6 +1,7 @@
 """The frame metadata (``FrameMeta``): a small, versioned, strictly validated binary struct.
 
-Its wire layout, the mode/compressor/dtype numbers and the versions are in ``dyno.codec._wire``. The
+Its wire layouts, the mode/compressor/dtype numbers and the versions are in ``dyno.codec._wire`` (versions 1
+and 2) and ``dyno.codec._compact`` (version 3, what encode writes). The
 crc32 is an integrity check against corruption and truncation (and it keeps garbage away from blosc2,
 zstd, rANS and Pillow); it is not authentication, which is the transport's job.
 """
@@ -14,8 +15,10 @@ import struct
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from dyno.codec import _compact
 from dyno.codec._wire import (
     ALLOWED_COMPRESSORS,
+    COMPACT_VERSION,
     COMPRESSORS,
     DTYPES,
     FLAG_PER_CHANNEL,
@@ -86,7 +89,9 @@ class FrameMeta:
     ``dyno.codec._quant.Grid``); with per-channel ranges ``channel_ranges`` holds one ``(lo, hi)`` per
     entry of axis 0 and ``lo``/``hi`` are 0. ``compressor`` names what made the payload (one of
     ``COMPRESSORS``, allowed for the mode), ``payload_nbytes`` its length and ``crc32`` the checksum of
-    the metadata bytes before it followed by the payload.
+    the metadata bytes before it followed by the payload. ``version`` (None: ``FORMAT_VERSION``, the
+    compact layout) picks the layout ``to_bytes`` writes; 1 or 2 write the older ones, when they carry
+    the mode and compressor.
 
     Construction validates every field on its own and against the others, and raises FrameError.
     """
@@ -121,12 +126,12 @@ class FrameMeta:
                              f"(allowed: {', '.join(sorted(ALLOWED_COMPRESSORS[self.mode]))})")
         least = required_version(self.mode, self.compressor)
         if self.version is None:
-            set_("version", least)
+            set_("version", FORMAT_VERSION)
         elif (not isinstance(self.version, int) or isinstance(self.version, bool) or self.version not in VERSIONS
               or self.version < least):
             raise FrameError(f"frame version {self.version!r} is invalid for mode {self.mode!r} with "
-                             f"{self.compressor!r} (this dyno writes {least}, reads "
-                             f"{', '.join(map(str, VERSIONS))}; the newest is {FORMAT_VERSION})")
+                             f"{self.compressor!r} (the oldest that carries it is {least}; this dyno reads "
+                             f"{', '.join(map(str, VERSIONS))} and writes {FORMAT_VERSION})")
         self._check_bits()
         self._check_ranges(set_)
         if not isinstance(self.payload_nbytes, int) or not 0 <= self.payload_nbytes <= 0xFFFFFFFF:
@@ -206,8 +211,7 @@ class FrameMeta:
     @property
     def nbytes(self) -> int:
         """Length of ``to_bytes()``."""
-        ranges = 2 * (len(self.channel_ranges) if self.channel_ranges is not None else 1)
-        return HEAD.size + 4 * len(self.shape) + 4 * ranges + TAIL.size
+        return len(self._bytes)
 
     # ---------------------------------------------------------------------------------- wire format
     def to_bytes(self) -> bytes:
@@ -219,7 +223,13 @@ class FrameMeta:
 
     def unsigned_bytes(self) -> bytes:
         """The wire bytes without the trailing crc32 (what the checksum covers, before the payload)."""
-        head = HEAD.pack(MAGIC, self.version or FORMAT_VERSION, MODES.index(self.mode), self.bits or 0,
+        return self._unsigned
+
+    @functools.cached_property
+    def _unsigned(self) -> bytes:  # packed once: encode checksums, sizes and sends the same bytes
+        if (self.version or FORMAT_VERSION) >= COMPACT_VERSION:
+            return _compact.pack_unsigned(self)
+        head = HEAD.pack(MAGIC, self.version, MODES.index(self.mode), self.bits or 0,
                           FLAG_PER_CHANNEL if self.per_channel else 0, DTYPES.index(self.dtype),
                           COMPRESSORS.index(self.compressor), len(self.shape))
         shape = struct.pack(f"<{len(self.shape)}I", *self.shape)
@@ -232,10 +242,11 @@ class FrameMeta:
 
     def with_crc(self, payload: bytes | memoryview) -> FrameMeta:
         """This metadata with ``crc32`` set for ``payload`` (every other field as validated here)."""
+        crc = self.checksum(payload)  # packs (and caches) the unsigned bytes, which the copy keeps
         sealed = object.__new__(FrameMeta)
         sealed.__dict__.update(self.__dict__)
         sealed.__dict__.pop("_bytes", None)
-        object.__setattr__(sealed, "crc32", self.checksum(payload))
+        object.__setattr__(sealed, "crc32", crc)
         return sealed
 
     def checksum(self, payload: bytes | memoryview) -> int:
@@ -245,9 +256,13 @@ class FrameMeta:
     def wire_size(prefix: bytes | memoryview) -> int:
         """Length of the metadata that starts ``prefix`` (a frame's first bytes), from its header.
 
-        Needs the fixed 9-byte header, plus the first shape entry for per-channel frames.
+        Versions 1 and 2 need the fixed 9-byte header, plus the first shape entry for per-channel
+        frames; version 3 its head, shape and payload size (``_compact.layout``).
         """
-        return _wire_size(read_head(prefix), prefix)
+        head = read_head(prefix)
+        if head.version >= COMPACT_VERSION:
+            return _compact.layout(head, prefix).size
+        return _wire_size(head, prefix)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, *, expected: Expected | None = None
@@ -262,30 +277,37 @@ class FrameMeta:
         if expected is not None:
             expected.check_wire(data)
         head = read_head(data)
-        size = _wire_size(head, data)
-        if len(data) != size:
-            raise FrameError(f"frame metadata is {len(data)} bytes; its header says {size}")
-        offset = HEAD.size
-        shape = struct.unpack_from(f"<{head.ndim}I", data, offset)
-        offset += 4 * head.ndim
-        lo = hi = 0.0
-        table = None
-        if head.per_channel:
-            flat = struct.unpack_from(f"<{2 * shape[0]}f", data, offset)
-            table = tuple(zip(flat[0::2], flat[1::2]))
-            offset += 8 * shape[0]
-        else:
-            lo, hi = struct.unpack_from("<2f", data, offset)
-            offset += 8
-        payload_nbytes, crc = TAIL.unpack_from(data, offset)
+        fields = _compact.parse(head, data) if head.version >= COMPACT_VERSION else _parse_v12(head, data)
         bits = None if head.mode in FLOAT_MODES and head.bits == 0 else head.bits
-        return cls(version=head.version, mode=head.mode, bits=bits, shape=shape, dtype=head.dtype, lo=lo, hi=hi,
-                   channel_ranges=table, compressor=head.compressor, payload_nbytes=payload_nbytes, crc32=crc)
+        return cls(version=head.version, mode=head.mode, bits=bits, dtype=head.dtype, compressor=head.compressor,
+                   **fields)
+
+
+def _parse_v12(head: Head, data: bytes | memoryview) -> dict[str, Any]:
+    """The fields (shape, ranges, payload_nbytes, crc32) of exactly one version-1/2 metadata ``data``."""
+    size = _wire_size(head, data)
+    if len(data) != size:
+        raise FrameError(f"frame metadata is {len(data)} bytes; its header says {size}")
+    offset = HEAD.size
+    shape = struct.unpack_from(f"<{head.ndim}I", data, offset)
+    offset += 4 * head.ndim
+    lo = hi = 0.0
+    table = None
+    if head.per_channel:
+        flat = struct.unpack_from(f"<{2 * shape[0]}f", data, offset)
+        table = tuple(zip(flat[0::2], flat[1::2]))
+        offset += 8 * shape[0]
+    else:
+        lo, hi = struct.unpack_from("<2f", data, offset)
+        offset += 8
+    payload_nbytes, crc = TAIL.unpack_from(data, offset)
+    return {"shape": shape, "lo": lo, "hi": hi, "channel_ranges": table, "payload_nbytes": payload_nbytes,
+            "crc32": crc}
 
 
 def _wire_size(head: Head, prefix: bytes | memoryview) -> int:
-    """Metadata length declared by ``head`` (read from ``prefix``): per-channel frames declare it in
-    their first shape entry, which this reads (4 bytes) but does not trust."""
+    """Metadata length (versions 1 and 2) declared by ``head`` (read from ``prefix``): per-channel frames
+    declare it in their first shape entry, which this reads (4 bytes) but does not trust."""
     if not head.per_channel:
         return meta_nbytes(head.ndim, None)
     if head.ndim == 0:

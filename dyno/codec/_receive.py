@@ -3,22 +3,23 @@
 ``decode_frame(meta, payload, expected)`` is the receiver's one entry point. It judges a frame in this
 order and raises FrameError at the first failure:
 
-1. the fixed 9-byte header: magic, version (1 or 2, and not older than its mode and compressor),
-   flags, mode / dtype / compressor numbers, ndim <= MAX_NDIM;
+1. the fixed-size header (6 bytes in version 3, 9 in versions 1 and 2): magic, version (1, 2 or 3, and
+   not older than its mode and compressor), flags, mode / dtype / compressor numbers, ndim <= MAX_NDIM;
 2. the header against ``expected``: ndim, mode accepted, compressor valid for the mode, bits (the
    accepted range for a quantised mode, at most 8 for rans, 0 for fp16/fp32, 1..100 for jpeg/webp),
    per-channel ranges wanted or not (and only for a quantised mode with a channel axis);
-3. the metadata's length against the one the *expected* shape implies, so a per-channel table is
-   read only when it holds exactly the cut's channel count;
-4. the shape (at most MAX_NDIM uint32) equal to the expected shape;
+3. versions 1 and 2: the metadata's length against the one the *expected* shape implies, so a
+   per-channel table is read only when it holds exactly the cut's channel count;
+4. the shape (at most MAX_NDIM uint32, or in version 3 minimal varints) equal to the expected shape;
+   version 3 then its metadata's length against the one its (now expected) shape implies;
 5. the declared payload size: possible for the expected shape (exact for fp16/fp32 and dense packing,
    for an entropy coder between its smallest output - a blosc2 header, a zstd magic number, a rANS
    table and one word - and dense packing), within ``max_nbytes`` with the metadata, and equal to the
    payload's length.
 
-Steps 1-5 (``Expected.check_wire``, in ``_expected``) read at most 9 + 4 * MAX_NDIM + 4 bytes and allocate nothing whose
-size the frame declares: a frame declaring 900,000 ranges to a 32-channel cut costs what any other bad
-header costs. Then:
+Steps 1-5 (``Expected.check_wire``, in ``_expected``) read at most 9 + 4 * MAX_NDIM + 4 bytes (version
+3: 6 + 5 * MAX_NDIM + 5) and allocate nothing whose size the frame declares: a frame declaring 900,000
+ranges to a 32-channel cut costs what any other bad header costs. Then:
 
 6. every field parsed and validated (``FrameMeta.from_bytes``): ranges finite with lo <= hi, ...;
 7. the crc32 of metadata and payload;

@@ -1,6 +1,9 @@
 """The frame's numbers and names: modes, compressors, dtypes, versions, and the fixed-size header.
 
-Wire layout of the metadata (little-endian), 37 bytes for a 3-d tensor with one range::
+Frames of version 3 (what encode writes) have the compact metadata of ``dyno.codec._compact``: a 6-byte
+head, then varints and only the ranges a frame needs (17-23 bytes for the tensors of a CNN, against
+29-37 in versions 1 and 2). Wire layout of the metadata of versions 1 and 2 (little-endian), 37 bytes
+for a 3-d tensor with one range::
 
     offset  size      field
     0       2         magic b"DY"
@@ -19,10 +22,12 @@ Wire layout of the metadata (little-endian), 37 bytes for a 3-d tensor with one 
 Versions. Version 1 knows the modes ``shuffle-lz4``, ``shuffle-zstd``, ``dense``, ``fp16``, ``fp32``,
 ``jpeg``, ``webp`` and the compressors ``raw``, ``bitpack``, ``blosc2-lz4``, ``blosc2-zstd``, ``jpeg``,
 ``webp``. Version 2 adds the modes ``centre-zstd``, ``zstd``, ``rans`` and the compressors ``zstd`` and
-``rans`` (see ``dyno.codec._coders``); nothing else changed. A frame is written with the lowest version
-that carries it (``required_version``), so a receiver that reads only version 1 still reads every frame
-of the version-1 modes, and refuses the others by their version ("upgrade the older side"). This
-receiver reads both, and refuses a version-1 frame that names a version-2 mode or compressor.
+``rans`` (see ``dyno.codec._coders``); nothing else changed. Version 3 carries every mode and
+compressor with the same payloads; only the metadata's layout is new (``dyno.codec._compact``).
+Encode writes version 3; ``FrameMeta(version=1 or 2)`` still writes the older layouts (the lowest that
+carries a frame is ``required_version``) for a receiver that reads only those, which refuses version 3
+by its version ("upgrade the older side"). This receiver reads all three, and refuses a version-1 frame
+that names a version-2 mode or compressor.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from dyno.errors import FrameError
 
 __all__ = ["MODES", "QUANT_MODES", "IMAGE_MODES", "FLOAT_MODES", "COMPRESSORS", "ALLOWED_COMPRESSORS", "DTYPES",
            "FORMAT_VERSION", "VERSIONS", "MAX_NDIM", "MAX_BITS", "FLAG_PER_CHANNEL", "MAGIC", "HEAD", "TAIL",
-           "Head", "read_head", "meta_nbytes", "check_payload_size", "byte_view", "dense_nbytes",
+           "Head", "read_head", "COMPACT_VERSION", "HEAD3", "LO_ZERO",
+           "meta_nbytes", "check_payload_size", "byte_view", "dense_nbytes",
            "container_itemsize", "required_version", "bits_problem", "rans_table_nbytes", "ZSTD_MIN_NBYTES"]
 
 MODES: tuple[str, ...] = ("shuffle-lz4", "shuffle-zstd", "dense", "fp16", "fp32", "jpeg", "webp",
@@ -70,13 +76,20 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "bfloat16", "uint8")
 
 MAGIC = b"DY"
 #: The newest frame version, and every version this receiver reads.
-FORMAT_VERSION = 2
-VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)
+#: The first version with the compact metadata (``dyno.codec._compact``).
+COMPACT_VERSION = 3
 _SINCE = {"centre-zstd": 2, "zstd": 2, "rans": 2}  # modes and compressors newer than version 1
 MAX_NDIM = 8
 FLAG_PER_CHANNEL = 0x01
 
 HEAD = struct.Struct("<2sBBBBBBB")
+#: The compact head (version 3): magic, version, mode | compressor << 4, dtype | ndim << 3 | per-channel
+#: << 7, bits | LO_ZERO (see ``dyno.codec._compact``).
+HEAD3 = struct.Struct("<2sBBBB")
+#: In the compact head's bits byte: the range's lo is +0.0 and is not on the wire.
+LO_ZERO = 0x80
 TAIL = struct.Struct("<II")
 #: The smallest payloads the entropy coders can write: a zstd frame's magic number; a rANS table.
 ZSTD_MIN_NBYTES = 4
@@ -125,7 +138,8 @@ def byte_view(data: Any, what: str) -> bytes | memoryview:
 
 
 class Head(NamedTuple):
-    """The fixed 9-byte start of the metadata, its numbers checked and turned into names."""
+    """The fixed-size start of the metadata (9 bytes in versions 1 and 2, 6 in version 3), its numbers
+    checked and turned into names."""
 
     mode: str
     bits: int  # the raw byte: 0 for fp16/fp32
@@ -134,20 +148,37 @@ class Head(NamedTuple):
     compressor: str
     ndim: int
     version: int = FORMAT_VERSION
+    lo_zero: bool = False  # version 3: the range's lo is 0 and not on the wire
 
 
 def read_head(prefix: bytes | memoryview) -> Head:
     """The fixed-size header that starts ``prefix``; FrameError for a short buffer, a wrong magic, an
     unknown version (or a mode/compressor newer than the frame's version), unknown flags, unknown
     mode/dtype/compressor numbers, or more than MAX_NDIM axes."""
-    if len(prefix) < HEAD.size:
-        raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {HEAD.size}-byte header")
-    magic, version, mode, bits, flags, dtype, comp, ndim = HEAD.unpack_from(prefix)
+    compact = len(prefix) >= 3 and prefix[2] >= COMPACT_VERSION
+    size = HEAD3.size if compact else HEAD.size
+    if len(prefix) < size:
+        raise FrameError(f"frame of {len(prefix)} bytes is shorter than the {size}-byte header")
+    if compact:
+        magic, version, kinds, layout, bits = HEAD3.unpack_from(prefix)
+        mode, flags, dtype, comp, ndim = kinds & 15, layout >> 7, layout & 7, kinds >> 4, (layout >> 3) & 15
+        lo_zero, bits = bits >= LO_ZERO, bits & ~LO_ZERO
+    else:
+        magic, version, mode, bits, flags, dtype, comp, ndim = HEAD.unpack_from(prefix)
+        lo_zero = False
     if magic != MAGIC:
         raise FrameError(f"not a dyno frame (magic {bytes(magic)!r}, want {MAGIC!r})")
     if version not in VERSIONS:
         raise FrameError(f"unsupported frame version {version}; this dyno reads versions "
                          f"{', '.join(map(str, VERSIONS))} (upgrade the older side)")
+    head = _named(version, mode, bits, flags, dtype, comp, ndim, lo_zero)
+    if lo_zero and (head.per_channel or head.mode in FLOAT_MODES):
+        raise FrameError(f"a {'per-channel' if head.per_channel else head.mode} frame has no lo to leave out")
+    return head
+
+
+def _named(version: int, mode: int, bits: int, flags: int, dtype: int, comp: int, ndim: int, lo_zero: bool) -> Head:
+    """The header's numbers checked and named (FrameError for any unknown or impossible one)."""
     if flags & ~FLAG_PER_CHANNEL:
         raise FrameError(f"unknown frame flags 0x{flags:02x}")
     if mode >= len(MODES):
@@ -161,11 +192,12 @@ def read_head(prefix: bytes | memoryview) -> Head:
     if version < required_version(MODES[mode], COMPRESSORS[comp]):
         raise FrameError(f"a version {version} frame cannot carry mode {MODES[mode]!r} with "
                          f"{COMPRESSORS[comp]!r} (version {required_version(MODES[mode], COMPRESSORS[comp])})")
-    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim, version)
+    return Head(MODES[mode], bits, bool(flags & FLAG_PER_CHANNEL), DTYPES[dtype], COMPRESSORS[comp], ndim, version,
+                lo_zero)
 
 
 def meta_nbytes(ndim: int, channels: int | None) -> int:
-    """Length of the metadata of an ``ndim``-axis frame: one range, or one per channel if given."""
+    """Length of the version-1/2 metadata of an ``ndim``-axis frame: one range, or one per channel if given."""
     return HEAD.size + 4 * ndim + 8 * (1 if channels is None else channels) + TAIL.size
 
 

@@ -87,3 +87,20 @@ def test_the_device_and_the_cloud_run_on_cores_apart():
         assert cloud == max(before) and cloud not in os.sched_getaffinity(0)
         assert os.sched_getaffinity(0) == before - {cloud}
     assert os.sched_getaffinity(0) == before
+
+
+def test_the_run_s_predicted_throughput_is_a_mean_over_seconds_as_the_measured_one_is():
+    # 1,000 decisions predicting 1,000/s in the first second, 10 predicting 10/s in the second: the run's
+    # figure is (1000 + 10) / 2, not the decisions' mean (~990), which the fast second would outvote
+    from types import SimpleNamespace
+
+    from dyno.bench.record import evidence
+    from dyno.emulate.traces import Trace
+
+    log = [(i / 1000, 0, "jpeg", 90, 1000.0, 8e6, 1.0, 1.0) for i in range(1000)]
+    log += [(1 + i / 10, 0, "jpeg", 90, 10.0, 1e5, 1.0, 1.0) for i in range(10)]
+    points = [SimpleNamespace(t=e[0], cut=0, codec="jpeg", bits=90, where="cloud", correct=True, nbytes=100)
+              for e in log]
+    record = evidence(points, log, trace=Trace.constant(8e6), duration=2.0, slo=None)
+    assert record["predicted_throughput"] == pytest.approx(505.0)
+    assert record["observed_throughput"] == pytest.approx(505.0)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
-import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 import torch
+from allocation import traced_peak
 
 from dyno.codec import MAX_BITS, Encoded, Expected, FrameMeta, _compact, decode, decode_frame, encode
 from dyno.codec._wire import COMPRESSORS, DTYPES, MODES, required_version
@@ -167,20 +167,6 @@ def test_the_receiver_checks_a_version_3_header_against_the_cut():
     payload = bytes(3136)
     out = decode_frame(v3_meta(payload=payload), payload, CUT)  # the forged header is a frame after all
     assert out.shape == (32, 14, 14) and np.isfinite(out).all()
-
-
-def traced_peak(call, *args) -> tuple[BaseException | None, int]:
-    tracemalloc.start()
-    try:
-        call(*args)
-    except Exception as error:  # noqa: BLE001 - the caller asserts what it was
-        raised: BaseException | None = error
-    else:
-        raised = None
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return raised, peak
 
 
 def hostile_v3(rng: random.Random, expected: Expected) -> tuple[bytes, bytes]:

@@ -8,12 +8,12 @@ tensor is always finite. Allocation is measured with tracemalloc (deterministic)
 from __future__ import annotations
 
 import struct
-import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 import torch
+from allocation import traced_peak
 
 from dyno.codec import Encoded, Expected, FrameMeta, _pack, decode, decode_frame, encode
 from dyno.errors import ConfigError, FrameError
@@ -75,21 +75,6 @@ def hostile_frames() -> dict[str, tuple[bytes, bytes, Expected]]:
         "over-max-nbytes": (raw_meta(payload=bytes(32 * 196 // 2)), bytes(32 * 196 // 2),
                             Expected((32, 14, 14), max_nbytes=1000)),
     }
-
-
-def traced_peak(call) -> tuple[BaseException | None, int]:
-    """(the exception ``call()`` raised, or None; peak bytes allocated meanwhile, tracemalloc)."""
-    tracemalloc.start()
-    try:
-        call()
-    except BaseException as error:  # noqa: BLE001 - returned to the test, which asserts on it
-        raised: BaseException | None = error
-    else:
-        raised = None
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return raised, peak
 
 
 HOSTILE = hostile_frames()

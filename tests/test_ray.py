@@ -16,6 +16,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from plan_factory import Fixed
+from ray_head import local_head
 
 from dyno import codec
 from dyno.runtime import BatchConfig, Client, ServerConfig, ServerThread
@@ -26,6 +27,7 @@ from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyno[ray]')")
 
 from dyno.cloud import RayConfig, RayServer  # noqa: E402
+from dyno.cloud.harness import SERVE_ENV  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic v1 idioms inside Ray Serve
@@ -35,14 +37,16 @@ TOKEN = "s3cret"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the module (starting one costs seconds). Logical CPUs beyond the
-    machine's: several small deployments share it; each replica still runs one torch thread."""
+    """One local Ray instance for the module (starting one costs seconds), in its own process
+    (tests/ray_head.py). Logical CPUs beyond the machine's: several small deployments share it; each
+    replica still runs one torch thread."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})  # replicas unpickle tests/nets.py's model
-    yield ray
-    ray.shutdown()
+    with local_head(num_cpus=8, env=SERVE_ENV) as address:
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})  # replicas unpickle tests/nets.py's model
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

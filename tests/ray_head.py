@@ -3,9 +3,10 @@
 Twice in CI, ``ray.init()`` in pytest's own process, late in the suite, never started the raylet: the GCS,
 monitor and log monitor had started, the raylet wrote no log at all, and ``ray.init`` gave up after its
 fixed 30 s ("The current node timed out during startup"). Ray forks the raylet with a ``preexec_fn``,
-which Python documents as unsafe in a process with threads, and by then pytest's process carries many
-native ones (gRPC servers and channels, torch's pools): the likely cause, not reproduced on demand. A fresh
-process has none of those threads, and it tries again if Ray's start-up still times out.
+which Python documents as unsafe in a process with threads, and by then pytest's process carries native
+ones (gRPC's and torch's: 11 when counted there): the likely cause, though three runs of the suite's first
+half and test_ray did not reproduce it. A fresh process has no such threads, and it tries again if Ray's
+start-up still times out.
 
     with local_head(num_cpus=8) as address:
         ray.init(address=address)

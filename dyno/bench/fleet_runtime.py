@@ -10,7 +10,8 @@ monitors. The fleet is the simulator's (``dyno.bench.fleet.fleet_specs``: same t
 and frame rate), and the fleet simulator runs the same configuration beside it: one worker, the emulated
 slowdowns, and the speeds measured at the start (``dyno.bench.calibrate``: the client's own work per
 inference, the device's and the server's time over the plan's profile as the scales of the simulated
-devices and cloud).
+devices and cloud, and how much slower the server computes a request that finds it idle: at 10 requests
+a second it is cold for each).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
 inference (the server's own compute-time counter over the answered inferences; on Ray the replicas' own
@@ -60,11 +61,13 @@ def server_metrics(server: Any) -> dict[tuple[str, tuple], float]:
 
 
 def _compute_seconds(server: Any) -> float:
-    """Tail compute seconds so far: the replicas' own on Ray, the server's batches when embedded."""
+    """Tail compute seconds so far: the replicas' own on Ray (wall time), the compute thread's CPU time
+    when embedded (the devices' own work shares this machine: wall time would count its waits for a core)."""
     metrics = server_metrics(server)
-    replicas = [v for (name, _), v in metrics.items() if name == "dyno_replica_compute_seconds_total"]
-    if replicas:
-        return sum(replicas)
+    for counter in ("dyno_replica_compute_seconds_total", "dyno_compute_cpu_seconds_total"):
+        values = [v for (name, _), v in metrics.items() if name == counter]
+        if values:
+            return sum(values)
     return sum(v for (name, _), v in metrics.items() if name == "dyno_compute_seconds_sum")
 
 
@@ -187,21 +190,55 @@ def _measured(plan: Any, specs: list[Any], reports: list[dict[str, Any]], *, dur
     return metrics
 
 
-def _calibrate(plan: Any, weights: str, n: int, server: str) -> dict[str, Any]:
-    """The client's own work per inference and the server's speed now (``dyno.bench.calibrate``)."""
+def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> dict[str, Any]:
+    """The client's own work per inference, the server's speed now and how much slower it computes
+    after idling (``dyno.bench.calibrate``)."""
     import torch
 
     from dyno import zoo
-    from dyno.bench.calibrate import client_overheads
+    from dyno.bench.calibrate import client_overheads, server_warmth
     from dyno.bench.session import labelled
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         xs, _ = labelled(plan.model, None, min(n, 64))
-        return client_overheads(plan, zoo.load_model(plan.model, weights=weights), xs, server=server)
+        model = zoo.load_model(plan.model, weights=weights)
+        before = _served(cloud)
+        calibration = client_overheads(plan, model, xs, server=cloud.address)
+        calibration["server_factor_wall"] = calibration["server_factor"]
+        calibration["server_factor"] = _cpu_scale(plan, before, _served(cloud)) or calibration["server_factor"]
+        calibration["warmth"] = server_warmth(plan, model, xs, server=cloud.address,
+                                              compute=lambda: _compute_seconds(cloud))
+        return calibration
     finally:
         torch.set_num_threads(threads)
+
+
+def _served(cloud: Any) -> tuple[float, float, float]:
+    """(compute seconds, samples, batches) the server has run so far."""
+    metrics = server_metrics(cloud)
+    samples = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_sum")
+    batches = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_count")
+    return _compute_seconds(cloud), samples, batches
+
+
+def _cpu_scale(plan: Any, before: tuple[float, float, float], after: tuple[float, float, float]) -> float | None:
+    """The simulated cloud's scale from the calibration's offloaded run as the server counted it: its
+    compute per sample over the profile's at the batch size it ran in (cut 0, JPEG's decode aside). The
+    replies' wall time beside a client running flat out on the same two cores read 1.8-2.2 in three
+    runs a few minutes apart; the compute counter is the one the fleet's cloud-seconds are read from."""
+    from dyno.simulate.cloud import batch_times
+
+    compute, samples, batches = (a - b for a, b in zip(after, before, strict=True))
+    if samples < 8 or batches <= 0 or compute <= 0:
+        return None
+    cut = plan.cuts[0]
+    batch = max(1, round(samples / batches))
+    decode = min((o.decode_ms for o in cut.options if o.codec == "jpeg"), default=0.0)
+    profiled = batch_times(cut.cloud_ms, batch, 1.0)[batch] * 1000.0 / batch
+    per_sample = compute * 1000.0 / samples - decode
+    return per_sample / profiled if profiled > 0 and per_sample > 0 else None
 
 
 async def _closed_loop(address: str, requests: list[Any], streams: int, seconds: float) -> dict[str, Any]:
@@ -331,11 +368,12 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
     started = time.perf_counter()
     with start_cloud(str(plan_path), weights, server=server, replicas=replicas, ray_address=ray_address,
                      batch_in=batch_in) as cloud:
-        calibration = _calibrate(plan, weights, n, cloud.address)
+        calibration = _calibrate(plan, weights, n, cloud)
         trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
                                  cloud=CloudConfig(scale=calibration["server_factor"],
-                                                   overhead_ms=calibration["server_overhead_ms"]),
+                                                   overhead_ms=calibration["server_overhead_ms"],
+                                                   cold=tuple(map(tuple, calibration["warmth"]["cold"]))),
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
         setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
                  "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,
@@ -352,7 +390,8 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
             "slo": str(parsed), "rate": rate, "duration_s": duration,
             "mix": dict(mix), "tiers": tiers, "tiers_requested": wanted, "window": window, "processes": processes,
             "device_emulation": "pad", "link": "token-bucket", "cloud_price_per_s": price,
-            "speeds": speeds.describe(wanted), "cloud": {"scale": sim_config.cloud.scale, "workers": 1},
+            "speeds": speeds.describe(wanted),
+            "cloud": {"scale": sim_config.cloud.scale, "workers": 1, "cold": sim_config.cloud.cold},
             "calibration": calibration,
             "measured": {"fleet": measured}, "simulated": {"fleet": simulated},
             "seconds": time.perf_counter() - started}

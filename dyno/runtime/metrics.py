@@ -189,6 +189,9 @@ class ServerMetrics:
         self.queue = r.histogram("dyno_queue_seconds", "Arrival to start of the batch's compute, by cut",
                                  ("cut",))
         self.compute = r.histogram("dyno_compute_seconds", "Tail compute time per batch, by cut", ("cut",))
+        self.compute_cpu = r.counter("dyno_compute_cpu_seconds_total",
+                                     "CPU time of the compute thread in the tails (decode and tail), by cut",
+                                     ("cut",))
         self.streams = r.gauge("dyno_streams", "Open Infer streams")
         self.in_flight = r.gauge("dyno_in_flight", "Requests accepted and not yet answered")
         self.load = r.gauge("dyno_load", "Share of the last second the compute workers were busy")

@@ -37,10 +37,11 @@ import asyncio
 import concurrent.futures
 import errno
 import hmac
+import inspect
 import logging
 import socket
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 import torch
@@ -129,7 +130,10 @@ class Server:
             await loop.run_in_executor(self._compute_pool, self.splits.warm, sorted(self.served))
             await loop.run_in_executor(self._compute_pool, warm_codecs, self.plan)
             await loop.run_in_executor(self._compute_pool, self._seed_costs)
-        self.batcher = Batcher(self.tails.run_batch, self._compute_pool, self.config.batching, self._on_batch,
+        run: Callable[[int, Any], Any] = self.tails.run_batch
+        if not inspect.iscoroutinefunction(run):
+            run = self._cpu_counted(run)
+        self.batcher = Batcher(run, self._compute_pool, self.config.batching, self._on_batch,
                                max_queue_s=self.config.max_queue_ms / 1000)
         self.batcher.start()
         if self._metrics_endpoint is not None:
@@ -224,6 +228,21 @@ class Server:
         return str(cut) if cut < len(self.plan.cuts) else "invalid"  # bounded metric labels
 
     # ------------------------------------------------------------------------------ compute
+
+    def _cpu_counted(self, run: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+        """``run`` counting its thread's CPU time (``dyno_compute_cpu_seconds_total``): what the cloud spends,
+        where the wall time also holds the waits for a core the machine's other work causes (on a host
+        shared with 64 emulated devices, 1.3 ms of wall per request against 1.0 alone). Torch's intra-op
+        threads beyond the compute thread are not counted (the fleet bench runs one)."""
+
+        def counted(cut_id: int, requests: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return run(cut_id, requests)
+            finally:
+                self.metrics.compute_cpu.inc(time.thread_time() - start, cut=self.cut_label(cut_id))
+
+        return counted
 
     def _on_batch(self, cut_id: int, size: int, compute_s: float) -> None:
         self.metrics.batch.observe(size, cut=cut_id)

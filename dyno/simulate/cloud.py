@@ -6,6 +6,12 @@
   cut c takes the sum of its requests' decode times plus ``tail(c, b)``, the plan's cloud profile
   interpolated linearly between the batch sizes it measured (per sample beyond the largest), times
   ``scale`` (the cloud tier: ``dyno.bench.reference``).
+- **A cold worker** (``cold``): a worker idle for a while computes its next batch slower, by the
+  multiplier ``cold`` gives for that idle time (``(idle ms, multiplier)`` points, interpolated, flat
+  beyond the last). A CPU server asked rarely computes slower (caches, clocks): fmnist-resnet's cut-0
+  tail on the 2-core development VM took 0.9-1.0 ms per request back to back and 1.5-1.8 ms 100 ms apart,
+  which is what a device sending 10 requests a second finds. Empty (the default) leaves it out;
+  ``dyno.bench.calibrate.server_warmth`` measures it for a run to compare with.
 - **Refusals** (``dyno.runtime.admission`` and the batcher): a request whose estimated wait for compute
   exceeds ``ADMIT_SHARE`` of ``max_queue_ms`` is refused on arrival, and one that has waited
   ``max_queue_ms`` when its batch forms is refused rather than run.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import math
 from typing import Callable
 
 from dyno.errors import ConfigError
@@ -41,7 +48,8 @@ class CloudConfig:
     """The simulated server: ``workers`` compute workers, batches of at most ``max_batch``, ``scale``
     times the plan's cloud profile, ``target_utilisation`` and ``max_queue_ms`` as ``ServerConfig``;
     ``overhead_ms`` of handling per request beyond its decode and tail (gRPC, checks, batching, the
-    reply: what the runtime's replies report as ``cpu_ms`` beyond compute), on the worker of its batch."""
+    reply: what the runtime's replies report as ``cpu_ms`` beyond compute), on the worker of its batch;
+    ``cold`` the slower first batch after idling (module docstring)."""
 
     workers: int = 1
     max_batch: int = 32
@@ -49,6 +57,7 @@ class CloudConfig:
     target_utilisation: float = 1.0
     max_queue_ms: float = 1000.0
     overhead_ms: float = 0.0
+    cold: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (isinstance(self.workers, int) and 1 <= self.workers <= 4096):
@@ -63,6 +72,24 @@ class CloudConfig:
             raise ConfigError("max_queue_ms must be > 0")
         if not 0 <= self.overhead_ms < 1e4:
             raise ConfigError(f"the cloud's overhead_ms must be in 0..1e4, got {self.overhead_ms!r}")
+        idle = [p[0] for p in self.cold]
+        if not (all(len(p) == 2 and 0 <= p[0] < 1e7 and 1 <= p[1] <= 10 for p in self.cold)
+                and idle == sorted(set(idle))):
+            raise ConfigError(f"cold must be (idle ms, multiplier in 1..10) points, idle rising, got {self.cold!r}")
+
+    def warmth(self, idle_s: float) -> float:
+        """How many times slower a worker idle for ``idle_s`` seconds computes its next batch."""
+        cold = self.cold
+        if not cold:
+            return 1.0
+        idle_ms = idle_s * 1000.0
+        k = bisect.bisect_right([p[0] for p in cold], idle_ms)
+        if k == 0:
+            return cold[0][1]
+        if k == len(cold):
+            return cold[-1][1]
+        (x0, y0), (x1, y1) = cold[k - 1], cold[k]
+        return y0 + (y1 - y0) * (idle_ms - x0) / (x1 - x0)
 
     def signal(self, load: float) -> tuple[float, float]:
         """(headroom, pressure) at ``load``, as ``ServerConfig.cloud_signal``."""
@@ -125,6 +152,7 @@ class SimCloud:
         self.queues: dict[int, collections.deque[Request]] = {}
         self.idle = list(range(config.workers))
         self.running: dict[int, tuple[float, float]] = {}   # worker -> (start, end) of its batch
+        self.ended = [-math.inf] * config.workers             # when each worker's last batch ended
         self.spans: collections.deque[tuple[float, float]] = collections.deque()
         self.busy_in_window = 0.0
         self.busy_total = 0.0
@@ -150,15 +178,17 @@ class SimCloud:
     def done(self, worker: int, t: float, batch: list[Request]) -> None:
         """A batch ended at ``t``: replies go out, the worker takes the next batch."""
         start = self.running.pop(worker)[0]
+        self.ended[worker] = t
         self.spans.append((start, t))
         self.busy_in_window += t - start
         self.busy_total += t - start
         load = self.load(t)
         headroom, pressure = self.config.signal(load)
         b = len(batch)
-        compute_ms = (t - start - self._handling_s(b)) * 1000.0   # as the runtime: handling is not compute
+        compute_s = t - start - self._handling_s(b)   # as the runtime: handling is not compute
+        compute_ms = compute_s * 1000.0
         self.per_sample[batch[0].cut] = (t - start) / b
-        share = (t - start) / b
+        share = compute_s / b                          # cloud-seconds: compute, as the server's counter
         arrive = t + self.half_rtt
         for request in batch:
             reply = Reply(request, compute_ms, b, (start - request.arrived) * 1000.0, headroom, pressure,
@@ -211,7 +241,9 @@ class SimCloud:
                     kept.append(request)
             if not kept:
                 continue
-            seconds = self.times[best][len(kept)] + sum(r.decode_s for r in kept) + self._handling_s(len(kept))
+            compute = (self.times[best][len(kept)] + sum(r.decode_s for r in kept)) * self.config.warmth(
+                t - self.ended[worker])
+            seconds = compute + self._handling_s(len(kept))
             self.running[worker] = (t, t + seconds)
             self.push(t + seconds, DONE, worker, kept)
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import torch
 
 from dyno.bench.calibrate import client_overheads
@@ -20,3 +22,32 @@ def test_local_overhead_does_not_depend_on_how_slow_the_profile_was(model):
     profiled = nominal_plan(model, device_ms_per_mmac=20.0).cuts[-1].device_ms
     assert slow["head_ms"] < 0.1 * profiled
     assert slow["device_factor"] == slow["head_ms"] / profiled      # what a simulator scales the tiers by
+
+
+def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(model, plan, splits):
+    # a real server, one client sending one request at a time, back to back and then further apart
+    from dyno.bench.calibrate import GAPS_MS, server_warmth
+    from dyno.runtime import ServerThread
+
+    from dyno.runtime.metrics import parse_text
+
+    counted = []
+
+    def compute_seconds(running):
+        counted.append(1)
+        with urllib.request.urlopen(running.metrics_url, timeout=5) as response:
+            metrics = parse_text(response.read().decode())
+        return sum(v for (name, _), v in metrics.items() if name == "dyno_compute_cpu_seconds_total")
+
+    with ServerThread(plan, model, splits=splits) as running:
+        xs = torch.rand(16, 1, 28, 28)
+        plain = server_warmth(plan, model, xs, server=running.address)
+        by_counter = server_warmth(plan, model, xs, server=running.address, compute=lambda: compute_seconds(running))
+    for warmth in (plain, by_counter):
+        idle = [p[0] for p in warmth["points"]]
+        assert len(idle) == len(GAPS_MS) and idle == sorted(idle)
+        assert idle[-1] >= 0.8 * GAPS_MS[-1]                # the last requests found the server idle that long
+        assert all(ms > 0 for _, ms in warmth["points"])
+        cold = warmth["cold"]
+        assert cold[0][1] == 1.0 and all(a[1] <= b[1] <= 10 for a, b in zip(cold, cold[1:]))
+    assert len(counted) == 2 * len(GAPS_MS)                   # read before and after each spacing

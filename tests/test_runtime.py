@@ -145,6 +145,9 @@ def test_batching_is_visible_in_the_metrics(model, plan, splits, inputs):
     assert max(r.batch for r in results) > 1
     assert m[("dyno_request_bytes_total", (("cut", "5"),))] > 0
     assert m[("dyno_request_latency_seconds_count", (("cut", "5"),))] == 4 * len(inputs)
+    # the compute thread's CPU time: some, and no more than the batches' wall time
+    cpu, wall = m[("dyno_compute_cpu_seconds_total", (("cut", "5"),))], m[("dyno_compute_seconds_sum", (("cut", "5"),))]
+    assert 0 < cpu <= wall * 1.05 + 0.01
 
 
 def test_64_concurrent_clients_are_served_and_nothing_is_lost(server, model, plan, splits):

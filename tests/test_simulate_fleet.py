@@ -13,6 +13,7 @@ from plan_factory import make_plan, tiny_plan
 from dyno.bench.fleet import fleet_experiment, fleet_metrics, fleet_specs
 from dyno.cli import main as dyno_main
 from dyno.emulate.traces import Trace
+from dyno.errors import ConfigError
 from dyno.plan import CutPlan, Option, Plan
 from dyno.policy import SLO, make
 from dyno.policy.model import PerfModel
@@ -163,3 +164,32 @@ def test_the_fleet_bench_spreads_frames_and_probes_as_the_simulator_does():
     ordered = sorted(phases)
     assert min(b - a for a, b in zip(ordered, ordered[1:])) > 1 / 40
     assert [c["phase"] for c in clients] == pytest.approx([p / 20.0 for p in phases])
+
+
+def test_a_cold_worker_computes_its_next_batch_slower_by_the_idle_time_before_it():
+    from dyno.simulate.cloud import DONE, Request, SimCloud
+
+    cold = CloudConfig(cold=((1.0, 1.0), (101.0, 2.0)), overhead_ms=0.5)
+    assert [cold.warmth(s) for s in (0.0, 0.001, 0.051, 0.101, 10.0)] == pytest.approx([1.0, 1.0, 1.5, 2.0, 2.0])
+    events = []
+    cloud = SimCloud([{1: 1.0}], cold, lambda t, kind, a, b: events.append((t, kind, a, b)), half_rtt=0.0)
+
+    def batch_at(t):
+        cloud.arrive(Request(0, 0, t, 0, 0.0), t)
+        t_done, kind, worker, batch = next(e for e in events if e[1] == DONE)
+        events.clear()
+        cloud.done(worker, t_done, batch)
+        reply = events[-1][3]
+        events.clear()
+        return (t_done - t) * 1000, reply
+
+    ms, reply = batch_at(0.0)                  # never ran: as cold as the last point
+    assert ms == pytest.approx(2.0 + 0.5)      # compute 1 ms x 2, handling 0.5 ms
+    assert reply.compute_ms == pytest.approx(2.0) and reply.cloud_s == pytest.approx(0.002)  # handling is not compute
+    assert batch_at(0.0025)[0] == pytest.approx(1.0 + 0.5)        # back to back: warm
+    assert batch_at(0.004 + 0.051)[0] == pytest.approx(1.5 + 0.5)  # 51 ms idle: half way
+    plain = CloudConfig()
+    assert plain.warmth(100.0) == 1.0
+    for bad in (((0.0, 0.5),), ((5.0, 1.0), (1.0, 2.0)), ((0.0, 11.0),)):
+        with pytest.raises(ConfigError, match="cold"):
+            CloudConfig(cold=bad)

@@ -63,9 +63,12 @@ def _tiers_of(n: int, mix: dict[str, float], rng: random.Random) -> list[str]:
 
 
 def fleet_specs(traces: Sequence[Trace], n: int, policy: str, *, mix: dict[str, float], tiers: dict[str, float],
-                slo: SLO, rate: float | None, seed: int = 0, build: Any = None) -> list[DeviceSpec]:
+                slo: SLO, rate: float | None, seed: int = 0, build: Any = None,
+                whole_device: bool = False) -> list[DeviceSpec]:
     """The fleet of size ``n`` running ``policy`` (a fresh instance per device, ``build(name)``); the same
-    tiers, traces and offsets for every policy at one ``seed``."""
+    tiers, traces and offsets for every policy at one ``seed``. ``whole_device``: a tier slows the
+    encoding as well, as a slower CPU does (``dyno simulate``); not where only the heads are padded (the
+    runtime's fleets)."""
     if build is None:
         from dyno.bench.simulate import build_policy as build
     unknown = set(mix) - set(tiers)
@@ -76,6 +79,7 @@ def fleet_specs(traces: Sequence[Trace], n: int, policy: str, *, mix: dict[str, 
     for tier in _tiers_of(n, mix, rng):
         trace = traces[rng.randrange(len(traces))]
         specs.append(DeviceSpec(policy=build(policy), slowdown=tiers[tier], trace=trace, slo=slo,
+                                codec_slowdown=tiers[tier] if whole_device else 1.0,
                                 offset_s=rng.uniform(0.0, trace.period), rate=rate, tier=tier))
     return specs
 
@@ -156,7 +160,8 @@ def fleet_experiment(plan: Any, traces: Sequence[Trace], *, sizes: Sequence[int]
     for n in sizes:
         entry: dict[str, Any] = {"devices": n, "policies": {}, "seconds": {}}
         for name in policies:
-            specs = fleet_specs(traces, n, name, mix=mix, tiers=tiers, slo=slo, rate=rate, seed=seed)
+            specs = fleet_specs(traces, n, name, mix=mix, tiers=tiers, slo=slo, rate=rate, seed=seed,
+                                whole_device=True)
             tick = progress.task(f"fleet {n} x {name}", int(config.duration_s))
             done = [0]
 

@@ -100,7 +100,8 @@ def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Ite
         progress: Callable[[str], None] | None = None, cloud: CloudConfig = DEFAULT_CLOUD) -> Report:
     """Simulate every policy on every trace at every tier (same trace, same tier, side by side).
 
-    ``config`` holds ``SimConfig`` fields other than ``slowdown`` and ``cloud``; ``timeline_for`` =
+    A tier's device encodes at its slowdown too, as a slower CPU does (``codec_slowdown``, unless
+    ``config`` sets it). ``config`` holds ``SimConfig`` fields other than ``slowdown`` and ``cloud``; ``timeline_for`` =
     (tier, trace name) keeps per-inference timelines for that run (for the plot); ``progress(label)`` is
     called per trace.
     """
@@ -122,7 +123,7 @@ def run(plan, traces: Sequence[Trace], *, tiers: dict[str, float], policies: Ite
         built = {name: build_policy(name, nominal_bandwidth_bps=nominal) for name in policies}
         for trace in traces:
             keep = timeline_for is not None and timeline_for == (tier, trace.name)
-            cfg = SimConfig(slowdown=slowdown, timeline=keep, cloud=cloud, **config)
+            cfg = SimConfig(**{"codec_slowdown": slowdown, **config}, slowdown=slowdown, timeline=keep, cloud=cloud)
             results[tier][trace.name] = {
                 name: simulate_policy(policy, model, trace, slo, cfg)
                 for name, policy in built.items()}

@@ -199,3 +199,21 @@ def test_bench_decide_reports_a_figure():
     assert results[0]["cuts"] == 80 and results[0]["rows"] > 80 * 16
     assert all(0 < r["us_per_decision"] < 10_000 for r in results)
     assert all(math.isfinite(r["us_min"]) for r in results)
+
+
+def test_a_tiers_device_encodes_at_its_slowdown_in_dyno_simulate():
+    # a real device k times slower runs its codec k times slower too; the runtime's padding does not.
+    # cut 0 is cloud-bound (50 ms), so the policy splits at cut 1: 1 ms of head and 2 ms of encoding
+    base = tiny_plan(device_ms=(0.0, 1.0, 100.0), cloud_ms=(50.0, 1.0, 0.0), bytes_=(1e9, 100.0))
+    inner = dataclasses.replace(base.cuts[1], options=(dataclasses.replace(base.cuts[1].options[0], encode_ms=2.0),))
+    plan = dataclasses.replace(base, cuts=(base.cuts[0], inner, base.cuts[2]))
+    trace = Trace.constant(1e8, 10.0, name="fast")
+
+    def throughput(**config):
+        report = run(plan, [trace], tiers={"k4": 4.0}, policies=("split-int8",), slo=SLO_T,
+                     config={"duration_s": 5.0, "rtt_ms": 1.0, **config})
+        return report.results["k4"]["fast"]["split-int8"].throughput
+
+    slowed, native = throughput(), throughput(codec_slowdown=1.0)
+    assert slowed == pytest.approx(1000 / (4 * 1.0 + 4 * 2.0), rel=0.15)   # the device stage bounds it
+    assert native == pytest.approx(1000 / (4 * 1.0 + 2.0), rel=0.15)

@@ -32,8 +32,8 @@ profiles were measured at another time, on a machine other work shares.
 ``server_warmth`` reads how much slower the server computes a request that finds it idle: one client sends
 requests one at a time, back to back and then spaced apart (``GAPS_MS``), and the server's time per
 request against the time it sat idle before, over the back-to-back one, is the simulated cloud's ``cold``
-(``dyno.simulate.CloudConfig``). Calibrated flat out alone, the simulator priced a fleet of ten devices
-sending 10 requests a second each at 1.24 ms per request where the server spent 1.67.
+(``dyno.simulate.CloudConfig``). Calibrated flat out alone, the simulator priced one device sending 10
+requests a second at 1.24 ms per request where the server spent 1.67.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ devices and cloud, and how much slower the server computes a request that finds 
 a second it is cold for each).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
-inference (the server's own compute-time counter over the answered inferences; on Ray the replicas' own
-compute, without the trip from the front), p50/p95 latency, Jain's fairness, cloud utilisation. Before
-the fleet, one client sends ``probe`` inferences one at a time, all in the cloud: the unloaded round
-trip (``round_trip_ms``), from which the Ray path's overhead over the embedded server is read; after it,
-with ``capacity_s``, the cloud-bound case (``capacity``: closed-loop raw streams, all in the cloud). Every
-client comes from 127.0.0.1, so the server's per-client limits are raised to its whole-server ones.
+inference (the server's own counter of its compute thread's CPU time over the answered inferences; on
+Ray the replicas' own compute time, without the trip from the front), p50/p95 latency, Jain's fairness,
+cloud utilisation. Before the fleet, one client sends ``probe`` inferences one at a time, all in the
+cloud: the unloaded round trip (``round_trip_ms``), from which the Ray path's overhead over the embedded
+server is read; after it, with ``capacity_s``, the cloud-bound case (``capacity``: closed-loop raw
+streams, all in the cloud). Every client comes from 127.0.0.1, so the server's per-client limits are
+raised to its whole-server ones.
 
 The simulator gives every device its own CPU; here they share this machine's with the server. Each
 size's measured entry says how much of it the devices' own work needs at the offered rate (``host``:

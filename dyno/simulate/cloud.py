@@ -9,7 +9,7 @@
 - **A cold worker** (``cold``): a worker idle for a while computes its next batch slower, by the
   multiplier ``cold`` gives for that idle time (``(idle ms, multiplier)`` points, interpolated, flat
   beyond the last). A CPU server asked rarely computes slower (caches, clocks): fmnist-resnet's cut-0
-  tail on the 2-core development VM took 0.9-1.0 ms per request back to back and 1.5-1.8 ms 100 ms apart,
+  tail on the 2-core development VM took 0.9-1.0 ms per request back to back and 1.4-1.8 ms 100 ms apart,
   which is what a device sending 10 requests a second finds. Empty (the default) leaves it out;
   ``dyno.bench.calibrate.server_warmth`` measures it for a run to compare with.
 - **Refusals** (``dyno.runtime.admission`` and the batcher): a request whose estimated wait for compute

@@ -377,3 +377,35 @@ def test_cuda_asked_of_a_cluster_without_gpus_is_a_config_error_and_auto_runs_on
                    splits=splits) as cloud:
         assert cloud.device == "cpu"
         assert cloud.handle.describe.remote().result(timeout_s=30)["device"] == "cpu"
+
+
+def test_a_local_ray_that_misses_its_start_up_time_is_started_once_more(monkeypatch):
+    from dyno.cloud import harness
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    assert harness.connect(None) is True
+    assert calls == [None, "shutdown", None]
+
+    def fails(**kwargs):
+        calls.append(kwargs["address"])
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", fails)
+    for address, tries in ((None, 2), ("10.1.2.3:6379", 1)):   # a cluster's address is not restarted here
+        calls.clear()
+        with pytest.raises(Exception, match="timed out during startup"):
+            harness.connect(address)
+        assert [c for c in calls if c != "shutdown"] == [address] * tries
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(1 / 0))
+    calls.clear()
+    with pytest.raises(ZeroDivisionError):                          # any other failure: at once
+        harness.connect(None)

@@ -58,6 +58,10 @@ SERVE_ENV = {"RAY_worker_niceness": "0",
              "RAY_SERVE_RUN_SYNC_IN_THREADPOOL": "0"}
 
 
+#: Tries at starting a local Ray instance (``connect``).
+LOCAL_START_ATTEMPTS = 2
+
+
 def _ray() -> tuple[Any, Any]:
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
@@ -71,13 +75,29 @@ def _ray() -> tuple[Any, Any]:
 
 def connect(address: str | None) -> bool:
     """Connect this process to Ray: ``address`` (a running cluster), or the instance it already runs,
-    or a new local one. True if this call started or joined Ray (and so should shut it down)."""
+    or a new local one. True if this call started or joined Ray (and so should shut it down).
+
+    A new local instance that misses Ray's fixed 30 s for its raylet to register ("The current node
+    timed out during startup"; seen in CI on a 2-core machine) is started once more."""
     ray, _ = _ray()
     if ray.is_initialized():
         return False
+    for _ in range(LOCAL_START_ATTEMPTS - 1 if address is None else 0):
+        try:
+            _init(ray, address)
+            return True
+        except Exception as error:  # Ray raises a bare Exception for the start-up timeout
+            if "timed out during startup" not in str(error):
+                raise
+            log.warning("the local Ray instance did not start (%s); starting it again", str(error)[:120])
+            ray.shutdown()
+    _init(ray, address)
+    return True
+
+
+def _init(ray: Any, address: str | None) -> None:
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=False)
-    return True
 
 
 def _device(ray: Any, wanted: str) -> tuple[str, bool]:

@@ -42,6 +42,11 @@ def local_ray():
     replica still runs one torch thread."""
     if ray.is_initialized():
         ray.shutdown()
+    # Serve's handles leave threads in this process that call Ray after the module's teardown; Ray's
+    # auto-init then started a local instance from one of them (in CI, pytest's process then exited)
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
     with local_head(num_cpus=8, env=SERVE_ENV) as address:
         ray.init(address=address, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})  # replicas unpickle tests/nets.py's model

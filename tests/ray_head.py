@@ -23,7 +23,8 @@ import sys
 from typing import Iterator
 
 ATTEMPTS = 3
-# Ray's own start makes a token its in-process driver holds; the tests' driver joins from another process
+# a Ray that ray.init() starts makes an authentication token only its own driver holds; the tests' driver
+# joins from another process, so this head runs without one (it lives as long as one test module)
 ENV = {"RAY_AUTH_MODE": "disabled"}
 
 

@@ -41,11 +41,18 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-__all__ = ["client_overheads", "server_warmth", "GAPS_MS"]
+__all__ = ["client_overheads", "server_warmth", "cloud_only", "GAPS_MS"]
 
 #: The spacings of ``server_warmth``'s requests, and how many it sends at each.
 GAPS_MS = (0.0, 5.0, 20.0, 100.0)
 COUNTS = (120, 80, 50, 25)
+
+
+def cloud_only(plan: Any) -> tuple[str, Any]:
+    """The policy that sends every input to the calibrated server, and the plan's option it sends:
+    cloud-only's JPEG where the plan has one, the raw input (no option) otherwise."""
+    option = next((o for o in plan.cuts[0].options if o.codec == "jpeg"), None)
+    return ("cloud-only" if option is not None else "cloud-only-raw"), option
 
 
 def _cpu_per_inference(plan: Any, model: Any, xs: Any, config: Any, *, device: Any, splits: Any,
@@ -100,8 +107,7 @@ def client_overheads(plan: Any, model: Any, xs: Any, *, server: str | None, devi
         out.update(offload_ms=out["local_ms"], offload_cpu_ms=None, offload_n=0, server_factor=1.0,
                    server_overhead_ms=0.0, server_batch=1)
         return out
-    option = next((o for o in plan.cuts[0].options if o.codec == "jpeg"), None)
-    policy = "cloud-only" if option is not None else "cloud-only-raw"
+    policy, option = cloud_only(plan)
     config = ClientConfig(server=server, policy=policy, timeout=30.0)
     offload_cpu, offload_n, seen = _cpu_per_inference(plan, model, xs, config, device=device, splits=splits,
                                                        seconds=seconds)
@@ -123,7 +129,7 @@ def server_warmth(plan: Any, model: Any, xs: Any, *, server: str,
 
     from dyno.runtime import Client, ClientConfig
 
-    policy = "cloud-only" if any(o.codec == "jpeg" for o in plan.cuts[0].options) else "cloud-only-raw"
+    policy, _ = cloud_only(plan)
     points = []
     with Client(plan, model, ClientConfig(server=server, policy=policy, in_flight=1, timeout=30.0)) as client:
         for i in range(16):                     # the connection, the codec, the server's first batches

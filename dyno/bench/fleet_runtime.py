@@ -64,7 +64,10 @@ def server_metrics(server: Any) -> dict[tuple[str, tuple], float]:
 def _compute_seconds(server: Any) -> float:
     """Tail compute seconds so far: the replicas' own on Ray (wall time), the compute thread's CPU time
     when embedded (the devices' own work shares this machine: wall time would count its waits for a core)."""
-    metrics = server_metrics(server)
+    return _compute_in(server_metrics(server))
+
+
+def _compute_in(metrics: dict[tuple[str, tuple], float]) -> float:
     for counter in ("dyno_replica_compute_seconds_total", "dyno_compute_cpu_seconds_total"):
         values = [v for (name, _), v in metrics.items() if name == counter]
         if values:
@@ -221,7 +224,7 @@ def _served(cloud: Any) -> tuple[float, float, float]:
     metrics = server_metrics(cloud)
     samples = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_sum")
     batches = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_count")
-    return _compute_seconds(cloud), samples, batches
+    return _compute_in(metrics), samples, batches
 
 
 def _cpu_scale(plan: Any, before: tuple[float, float, float], after: tuple[float, float, float]) -> float | None:
@@ -229,6 +232,7 @@ def _cpu_scale(plan: Any, before: tuple[float, float, float], after: tuple[float
     compute per sample over the profile's at the batch size it ran in (cut 0, JPEG's decode aside). The
     replies' wall time beside a client running flat out on the same two cores read 1.8-2.2 in three
     runs a few minutes apart; the compute counter is the one the fleet's cloud-seconds are read from."""
+    from dyno.bench.calibrate import cloud_only
     from dyno.simulate.cloud import batch_times
 
     compute, samples, batches = (a - b for a, b in zip(after, before, strict=True))
@@ -236,7 +240,8 @@ def _cpu_scale(plan: Any, before: tuple[float, float, float], after: tuple[float
         return None
     cut = plan.cuts[0]
     batch = max(1, round(samples / batches))
-    decode = min((o.decode_ms for o in cut.options if o.codec == "jpeg"), default=0.0)
+    option = cloud_only(plan)[1]
+    decode = option.decode_ms if option is not None else 0.0
     profiled = batch_times(cut.cloud_ms, batch, 1.0)[batch] * 1000.0 / batch
     per_sample = compute * 1000.0 / samples - decode
     return per_sample / profiled if profiled > 0 and per_sample > 0 else None

@@ -83,7 +83,7 @@ class CloudConfig:
         if not cold:
             return 1.0
         idle_ms = idle_s * 1000.0
-        k = bisect.bisect_right([p[0] for p in cold], idle_ms)
+        k = bisect.bisect_right(cold, idle_ms, key=lambda point: point[0])
         if k == 0:
             return cold[0][1]
         if k == len(cold):

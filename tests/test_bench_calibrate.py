@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 import torch
 
 from dyno.bench.calibrate import client_overheads
@@ -51,3 +52,15 @@ def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(mo
         cold = warmth["cold"]
         assert cold[0][1] == 1.0 and all(a[1] <= b[1] <= 10 for a, b in zip(cold, cold[1:]))
     assert len(counted) == 2 * len(GAPS_MS)                   # read before and after each spacing
+
+
+def test_the_clouds_scale_is_its_counted_compute_over_the_profile_at_the_batch_it_ran(plan):
+    from dyno.bench.calibrate import cloud_only, counted_scale
+    from dyno.simulate.cloud import batch_times
+
+    option = cloud_only(plan)[1]
+    decode = option.decode_ms if option is not None else 0.0
+    per_sample = batch_times(plan.cuts[0].cloud_ms, 4, 1.0)[4] * 1000.0 / 4     # the profile at batch 4
+    compute_s = 40 * (2.0 * per_sample + decode) / 1000.0                       # 40 samples, twice as slow
+    assert counted_scale(plan, (1.0, 10, 3), (1.0 + compute_s, 50, 13)) == pytest.approx(2.0)
+    assert counted_scale(plan, (1.0, 10, 3), (1.0 + compute_s, 15, 4)) is None     # too few to tell

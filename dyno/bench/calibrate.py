@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-__all__ = ["client_overheads", "server_warmth", "cloud_only", "GAPS_MS"]
+__all__ = ["client_overheads", "server_warmth", "cloud_only", "counted_scale", "GAPS_MS"]
 
 #: The spacings of ``server_warmth``'s requests, and how many it sends at each.
 GAPS_MS = (0.0, 5.0, 20.0, 100.0)
@@ -155,3 +155,24 @@ def server_warmth(plan: Any, model: Any, xs: Any, *, server: str,
         if not cold or idle > cold[-1][0]:
             cold.append([round(idle, 3), round(top, 4)])
     return {"points": [[round(i, 3), round(m, 4)] for i, m in points], "cold": cold if len(cold) > 1 else []}
+
+
+def counted_scale(plan: Any, before: tuple[float, float, float], after: tuple[float, float, float]) -> float | None:
+    """The simulated cloud's scale from the calibration's offloaded run as the server counted it, given
+    its (compute seconds, samples, batches) ``before`` and ``after``: its compute per sample over the
+    profile's at the batch size it ran in (cut 0, the sent option's decode aside). The
+    replies' wall time beside a client running flat out on the same two cores read 1.8-2.2 in three
+    runs a few minutes apart; the compute counter is the one the fleet's cloud-seconds are read from."""
+    from dyno.simulate.cloud import batch_times
+
+    compute, samples, batches = (a - b for a, b in zip(after, before, strict=True))
+    if samples < 8 or batches <= 0 or compute <= 0:
+        return None
+    cut = plan.cuts[0]
+    batch = max(1, round(samples / batches))
+    option = cloud_only(plan)[1]
+    decode = option.decode_ms if option is not None else 0.0
+    profiled = batch_times(cut.cloud_ms, batch, 1.0)[batch] * 1000.0 / batch
+    per_sample = compute * 1000.0 / samples - decode
+    return per_sample / profiled if profiled > 0 and per_sample > 0 else None
+

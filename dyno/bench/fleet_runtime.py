@@ -200,7 +200,7 @@ def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> dict[str, Any]:
     import torch
 
     from dyno import zoo
-    from dyno.bench.calibrate import client_overheads, server_warmth
+    from dyno.bench.calibrate import client_overheads, counted_scale, server_warmth
     from dyno.bench.session import labelled
 
     threads = torch.get_num_threads()
@@ -211,7 +211,7 @@ def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> dict[str, Any]:
         before = _served(cloud)
         calibration = client_overheads(plan, model, xs, server=cloud.address)
         calibration["server_factor_wall"] = calibration["server_factor"]
-        calibration["server_factor"] = _cpu_scale(plan, before, _served(cloud)) or calibration["server_factor"]
+        calibration["server_factor"] = counted_scale(plan, before, _served(cloud)) or calibration["server_factor"]
         calibration["warmth"] = server_warmth(plan, model, xs, server=cloud.address,
                                               compute=lambda: _compute_seconds(cloud))
         return calibration
@@ -225,26 +225,6 @@ def _served(cloud: Any) -> tuple[float, float, float]:
     samples = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_sum")
     batches = sum(v for (name, _), v in metrics.items() if name == "dyno_batch_size_count")
     return _compute_in(metrics), samples, batches
-
-
-def _cpu_scale(plan: Any, before: tuple[float, float, float], after: tuple[float, float, float]) -> float | None:
-    """The simulated cloud's scale from the calibration's offloaded run as the server counted it: its
-    compute per sample over the profile's at the batch size it ran in (cut 0, JPEG's decode aside). The
-    replies' wall time beside a client running flat out on the same two cores read 1.8-2.2 in three
-    runs a few minutes apart; the compute counter is the one the fleet's cloud-seconds are read from."""
-    from dyno.bench.calibrate import cloud_only
-    from dyno.simulate.cloud import batch_times
-
-    compute, samples, batches = (a - b for a, b in zip(after, before, strict=True))
-    if samples < 8 or batches <= 0 or compute <= 0:
-        return None
-    cut = plan.cuts[0]
-    batch = max(1, round(samples / batches))
-    option = cloud_only(plan)[1]
-    decode = option.decode_ms if option is not None else 0.0
-    profiled = batch_times(cut.cloud_ms, batch, 1.0)[batch] * 1000.0 / batch
-    per_sample = compute * 1000.0 / samples - decode
-    return per_sample / profiled if profiled > 0 and per_sample > 0 else None
 
 
 async def _closed_loop(address: str, requests: list[Any], streams: int, seconds: float) -> dict[str, Any]:

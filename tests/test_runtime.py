@@ -16,6 +16,8 @@ import torch
 from plan_factory import Fixed
 
 from dyno import codec
+from dyno.emulate.link import Link, Transfer
+from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError
 from dyno.offline import nominal_plan as tiny_plan
 from dyno.runtime import BatchConfig, Client, ClientTLS, ServerConfig, ServerThread, TLSConfig
@@ -435,46 +437,69 @@ def test_tls_with_a_self_signed_certificate(model, plan, splits, inputs, tmp_pat
 
 
 def test_pipelining_overlaps_device_link_and_cloud(server, model, plan, splits, inputs):
-    from dyno.emulate.link import Link
-    from dyno.emulate.traces import Trace
-
+    """With ``in_flight`` > 1 the device runs the next head while earlier frames cross the link and wait
+    for the cloud; with 1 it never does. Read from when each stage ran, not from a wall-clock total, so a
+    stall of the shared machine cannot decide it."""
     cut = 5
     nbytes = 4 * plan.cuts[cut].numel  # fp32 frame, about 6 KB
 
-    def run(in_flight: int) -> float:
-        link = Link(Trace.constant(nbytes * 8 / 0.015))  # ~15 ms per frame on the uplink
+    def run(in_flight: int) -> tuple[float, int]:
+        device, link = _FixedDelay(0.015), _RecordingLink(Trace.constant(nbytes * 8 / 0.015))  # ~15 ms each
         with Client(plan, model, server=server.address, policy=Fixed(cut), splits=splits,
-                    in_flight=in_flight, link=link, device=_FixedDelay(0.015)) as client:
-            start = time.perf_counter()
+                    in_flight=in_flight, link=link, device=device) as client:
             results = list(client.map(inputs[:16]))
-            elapsed = time.perf_counter() - start
         assert all(r.where == "cloud" for r in results)
-        return elapsed
+        under_way = [(r.finished - r.latency_ms / 1000, r.finished) for r in results]
+        return _overlap(device.spans, link.spans), max(_count_at(under_way, t) for t, _ in under_way)
 
     serial, pipelined = run(1), run(4)
-    assert serial >= 16 * 0.03 * 0.9       # device then link, one at a time
-    assert pipelined < serial / 1.5        # stages overlap
+    assert serial[0] < 0.001 and serial[1] == 1   # head, link, cloud, then the next head
+    assert pipelined[0] > 5 * 0.015               # heads ran while other frames were on the link
+    assert pipelined[1] > 1                       # several inferences under way at once
 
 
 class _FixedDelay:
-    """A device stand-in whose every run takes at least ``seconds`` (deterministic)."""
+    """A device stand-in whose every run takes at least ``seconds`` (deterministic); ``spans`` holds
+    each run's (start, end), ``time.monotonic``."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
+        self.spans: list[tuple[float, float]] = []
 
     def run(self, fn, *args):
-        start = time.perf_counter()
+        start = time.monotonic()
         value = fn(*args)
-        left = self.seconds - (time.perf_counter() - start)
+        left = self.seconds - (time.monotonic() - start)
         if left > 0:
             time.sleep(left)
-        return value, (time.perf_counter() - start) * 1000
+        self.spans.append((start, time.monotonic()))
+        return value, (time.monotonic() - start) * 1000
+
+
+class _RecordingLink(Link):
+    """An emulated link whose ``spans`` holds each frame's (first byte out, last byte in), ``time.monotonic``."""
+
+    def __init__(self, trace: Trace):
+        super().__init__(trace)
+        self.spans: list[tuple[float, float]] = []
+
+    def reserve(self, nbytes: int) -> Transfer:
+        transfer = super().reserve(nbytes)
+        offset = time.monotonic() - self.now()  # link time -> monotonic
+        self.spans.append((offset + transfer.start, offset + transfer.end))
+        return transfer
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Seconds during which a span of ``a`` and a span of ``b`` both ran (each list disjoint)."""
+    return sum(max(0.0, min(end, b_end) - max(start, b_start)) for start, end in a for b_start, b_end in b)
+
+
+def _count_at(spans: list[tuple[float, float]], t: float) -> int:
+    return sum(start <= t < end for start, end in spans)
 
 
 def test_monitors_see_the_emulated_link_and_the_server(server, model, plan, splits, inputs):
-    from dyno.emulate.link import Link
-    from dyno.emulate.traces import Trace
-
     link = Link(Trace.constant(2e6))
     with Client(plan, model, server=server.address, policy=Fixed(7, "shuffle-lz4", 8), splits=splits,
                 link=link) as client:
@@ -490,9 +515,6 @@ def test_monitors_see_the_emulated_link_and_the_server(server, model, plan, spli
 def test_the_emulated_link_carries_frames_back_to_back(server, model, plan, splits, inputs):
     """Frames ready while the link is busy leave the moment it is free: writing one to the stream does
     not hold the link idle before the next (a quarter of an 8 Mbit/s link was lost that way)."""
-    from dyno.emulate.link import Link
-    from dyno.emulate.traces import Trace
-
     class Booking(Link):   # the real link, keeping what it booked
         def __init__(self, trace):
             super().__init__(trace)

@@ -27,9 +27,8 @@ def test_local_overhead_does_not_depend_on_how_slow_the_profile_was(model):
 
 def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(model, plan, splits):
     # a real server, one client sending one request at a time, back to back and then further apart
-    from dyno.bench.calibrate import GAPS_MS, server_warmth
+    from dyno.bench.calibrate import GAPS_MS, ROUNDS, server_warmth
     from dyno.runtime import ServerThread
-
     from dyno.runtime.metrics import parse_text
 
     counted = []
@@ -51,7 +50,7 @@ def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(mo
         assert all(ms > 0 for _, ms in warmth["points"])
         cold = warmth["cold"]
         assert cold[0][1] == 1.0 and all(a[1] <= b[1] <= 10 for a, b in zip(cold, cold[1:]))
-    assert len(counted) == 2 * len(GAPS_MS)                   # read before and after each spacing
+    assert len(counted) == 2 * len(GAPS_MS) * ROUNDS          # read before and after each spacing, each round
 
 
 def test_the_clouds_scale_is_its_counted_compute_over_the_profile_at_the_batch_it_ran(plan):

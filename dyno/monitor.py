@@ -127,11 +127,15 @@ SLOWDOWN_PRIOR = 3
 #: than the policy's least probe interval (0.5 s), so a device probe after a streak of input offloads
 #: always reads the device afresh.
 DEVICE_STALE_S = 0.25
-#: Seconds after a cut's last reply its readings (server factor, batch) no longer count once replies come
-#: from elsewhere: the cut is priced as calibrated, or as the cloud as a whole, again. Kept for ever, a
-#: cut's cold replies did: in ``dyno bench`` (low tier, a 4.3 Mbit/s Norway trace) three early replies at
-#: cut 0 read several times its calibrated 1.1 and DynO ran on the device (389/s) all run where cloud-only
-#: ran 524/s; the probes went to deeper cuts and never refreshed cut 0.
+#: Seconds after a cut's last reply its readings (server factor, batch) no longer count, by the clock of
+#: the replies and heads that come after it: the cut is priced as calibrated, or as the cloud as a whole,
+#: again (and with no cut's readings left, the cloud as a whole as calibrated). Kept for ever, a cut's cold
+#: replies did: in ``dyno bench`` (low tier, a 4.3 Mbit/s Norway trace) three early replies at cut 0 read
+#: several times its calibrated 1.1 and DynO ran on the device (389/s) all run where cloud-only ran 524/s;
+#: the probes went to deeper cuts and never refreshed cut 0. Forgotten only when replies came from other
+#: cuts, they still did where none came at all: on norway_bus_11 three probes that found the server idle
+#: read 3.25 against a calibrated 1.6, and DynO stayed on the device for 10 of 15 s (579/s measured, 698
+#: simulated).
 SERVER_STALE_S = 2.0
 #: A head profiled shorter than this says nothing of the device's speed (the input cut runs no layer).
 MIN_PROFILED_MS = 0.05
@@ -265,6 +269,7 @@ class Monitors:
                 self._slowdown.clear()
             self._last_device = at
             self._slowdown.append(head_ms / profiled)
+            self._forget_stale_cuts(at)
             self._cached = None
 
     def record_reply(self, cut_id: int, compute_ms: float, batch: int, queue_ms: float,
@@ -285,7 +290,8 @@ class Monitors:
         if sizes is None:
             sizes = self._batches_at[cut_id] = collections.deque(maxlen=self.window)
         sizes.append(float(batch))
-        self._forget_stale_cuts(cut_id, at)
+        self._replied_at[cut_id] = at
+        self._forget_stale_cuts(at)
         if math.isfinite(queue_ms) and queue_ms >= 0:
             self._queue.append(queue_ms)
         if headroom is not None and math.isfinite(headroom) and headroom >= 0:
@@ -300,13 +306,16 @@ class Monitors:
         self._expire(at)
         self._cached = None
 
-    def _forget_stale_cuts(self, cut_id: int, at: float) -> None:
-        self._replied_at[cut_id] = at
+    def _forget_stale_cuts(self, at: float) -> None:
+        """Drop the readings of each cut whose last reply came ``SERVER_STALE_S`` before ``at``; with no
+        cut's left, the readings across cuts as well (``SERVER_STALE_S``)."""
         stale = [c for c, last in self._replied_at.items() if last < at - SERVER_STALE_S]
         for c in stale:
             del self._replied_at[c]
             self._server_at.pop(c, None)
             self._batches_at.pop(c, None)
+        if stale and not self._replied_at:
+            self._server.clear()
 
     def _expire(self, now: float) -> None:
         own = self._own

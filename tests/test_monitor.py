@@ -301,4 +301,24 @@ def test_a_cut_s_readings_are_forgotten_once_replies_come_only_from_elsewhere():
     m.record_reply(3, compute_ms=plan.cuts[3].cloud_ms[1], batch=1, queue_ms=0.0, headroom=None,
                    at=0.31 + SERVER_STALE_S)
     est = m.estimates()
-    assert (est.server_factor(0), est.batch_at(0, 8), est.server_factor(3)) == (pytest.approx(1.1), 4, pytest.approx(1.0))
+    assert (est.server_factor(0), est.batch_at(0, 8), est.server_factor(3)) == (pytest.approx(1.1), 4,
+                                                                                 pytest.approx(1.0))
+
+
+def test_a_cut_s_readings_are_forgotten_on_the_device_s_clock_when_no_reply_comes():
+    """Three probes that found the server idle read 3.25 against a calibrated 1.6 and, with no reply
+    after them, kept DynO on the device for 10 s of a 15 s bench run: the heads it ran meanwhile age the
+    readings too, and with no cut's readings left the cloud as a whole is priced as calibrated again."""
+    plan = make_plan(5, seed=0)
+    m = Monitors(plan, initial_server_factor=1.3, initial_server_factors={0: 1.6})
+    for i in range(3):
+        m.record_reply(0, compute_ms=plan.cuts[0].cloud_ms[1] * 3.25, batch=1, queue_ms=0.0, headroom=None,
+                       at=i / 10)
+    last = len(plan.cuts) - 1
+    head_ms = plan.cuts[last].device_ms
+    m.record_device(last, head_ms, at=0.2 + SERVER_STALE_S / 2)
+    est = m.estimates()
+    assert (est.server_factor(0), est.server_factor(2)) == (pytest.approx(3.25), pytest.approx(3.25))  # not yet
+    m.record_device(last, head_ms, at=0.21 + SERVER_STALE_S)
+    est = m.estimates()
+    assert (est.server_factor(0), est.server_factor(2)) == (pytest.approx(1.6), pytest.approx(1.3))

@@ -132,7 +132,7 @@ class Telemetry:
 
     def record_device(self, cut_id: int, ms: float) -> None:
         with self._monitor_lock:
-            self.monitors.record_device(cut_id, ms)
+            self.monitors.record_device(cut_id, ms, at=time.perf_counter())   # the replies' clock
 
     def record_transfer(self, nbytes: int, seconds: float) -> None:
         with self._monitor_lock:

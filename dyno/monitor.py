@@ -132,8 +132,8 @@ DEVICE_STALE_S = 0.25
 #: again (and with no cut's readings left, the cloud as a whole as calibrated). Kept for ever, a cut's cold
 #: replies did: in ``dyno bench`` (low tier, a 4.3 Mbit/s Norway trace) three early replies at cut 0 read
 #: several times its calibrated 1.1 and DynO ran on the device (389/s) all run where cloud-only ran 524/s;
-#: the probes went to deeper cuts and never refreshed cut 0. Forgotten only when replies came from other
-#: cuts, they still did where none came at all: on norway_bus_11 three probes that found the server idle
+#: the probes went to deeper cuts and never refreshed cut 0. Forgotten only when a reply came from another
+#: cut, they were kept where no reply came at all: on norway_bus_11 three probes that found the server idle
 #: read 3.25 against a calibrated 1.6, and DynO stayed on the device for 10 of 15 s (579/s measured, 698
 #: simulated).
 SERVER_STALE_S = 2.0
@@ -181,7 +181,8 @@ class Monitors:
       ``device_ms`` (cuts profiled below ``MIN_PROFILED_MS``, e.g. the input cut, are ignored). A
       sample more than ``DEVICE_STALE_S`` after the one before starts the window afresh: a device that
       sent its input to the cloud for seconds learns its speed from its next head, not from a median
-      of heads timed before (``at``: seconds on the caller's clock, default ``time.monotonic()``).
+      of heads timed before (``at``: seconds on the replies' clock, default ``time.monotonic()``); it
+      ages the cuts' readings as a reply does.
     - ``record_reply(cut_id, compute_ms, batch, queue_ms, headroom, at=..., decode_ms=...)``: one
       reply. ``compute_ms`` is the tail time of the batch the request ran in and ``batch`` its size, so
       the per-sample time is ``compute_ms / batch``, compared with the plan's
@@ -308,7 +309,7 @@ class Monitors:
 
     def _forget_stale_cuts(self, at: float) -> None:
         """Drop the readings of each cut whose last reply came ``SERVER_STALE_S`` before ``at``; with no
-        cut's left, the readings across cuts as well (``SERVER_STALE_S``)."""
+        cut's left, the readings across cuts as well."""
         stale = [c for c, last in self._replied_at.items() if last < at - SERVER_STALE_S]
         for c in stale:
             del self._replied_at[c]

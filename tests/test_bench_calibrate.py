@@ -25,6 +25,33 @@ def test_local_overhead_does_not_depend_on_how_slow_the_profile_was(model):
     assert slow["device_factor"] == slow["head_ms"] / profiled      # what a simulator scales the tiers by
 
 
+def test_each_figure_is_the_median_of_rounds_that_take_turns(model, plan, monkeypatch):
+    # one slow stretch of the host (the second round of each kind, 40% dear) moves no figure
+    from types import SimpleNamespace
+
+    from dyno.bench import calibrate
+
+    cpu = {"device-only": [0.60e-3, 0.84e-3, 0.61e-3], "cloud-only": [0.35e-3, 0.49e-3, 0.36e-3]}
+    factors = iter([1.6, 2.6, 1.7])
+    order = []
+
+    def measured(_plan, _model, _xs, config, *, seconds, **_):
+        assert seconds == pytest.approx(0.5)            # each round a third of the time
+        order.append(config.policy)
+        kind = "device-only" if config.server is None else "cloud-only"
+        seen = SimpleNamespace(server_ms_factor=next(factors), server_overhead_ms=0.1,
+                               batch_at=lambda *_: 2) if config.server else None
+        return cpu[kind].pop(0), 100, seen
+
+    monkeypatch.setattr(calibrate, "_cpu_per_inference", measured)
+    out = calibrate.client_overheads(plan, model, torch.rand(8, 1, 28, 28), server="127.0.0.1:1", seconds=1.5)
+    assert order == ["device-only", calibrate.cloud_only(plan)[0]] * 3
+    assert out["rounds"] == 3 and out["local_n"] == out["offload_n"] == 300
+    assert out["local_cpu_ms"] == pytest.approx(0.61) and out["offload_cpu_ms"] == pytest.approx(0.36)
+    assert out["local_cpu_rounds_ms"] == pytest.approx([0.60, 0.84, 0.61])
+    assert out["server_factor"] == 1.7 and out["server_batch"] == 2
+
+
 def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(model, plan, splits):
     # a real server, one client sending one request at a time, back to back and then further apart
     from dyno.bench.calibrate import GAPS_MS, ROUNDS, server_warmth

@@ -75,6 +75,8 @@ def test_the_servers_warmth_is_read_against_its_idle_time_before_each_request(mo
         assert len(idle) == len(GAPS_MS) and idle == sorted(idle)
         assert idle[-1] >= 0.8 * GAPS_MS[-1]                # the last requests found the server idle that long
         assert all(ms > 0 for _, ms in warmth["points"])
+        assert [gap for gap, _ in warmth["rounds"]] == list(GAPS_MS)
+        assert all(len(each) == ROUNDS for _, each in warmth["rounds"])   # the rounds behind each point
         cold = warmth["cold"]
         assert cold[0][1] == 1.0 and all(a[1] <= b[1] <= 10 for a, b in zip(cold, cold[1:]))
     assert len(counted) == 2 * len(GAPS_MS) * ROUNDS          # read before and after each spacing, each round

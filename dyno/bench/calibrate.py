@@ -147,8 +147,8 @@ def server_warmth(plan: Any, model: Any, xs: Any, *, server: str,
     """The server's time per request against its idle time before it (module docstring): the points
     ``[idle ms, server ms]`` (per spacing: the median idle, and the median over ``ROUNDS`` of the replies'
     median server time or, with ``compute``, a reader of the server's compute-seconds counter, its growth
-    per request) and ``cold``: ``[idle ms, multiplier]``, each time over the back-to-back one (at least 1,
-    never falling as the idle time grows)."""
+    per request), ``rounds``: ``[gap ms, [[idle ms, server ms] per round]]``, and ``cold``: ``[idle ms,
+    multiplier]``, each time over the back-to-back one (at least 1, never falling as the idle time grows)."""
     import statistics
 
     from dyno.runtime import Client, ClientConfig
@@ -172,7 +172,10 @@ def server_warmth(plan: Any, model: Any, xs: Any, *, server: str,
         top = min(10.0, max(top, ms / points[0][1]))
         if not cold or idle > cold[-1][0]:
             cold.append([round(idle, 3), round(top, 4)])
-    return {"points": [[round(i, 3), round(m, 4)] for i, m in points], "cold": cold if len(cold) > 1 else []}
+    rounds = [[gap, [[round(i, 3), round(m, 4)] for i, m in zip(idles[gap], times[gap], strict=True)]]
+              for gap in GAPS_MS]
+    return {"points": [[round(i, 3), round(m, 4)] for i, m in points], "cold": cold if len(cold) > 1 else [],
+            "rounds": rounds}
 
 
 def _spaced(client: Any, xs: Any, gap: float, count: int,

@@ -163,7 +163,9 @@ def _launch(spec: dict[str, Any], groups: list[list[dict[str, Any]]]) -> list[di
 
 
 def _measured(plan: Any, specs: list[Any], reports: list[dict[str, Any]], *, duration: float, slo: Any,
-              compute_s: float, price: float | None) -> dict[str, Any]:
+              served: tuple[float, float, float], price: float | None) -> dict[str, Any]:
+    """The fleet's metrics from the clients' reports and what the server ``served`` meanwhile (compute
+    seconds, samples, batches: its counters' growth), in the simulator's shape."""
     from dyno.policy.model import shared_model
     from dyno.simulate.fleet import DeviceTally, FleetResult, met_rows
 
@@ -185,7 +187,8 @@ def _measured(plan: Any, specs: list[Any], reports: list[dict[str, Any]], *, dur
             tally.accuracy_sum += model.rows[row].accuracy
             end = max(end, finished - report["start"])
         tallies.append(tally)
-    result = FleetResult(tallies, duration, compute_s, 1, 0, 0, 0, end)
+    compute_s, samples, batches = served
+    result = FleetResult(tallies, duration, compute_s, 1, int(batches), int(samples), 0, end)
     metrics = fleet_metrics(result, price=price)
     answered = max(metrics["inferences"], 1)
     metrics["cloud_s"] = compute_s / answered
@@ -318,10 +321,12 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
         specs = fleet_specs(setup["traces"], size, name, mix=setup["mix"], tiers=setup["tiers"], slo=setup["slo"],
                             rate=setup["rate"], seed=setup["seed"])
         clients = client_specs(specs, name, setup["rate"])
-        before = _compute_seconds(cloud)
+        before = _served(cloud)
         reports = run_clients(cloud, clients, setup["worker"], setup["processes"])
+        after = _served(cloud)
+        served = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
         m_entry["policies"][name] = _measured(plan, specs, reports, duration=setup["duration"], slo=setup["slo"],
-                                              compute_s=_compute_seconds(cloud) - before, price=setup["price"])
+                                              served=served, price=setup["price"])
         now = [dataclasses.replace(spec, slowdown=spec.slowdown * setup["device_factor"]) for spec in specs]
         sim = run_fleet(shared_model(plan), now, setup["sim_config"])
         s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])

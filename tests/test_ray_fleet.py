@@ -90,6 +90,7 @@ def test_fleet_bench_against_two_ray_replicas_says_so_and_counts_the_replicas_co
     assert figures["inferences"] + figures["dropped"] == figures["demanded"]
     assert figures["offloaded_share"] == 1.0 and figures["inferences"] > 0
     assert 0 < figures["cloud_s"] < 0.5                    # the replicas' compute reached the front's counter
+    assert 1.0 <= figures["mean_batch"] <= 3 * 8            # the server's batches (3 windows of 8 at most)
     host = measured["host"]                                # what the devices' own work asks of this machine
     assert host["cores"] == os.cpu_count()
     assert host["device_cores"] == pytest.approx(3 * 10 * document["calibration"]["local_cpu_ms"] / 1000, abs=1e-3)

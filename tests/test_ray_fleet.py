@@ -1,6 +1,7 @@
-"""The fleet benchmark against Ray Serve (``dyno bench-runtime --what fleet --server ray``) and the
-autoscaling benchmark's pieces: a small real run of the command (fmnist-resnet's cached plan and trained
-weights, a local Ray started by the server process), and the stepped load's schedule.
+"""The fleet benchmark against the embedded server and against Ray Serve (``dyno bench-runtime --what
+fleet [--server ray]``) and the autoscaling benchmark's pieces: small real runs of the command
+(fmnist-resnet's cached plan and trained weights, a local Ray started by the server process), and the
+stepped load's schedule.
 
 The run is skipped where Ray, Fashion-MNIST, or fmnist-resnet's trained weights and plan are not present
 (`dyno train fmnist-resnet` and `dyno demo` cache them)."""
@@ -66,6 +67,27 @@ def test_scale_out_takes_medians_over_rounds_then_the_overhead_and_the_scaling()
     assert out["scaling"]["dyno"]["throughput"] == pytest.approx(111 / 76)
     assert out["scaling"]["cloud_bound"] == pytest.approx(900 / 500)
     assert derived({"ray-1": summary["ray-1"]}, ["dyno"]) == {}              # nothing to compare with
+
+
+@needs_fmnist
+def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
+    reason = _cached_fmnist_resnet()
+    if reason:
+        pytest.skip(reason)
+    out = subprocess.run(
+        [sys.executable, "-m", "dyno", "bench-runtime", "--what", "fleet", "--devices", "2", "--duration", "3",
+         "--processes", "1", "--policies", "cloud-only", "--trace", "fast", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    document = json.loads(out.stdout)
+    cores = sorted(os.sched_getaffinity(0))
+    assert document["server"] == "embedded"
+    assert document["cloud_cpu"] == (cores[-1] if len(cores) > 1 else None)
+    figures = document["measured"]["fleet"][0]["policies"]["cloud-only"]
+    assert figures["demanded"] == 60 and figures["offloaded_share"] == 1.0
+    assert 0 < figures["cloud_s"] < 0.5 and 1.0 <= figures["mean_batch"] <= 2 * 8
+    warmth = document["calibration"]["warmth"]
+    assert warmth["points"] and all(ms > 0 for _, ms in warmth["points"])
 
 
 @needs_fmnist

@@ -80,10 +80,10 @@ def test_rounds_alternate_the_order_and_count_every_round():
 
 @pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2, reason="needs two cores")
 def test_the_device_and_the_cloud_run_on_cores_apart():
-    from dyno.bench.demo import _cores_apart
+    from dyno.bench.ground import cores_apart
 
     before = os.sched_getaffinity(0)
-    with _cores_apart() as cloud:
+    with cores_apart() as cloud:
         assert cloud == max(before) and cloud not in os.sched_getaffinity(0)
         assert os.sched_getaffinity(0) == before - {cloud}
     assert os.sched_getaffinity(0) == before

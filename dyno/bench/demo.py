@@ -41,13 +41,14 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from dyno.bench.calibrate import client_overheads
 from dyno.bench.console import RichProgress, stderr_console, stdout_console
 from dyno.bench.demo_plot import plot_timeline
+from dyno.bench.ground import cores_apart
 from dyno.bench.record import Recorder, evidence
 from dyno.bench.session import SystemRun, Workload, choice_label, labelled, run_system
 from dyno.errors import ConfigError
@@ -190,7 +191,7 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
     title = (f"dyno demo: {model}, device {device.description}, uplink {pattern.name}, {duration:.0f} s per system"
              + (f" x {rounds} rounds" if rounds > 1 else ""))
     parsed = policies.SLO.parse(slo) if slo else policies.SLO()
-    with _cores_apart() as cloud_cpu, _server(plan_path, cloud_cpu) as server:
+    with cores_apart() as cloud_cpu, _server(plan_path, cloud_cpu) as server:
         overheads = client_overheads(plan, net, xs, server=server.address, device=device, splits=splits)
         with _display(live, runs, title):
             for run in runs:
@@ -282,23 +283,6 @@ def _server(plan_path: Path, cpu: int | None) -> Any:
 
     return ServerProcess(server_in, None, cpu, str(plan_path), "trained", config=ServerConfig(torch_threads=1),
                          threads=1, log=os.devnull)
-
-
-@contextlib.contextmanager
-def _cores_apart() -> Iterator[int | None]:
-    """The cloud's core (the last) and this process, the device, on the others, as two machines would
-    be: with both on every core the server's work slowed the device's while DynO offloaded, so the
-    device read itself slower than it is and the offloading looked better than it was. Yields the
-    cloud's core (None on one core, or where affinity cannot be set)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) < 2:
-        yield None
-        return
-    os.sched_setaffinity(0, set(cores[:-1]))
-    try:
-        yield cores[-1]
-    finally:
-        os.sched_setaffinity(0, set(cores))
 
 
 def _display(live: bool, runs: list[SystemRun], title: str) -> Any:

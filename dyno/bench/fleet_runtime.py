@@ -22,7 +22,11 @@ server is read; after it, with ``capacity_s``, the cloud-bound case (``capacity`
 streams, all in the cloud). Every client comes from 127.0.0.1, so the server's per-client limits are
 raised to its whole-server ones.
 
-The simulator gives every device its own CPU; here they share this machine's with the server. Each
+With the embedded server and ``apart`` (the default), the server has the last core and the devices (this
+process, its calibration and the device processes) the others, as two machines would (``dyno.bench.ground.
+cores_apart``): left to the scheduler, the server sometimes shared its core with the client that had just
+sent to it and computed a request after 100 ms idle in 0.9 ms, sometimes in 1.5, from one calibration to
+the next. The simulator gives every device its own CPU; here they share this machine's others. Each
 size's measured entry says how much of it the devices' own work needs at the offered rate (``host``:
 ``device_cores``, from the calibrated CPU per device-only inference, against ``cores``, and the load
 average after the size): where that nears the cores, the measured figures are the host's, not the cloud's.
@@ -61,13 +65,9 @@ def server_metrics(server: Any) -> dict[tuple[str, tuple], float]:
         return parse_text(response.read().decode())
 
 
-def _compute_seconds(server: Any) -> float:
+def _compute_in(metrics: dict[tuple[str, tuple], float]) -> float:
     """Tail compute seconds so far: the replicas' own on Ray (wall time), the compute thread's CPU time
     when embedded (the devices' own work shares this machine: wall time would count its waits for a core)."""
-    return _compute_in(server_metrics(server))
-
-
-def _compute_in(metrics: dict[tuple[str, tuple], float]) -> float:
     for counter in ("dyno_replica_compute_seconds_total", "dyno_compute_cpu_seconds_total"):
         values = [v for (name, _), v in metrics.items() if name == counter]
         if values:
@@ -77,10 +77,12 @@ def _compute_in(metrics: dict[tuple[str, tuple], float]) -> float:
 
 def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", replicas: int = 1,
                 autoscale: tuple[int, int] | None = None, ray_address: str | None = None,
-                batch_in: str = "front") -> Any:
+                batch_in: str = "front", cpu: int | None = None) -> Any:
     """The server a fleet runs against, started (a context manager with ``address`` and ``metrics_url``):
     one torch thread in the server process and per replica; per-client limits at the whole server's
-    (every client comes from 127.0.0.1). ``batch_in``: where Ray batches form (``RayConfig.batch_in``)."""
+    (every client comes from 127.0.0.1). ``batch_in``: where Ray batches form (``RayConfig.batch_in``);
+    ``cpu``: the embedded server's core (Ray places its own processes)."""
+    from dyno.bench.ground import server_in
     from dyno.runtime import ServerConfig, ServerProcess, from_plan_file
 
     if server not in SERVERS:
@@ -89,7 +91,7 @@ def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", repli
     config = ServerConfig(torch_threads=1, metrics_port=0, max_streams_per_client=base.max_streams,
                           max_in_flight_per_client=base.max_queued_requests)
     if server == "embedded":
-        return ServerProcess(from_plan_file, plan_path, weights, config=config, threads=1)
+        return ServerProcess(server_in, None, cpu, plan_path, weights, config=config, threads=1)
     from dyno.cloud import RayConfig, RayServerProcess
 
     ray = RayConfig(replicas=None if autoscale else replicas, autoscale=autoscale, replica_threads=1,
@@ -216,7 +218,7 @@ def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> dict[str, Any]:
         calibration["server_factor_wall"] = calibration["server_factor"]
         calibration["server_factor"] = counted_scale(plan, before, _served(cloud)) or calibration["server_factor"]
         calibration["warmth"] = server_warmth(plan, model, xs, server=cloud.address,
-                                              compute=lambda: _compute_seconds(cloud))
+                                              compute=lambda: _served(cloud)[0])
         return calibration
     finally:
         torch.set_num_threads(threads)
@@ -341,9 +343,14 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                 server: str = "embedded", replicas: int = 1, ray_address: str | None = None, probe: int = 200,
                 capacity_s: float = 0.0, batch_in: str = "front",
                 seed: int = 0, price: float | None = None, n: int = 200, weights: str = "trained",
-                reference_ms: float | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
-    """Measure the fleet on the real runtime and simulate it beside (module docstring)."""
+                reference_ms: float | None = None, apart: bool = True,
+                progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """Measure the fleet on the real runtime and simulate it beside (module docstring). ``apart``: the
+    embedded server and the devices on cores apart; False leaves both on every core (as Ray's replicas)."""
+    import contextlib
+
     from dyno.bench.fleet import fleet_slo
+    from dyno.bench.ground import cores_apart
     from dyno.bench.reference import Speeds
     from dyno.plan import Plan
     from dyno.policy import SLO
@@ -357,8 +364,9 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
     measured, simulated = [], []
     tick = progress.task("fleet bench", len(sizes) * len(policies))
     started = time.perf_counter()
-    with start_cloud(str(plan_path), weights, server=server, replicas=replicas, ray_address=ray_address,
-                     batch_in=batch_in) as cloud:
+    placed = cores_apart() if apart and server == "embedded" else contextlib.nullcontext(None)
+    with placed as cloud_cpu, start_cloud(str(plan_path), weights, server=server, replicas=replicas,
+                                          ray_address=ray_address, batch_in=batch_in, cpu=cloud_cpu) as cloud:
         calibration = _calibrate(plan, weights, n, cloud)
         trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
@@ -377,7 +385,8 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
             simulated.append(s_entry)
         cloud_bound = capacity(plan, cloud.address, seconds=capacity_s) if capacity_s > 0 else None
     return {"plan": plan.model, "server": server, "replicas": replicas if server == "ray" else None,
-            "batch_in": batch_in if server == "ray" else None, "round_trip_ms": trip, "capacity": cloud_bound,
+            "batch_in": batch_in if server == "ray" else None, "cloud_cpu": cloud_cpu,
+            "round_trip_ms": trip, "capacity": cloud_bound,
             "slo": str(parsed), "rate": rate, "duration_s": duration,
             "mix": dict(mix), "tiers": tiers, "tiers_requested": wanted, "window": window, "processes": processes,
             "device_emulation": "pad", "link": "token-bucket", "cloud_price_per_s": price,

@@ -98,7 +98,8 @@ def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 6
             tick(status=f"round {round_ + 1}: {_key(server, replicas, batch_in)}")
             runs[_key(server, replicas, batch_in)].append(
                 fleet_bench(plan_path, sizes=(devices,), policies=policies, traces=traces, server=server,
-                            replicas=replicas, batch_in=batch_in, capacity_s=capacity_s, **fleet))
+                            replicas=replicas, batch_in=batch_in, capacity_s=capacity_s,
+                            apart=False, **fleet))      # every server on every core, as Ray's replicas are
     summary = {key: _summary(value, policies) for key, value in runs.items()}
     document: dict[str, Any] = {"devices": devices, "rounds": rounds, "policies": list(policies),
                                 "traces": sorted({t.name for t in traces}), "configs": summary, "runs": runs}

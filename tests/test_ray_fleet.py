@@ -83,6 +83,7 @@ def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
     cores = sorted(os.sched_getaffinity(0))
     assert document["server"] == "embedded"
     assert document["cloud_cpu"] == (cores[-1] if len(cores) > 1 else None)
+    assert document["measured"]["fleet"][0]["host"]["cores"] == max(1, len(cores) - 1)   # the devices' own
     figures = document["measured"]["fleet"][0]["policies"]["cloud-only"]
     assert figures["demanded"] == 60 and figures["offloaded_share"] == 1.0
     assert 0 < figures["cloud_s"] < 0.5 and 1.0 <= figures["mean_batch"] <= 2 * 8

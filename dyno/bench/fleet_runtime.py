@@ -28,7 +28,7 @@ cores_apart``): left to the scheduler, the server sometimes shared its core with
 sent to it and computed a request after 100 ms idle in 0.9 ms, sometimes in 1.5, from one calibration to
 the next. The simulator gives every device its own CPU; here they share this machine's others. Each
 size's measured entry says how much of it the devices' own work needs at the offered rate (``host``:
-``device_cores``, from the calibrated CPU per device-only inference, against ``cores``, and the load
+``device_cores``, from the calibrated CPU per device-only inference, against their ``cores``, and the load
 average after the size): where that nears the cores, the measured figures are the host's, not the cloud's.
 
     document = fleet_bench("plan.json", sizes=(1, 8), policies=("dyno", "cloud-only"), traces=[...])
@@ -332,7 +332,8 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
         now = [dataclasses.replace(spec, slowdown=spec.slowdown * setup["device_factor"]) for spec in specs]
         sim = run_fleet(shared_model(plan), now, setup["sim_config"])
         s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])
-    m_entry["host"] = {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    m_entry["host"] = {"cores": cores, "load_1min": round(os.getloadavg()[0], 2),        # the devices' cores
                        "device_cores": round(size * setup["rate"] * setup["device_cpu_ms"] / 1000.0, 3)}
     return m_entry, s_entry
 

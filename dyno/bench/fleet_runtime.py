@@ -18,8 +18,8 @@ inference (the server's own counter of its compute thread's CPU time over the an
 Ray the replicas' own compute time, without the trip from the front), p50/p95 latency, Jain's fairness,
 cloud utilisation. Before the fleet, one client sends ``probe`` inferences one at a time, all in the
 cloud: the unloaded round trip (``round_trip_ms``), from which the Ray path's overhead over the embedded
-server is read; after it, with ``capacity_s``, the cloud-bound case (``capacity``: closed-loop raw
-streams, all in the cloud). Every client comes from 127.0.0.1, so the server's per-client limits are
+server is read; after it, with ``capacity_s``, the cloud-bound case (``dyno.bench.fleet_capacity``:
+closed-loop raw streams, all in the cloud). Every client comes from 127.0.0.1, so the server's per-client limits are
 raised to its whole-server ones.
 
 With the embedded server and ``apart`` (the default), the server has the last core and the devices (this
@@ -232,65 +232,6 @@ def _served(cloud: Any) -> tuple[float, float, float]:
     return _compute_in(metrics), samples, batches
 
 
-async def _closed_loop(address: str, requests: list[Any], streams: int, seconds: float) -> dict[str, Any]:
-    """``streams`` streams, each one request at a time for ``seconds``; a stream the server refuses
-    (RESOURCE_EXHAUSTED: admission) is counted and reopened after 50 ms, as a device backs off."""
-    import asyncio
-
-    import grpc
-
-    from dyno.runtime.config import channel_options
-    from dyno.runtime.proto import inference_pb2_grpc as pb_grpc
-
-    tally: dict[str, Any] = {"done": 0, "refused": 0, "latencies": []}
-    stop_at = time.perf_counter() + seconds
-    channels = [grpc.aio.insecure_channel(address, options=channel_options(8 << 20)) for _ in range(8)]
-
-    async def one(k: int) -> None:
-        stub, request = pb_grpc.InferenceStub(channels[k % len(channels)]), requests[k % len(requests)]
-        while time.perf_counter() < stop_at:
-            call = stub.Infer(timeout=seconds + 60)
-            try:
-                while time.perf_counter() < stop_at:
-                    start = time.perf_counter()
-                    await call.write(request)
-                    await call.read()
-                    tally["latencies"].append(time.perf_counter() - start)
-                    tally["done"] += 1
-                await call.done_writing()
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
-                tally["refused"] += 1
-                await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.gather(*(one(k) for k in range(streams)))
-    finally:
-        for channel in channels:
-            await channel.close()
-    return tally
-
-
-def capacity(plan: Any, address: str, *, seconds: float, streams: int = 64) -> dict[str, Any]:
-    """The cloud-bound case: ``streams`` raw closed-loop streams of pre-encoded fp32 inputs (cut 0, all of
-    the model in the cloud; one asyncio client process, no device work) for ``seconds``: answered/s, p50,
-    and the streams the server's admission refused (each reopened after a backoff)."""
-    import asyncio
-    import statistics
-
-    from dyno.bench.runtime import _request
-    from dyno.bench.session import labelled
-
-    xs, _ = labelled(plan.model, None, 16)
-    requests = [_request(plan, 0, x.numpy(), k) for k, x in enumerate(xs)]
-    asyncio.run(_closed_loop(address, requests, streams, 1.0))                  # warm
-    tally = asyncio.run(_closed_loop(address, requests, streams, seconds))
-    latencies = tally["latencies"]
-    return {"per_s": tally["done"] / seconds, "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
-            "refused": tally["refused"], "streams": streams, "seconds": seconds, "cut": 0}
-
-
 def client_specs(specs: list[Any], system: str, rate: float) -> list[dict[str, Any]]:
     """The worker's description of each device in ``specs`` (``dyno.bench.fleet_worker``): frames and
     probes spread over each device's period as the fleet simulator spreads them."""
@@ -351,6 +292,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
     import contextlib
 
     from dyno.bench.fleet import fleet_slo
+    from dyno.bench.fleet_capacity import capacity
     from dyno.bench.ground import cores_apart
     from dyno.bench.reference import Speeds
     from dyno.plan import Plan

@@ -88,7 +88,7 @@ def scale_out_bench(plan_path: str, *, traces: Sequence[Trace], devices: int = 6
                     progress: Progress = NO_PROGRESS, **fleet: Any) -> dict[str, Any]:
     """Run every configuration ``rounds`` times (module docstring); ``fleet``: ``fleet_bench``'s other
     keywords (rate, duration, mix, processes, probe, ray_address, ...). Each run ends with the cloud-bound
-    case (``capacity_s`` seconds of closed-loop raw streams, ``fleet_runtime.capacity``)."""
+    case (``capacity_s`` seconds of closed-loop raw streams, ``fleet_capacity.capacity``)."""
     from dyno.bench.fleet_runtime import fleet_bench
 
     runs: dict[str, list[dict[str, Any]]] = {_key(*c): [] for c in configs}

@@ -11,7 +11,7 @@ and frame rate), and the fleet simulator runs the same configuration beside it: 
 slowdowns, and the speeds measured at the start (``dyno.bench.calibrate``: the client's own work per
 inference, the device's and the server's time over the plan's profile as the scales of the simulated
 devices and cloud, and how much slower the server computes a request that finds it idle: at 10 requests
-a second it is cold for each).
+a second it is cold for each; read again before each fleet size, whose entry keeps it as ``warmth``).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
 inference (the server's own counter of its compute thread's CPU time over the answered inferences; on
@@ -37,12 +37,13 @@ average after the size): where that nears the cores, the measured figures are th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import time
 import urllib.request
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from dyno.bench.fleet import DEFAULT_MIX, FLEET_POLICIES, fleet_metrics, fleet_specs
 from dyno.emulate.traces import Trace
@@ -199,27 +200,43 @@ def _measured(plan: Any, specs: list[Any], reports: list[dict[str, Any]], *, dur
     return metrics
 
 
-def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> dict[str, Any]:
+def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> tuple[dict[str, Any], tuple[Any, Any]]:
     """The client's own work per inference, the server's speed now and how much slower it computes
-    after idling (``dyno.bench.calibrate``)."""
-    import torch
-
+    after idling (``dyno.bench.calibrate``); and the (model, inputs) it sent, for ``_warmth`` later."""
     from dyno import zoo
-    from dyno.bench.calibrate import client_overheads, counted_scale, server_warmth
+    from dyno.bench.calibrate import client_overheads, counted_scale
     from dyno.bench.session import labelled
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        xs, _ = labelled(plan.model, None, min(n, 64))
-        model = zoo.load_model(plan.model, weights=weights)
+    xs, _ = labelled(plan.model, None, min(n, 64))
+    model = zoo.load_model(plan.model, weights=weights)
+    with _one_torch_thread():
         before = _served(cloud)
         calibration = client_overheads(plan, model, xs, server=cloud.address)
         calibration["server_factor_wall"] = calibration["server_factor"]
         calibration["server_factor"] = counted_scale(plan, before, _served(cloud)) or calibration["server_factor"]
-        calibration["warmth"] = server_warmth(plan, model, xs, server=cloud.address,
-                                              compute=lambda: _served(cloud)[0])
-        return calibration
+    calibration["warmth"] = _warmth(plan, (model, xs), cloud)
+    return calibration, (model, xs)
+
+
+def _warmth(plan: Any, sender: tuple[Any, Any], cloud: Any) -> dict[str, Any]:
+    """How much slower the server computes a request after idling, now (``calibrate.server_warmth`` on its
+    compute counter). Read again before each fleet size: here it drifts over minutes (after 100 ms idle,
+    1.13 ms a request in one calibration and 1.62 a few minutes later at N = 1), as a shared host's do."""
+    from dyno.bench.calibrate import server_warmth
+
+    with _one_torch_thread():
+        return server_warmth(plan, *sender, server=cloud.address, compute=lambda: _served(cloud)[0])
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread in this process (a device's), as it was before afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -257,7 +274,11 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
     from dyno.policy.model import shared_model
     from dyno.simulate import run_fleet
 
-    m_entry: dict[str, Any] = {"devices": size, "policies": {}}
+    warmth = _warmth(plan, setup["sender"], cloud)
+    sim_config = setup["sim_config"]
+    sim_config = dataclasses.replace(sim_config, cloud=dataclasses.replace(
+        sim_config.cloud, cold=tuple(map(tuple, warmth["cold"]))))
+    m_entry: dict[str, Any] = {"devices": size, "policies": {}, "warmth": warmth}
     s_entry: dict[str, Any] = {"devices": size, "policies": {}}
     for name in setup["policies"]:
         tick(status=f"{size} x {name}")
@@ -271,7 +292,7 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
         m_entry["policies"][name] = _measured(plan, specs, reports, duration=setup["duration"], slo=setup["slo"],
                                               served=served, price=setup["price"])
         now = [dataclasses.replace(spec, slowdown=spec.slowdown * setup["device_factor"]) for spec in specs]
-        sim = run_fleet(shared_model(plan), now, setup["sim_config"])
+        sim = run_fleet(shared_model(plan), now, sim_config)
         s_entry["policies"][name] = fleet_metrics(sim, price=setup["price"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     m_entry["host"] = {"cores": cores, "load_1min": round(os.getloadavg()[0], 2),        # the devices' cores
@@ -289,8 +310,6 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                 progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Measure the fleet on the real runtime and simulate it beside (module docstring). ``apart``: the
     embedded server and the devices on cores apart; False leaves both on every core (as Ray's replicas)."""
-    import contextlib
-
     from dyno.bench.fleet import fleet_slo
     from dyno.bench.fleet_capacity import capacity
     from dyno.bench.ground import cores_apart
@@ -310,7 +329,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
     placed = cores_apart() if apart and server == "embedded" else contextlib.nullcontext(None)
     with placed as cloud_cpu, start_cloud(str(plan_path), weights, server=server, replicas=replicas,
                                           ray_address=ray_address, batch_in=batch_in, cpu=cloud_cpu) as cloud:
-        calibration = _calibrate(plan, weights, n, cloud)
+        calibration, sender = _calibrate(plan, weights, n, cloud)
         trip = round_trip(plan, weights, cloud.address, probe) if probe else None
         sim_config = FleetConfig(duration_s=duration, rtt_ms=0.5, window=window,
                                  cloud=CloudConfig(scale=calibration["server_factor"],
@@ -318,6 +337,7 @@ def fleet_bench(plan_path: str, *, sizes: Sequence[int] = (1, 8, 32, 64), polici
                                                    cold=tuple(map(tuple, calibration["warmth"]["cold"]))),
                                  overhead_ms=calibration["offload_ms"], local_overhead_ms=calibration["local_ms"])
         setup = {"policies": policies, "traces": traces, "mix": mix, "tiers": tiers, "slo": parsed, "rate": rate,
+                 "sender": sender,
                  "seed": seed, "duration": duration, "processes": processes, "price": price, "sim_config": sim_config,
                  "device_cpu_ms": calibration["local_cpu_ms"], "device_factor": calibration["device_factor"],
                  "worker": {"plan_path": str(plan_path), "weights": weights, "slo": str(parsed), "rate": rate,

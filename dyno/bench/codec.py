@@ -25,19 +25,19 @@ the lossless stage differs from ours.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import statistics
 import time
 import warnings
 import zlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from dyno import partition, zoo
+from dyno.bench.reference import one_torch_thread
 from dyno.codec import MAX_BITS, Expected, _pack, _quant, decode, encode
 from dyno.errors import ConfigError, DynoError
 from dyno.packing import IMAGE_CODECS
@@ -58,16 +58,6 @@ SYNTHETIC = "synthetic"
 def default_model() -> str:
     """efficientnet-lite0 when the ImageNet samples are at hand, else fmnist-resnet."""
     return "efficientnet-lite0" if (zoo.imagenet_samples_root() / "labels.tsv").is_file() else "fmnist-resnet"
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -237,7 +227,7 @@ def run(model: str | None = None, *, samples: int = 8, repeats: int = 5, cuts: i
     tick = progress.task("codec-bench", len(cut_data) * (len(bits) * len(modes) + 5) + 2)
     rows: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
-    with _one_thread():
+    with one_torch_thread():
         for cut in cut_data:
             rows += _codec_rows(cut, bits, modes, repeats, tick)
             baselines += _baseline_rows(cut, repeats, tick, image=cut is cut_data[0] and not source["synthetic"])

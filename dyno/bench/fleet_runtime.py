@@ -43,9 +43,10 @@ import multiprocessing
 import os
 import time
 import urllib.request
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from dyno.bench.fleet import DEFAULT_MIX, FLEET_POLICIES, fleet_metrics, fleet_specs
+from dyno.bench.reference import one_torch_thread
 from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError, RuntimeServiceError
 from dyno.progress import NO_PROGRESS, Progress
@@ -103,24 +104,18 @@ def start_cloud(plan_path: str, weights: str, *, server: str = "embedded", repli
 def round_trip(plan: Any, weights: str, address: str, count: int) -> dict[str, Any]:
     """``count`` inferences one at a time, all in the cloud (the input as fp32): latency p50/p95 in ms."""
     import numpy as np
-    import torch
 
     from dyno import zoo
     from dyno.bench.session import labelled
     from dyno.runtime import Client, ClientConfig
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        xs, _ = labelled(plan.model, None, 32)
-        config = ClientConfig(server=address, policy="cloud-only-raw", in_flight=1, timeout=30.0)
-        with Client(plan, zoo.load_model(plan.model, weights=weights), config) as client:
-            for _ in client.map(xs[i % len(xs)] for i in range(32)):   # warm: connection, codec, batcher
-                pass
-            latencies = [r.latency_ms for r in client.map(xs[i % len(xs)] for i in range(count))
-                         if r.where == "cloud"]
-    finally:
-        torch.set_num_threads(threads)
+    xs, _ = labelled(plan.model, None, 32)
+    config = ClientConfig(server=address, policy="cloud-only-raw", in_flight=1, timeout=30.0)
+    with one_torch_thread(), Client(plan, zoo.load_model(plan.model, weights=weights), config) as client:
+        for _ in client.map(xs[i % len(xs)] for i in range(32)):   # warm: connection, codec, batcher
+            pass
+        latencies = [r.latency_ms for r in client.map(xs[i % len(xs)] for i in range(count))
+                     if r.where == "cloud"]
     if not latencies:
         raise RuntimeServiceError("the round-trip probe got no answer from the cloud")
     p50, p95 = np.percentile(latencies, [50, 95])
@@ -209,7 +204,7 @@ def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> tuple[dict[str, A
 
     xs, _ = labelled(plan.model, None, min(n, 64))
     model = zoo.load_model(plan.model, weights=weights)
-    with _one_torch_thread():
+    with one_torch_thread():
         before = _served(cloud)
         calibration = client_overheads(plan, model, xs, server=cloud.address)
         calibration["server_factor_wall"] = calibration["server_factor"]
@@ -224,21 +219,8 @@ def _warmth(plan: Any, sender: tuple[Any, Any], cloud: Any) -> dict[str, Any]:
     1.13 ms a request in one calibration and 1.62 a few minutes later at N = 1), as a shared host's do."""
     from dyno.bench.calibrate import server_warmth
 
-    with _one_torch_thread():
+    with one_torch_thread():
         return server_warmth(plan, *sender, server=cloud.address, compute=lambda: _served(cloud)[0])
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Torch on one thread in this process (a device's), as it was before afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _served(cloud: Any) -> tuple[float, float, float]:

@@ -22,11 +22,12 @@ a known machine).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dyno.emulate.device import CLOUD_MS, REFERENCE_MODEL, TIER_MS, reference_ms_override, slowdown_for
 from dyno.errors import ConfigError
@@ -59,24 +60,32 @@ def measure_reference_ms(repeats: int = REPEATS) -> dict[str, Any]:
     return dict(_MEASURED)
 
 
-def cpu_times_ms(run: Callable[[int], Any], repeats: int, *, warmup: int = 3) -> list[float]:
-    """This thread's CPU milliseconds of each of ``repeats`` calls ``run(i)`` after ``warmup`` untimed
-    ones, with one torch thread and no autograd: the work's cost, not the wait for a core."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread in this process, as a device runs it; the thread count as it was afterwards."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
-            for i in range(warmup):
-                run(i)
-            times = []
-            for i in range(warmup, warmup + repeats):
-                start = time.thread_time()
-                run(i)
-                times.append((time.thread_time() - start) * 1000)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cpu_times_ms(run: Callable[[int], Any], repeats: int, *, warmup: int = 3) -> list[float]:
+    """This thread's CPU milliseconds of each of ``repeats`` calls ``run(i)`` after ``warmup`` untimed
+    ones, with one torch thread and no autograd: the work's cost, not the wait for a core."""
+    import torch
+
+    with one_torch_thread(), torch.inference_mode():
+        for i in range(warmup):
+            run(i)
+        times = []
+        for i in range(warmup, warmup + repeats):
+            start = time.thread_time()
+            run(i)
+            times.append((time.thread_time() - start) * 1000)
     return times
 
 

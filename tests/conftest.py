@@ -75,3 +75,14 @@ def splits(model, plan):
     from dyno.runtime import Splits
 
     return Splits(model, plan)
+
+
+def cached_fmnist_resnet() -> str | None:
+    """The reason to skip, or None when the trained weights and the plan are cached."""
+    from dyno import offline, zoo
+
+    if zoo.trained_weights_info(zoo.get_model("fmnist-resnet")) is None:
+        return "fmnist-resnet has no trained weights cached (dyno train fmnist-resnet)"
+    if not offline.default_plan_path("fmnist-resnet").exists():
+        return f"no cached plan at {offline.default_plan_path('fmnist-resnet')} (dyno demo makes it)"
+    return None

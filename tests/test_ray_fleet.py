@@ -14,22 +14,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, needs_fmnist
+from conftest import REPO, cached_fmnist_resnet, needs_fmnist
 
 from dyno.bench.autoscale import active_spans, parse_steps
 from dyno.bench.scale_out import _summary, derived
 from dyno.errors import ConfigError
-
-
-def _cached_fmnist_resnet() -> str | None:
-    """The reason to skip, or None when the trained weights and the plan are cached."""
-    from dyno import offline, zoo
-
-    if zoo.trained_weights_info(zoo.get_model("fmnist-resnet")) is None:
-        return "fmnist-resnet has no trained weights cached (dyno train fmnist-resnet)"
-    if not offline.default_plan_path("fmnist-resnet").exists():
-        return f"no cached plan at {offline.default_plan_path('fmnist-resnet')} (dyno demo makes it)"
-    return None
 
 
 def test_steps_feed_each_device_only_in_the_steps_that_have_it():
@@ -71,7 +60,7 @@ def test_scale_out_takes_medians_over_rounds_then_the_overhead_and_the_scaling()
 
 @needs_fmnist
 def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
-    reason = _cached_fmnist_resnet()
+    reason = cached_fmnist_resnet()
     if reason:
         pytest.skip(reason)
     out = subprocess.run(
@@ -94,7 +83,7 @@ def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
 @needs_fmnist
 def test_fleet_bench_against_two_ray_replicas_says_so_and_counts_the_replicas_compute():
     pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyno[ray]')")
-    reason = _cached_fmnist_resnet()
+    reason = cached_fmnist_resnet()
     if reason:
         pytest.skip(reason)
     out = subprocess.run(

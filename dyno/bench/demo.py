@@ -48,7 +48,7 @@ import torch
 from dyno.bench.calibrate import client_overheads
 from dyno.bench.console import RichProgress, stderr_console, stdout_console
 from dyno.bench.demo_plot import plot_timeline
-from dyno.bench.ground import cores_apart
+from dyno.bench.ground import alternating, cores_apart
 from dyno.bench.record import Recorder, evidence
 from dyno.bench.session import SystemRun, Workload, choice_label, labelled, run_system
 from dyno.errors import ConfigError
@@ -214,8 +214,7 @@ def demo(*, model: str = "fmnist-resnet", data: str | None = None, n: int = 400,
 
 def schedule(systems: Sequence[str], rounds: int, duration: float) -> list[SystemRun]:
     """The runs in the order they run: every system once a round, every other round reversed."""
-    return [SystemRun(name, duration, r) for r in range(rounds)
-            for name in (systems if r % 2 == 0 else list(reversed(systems)))]
+    return [SystemRun(name, duration, r) for r, name in alternating(systems, rounds)]
 
 
 def combined(runs: list[SystemRun]) -> dict[str, Any]:

@@ -22,6 +22,12 @@ measured and simulated throughput and their ratio, top-1, bytes per inference an
 run's evidence (``dyno.bench.record``): choices, a per-second timeline, predicted against observed
 throughput, realised top-1 against the fp32 model with intervals.
 
+The systems run one after another, and a shared machine's speed drifts over minutes: a system run in a
+slow stretch loses to one run in a fast stretch though both choose alike (split-int8 beat DynO 647 to 606
+inferences/s where the simulator, given each run's own calibration, predicted the same 0.94 and, given
+one calibration, a tie). ``rounds=R`` runs each trace's systems R times, every other round in reverse
+order (``alternating``), and keeps for each system its median round (``median_round``).
+
     document = ground_truth(plan_path, systems=("dyno", "device-only"), traces=[...], tiers=("low",))
 """
 
@@ -41,8 +47,8 @@ from dyno.emulate.traces import Trace
 from dyno.errors import ConfigError, RuntimeServiceError
 from dyno.progress import NO_PROGRESS, Progress
 
-__all__ = ["BENCH_SYSTEMS", "ground_truth", "choose_link", "choose_device", "fp32_correct", "server_in",
-           "cores_apart"]
+__all__ = ["BENCH_SYSTEMS", "ground_truth", "alternating", "median_round", "choose_link", "choose_device",
+           "fp32_correct", "server_in", "cores_apart"]
 
 BENCH_SYSTEMS = ("dyno", "device-only", "cloud-only", "neurosurgeon", "jalad", "split-int8")
 CLIENT_CPU, SERVER_CPU = 0, 1
@@ -184,18 +190,56 @@ def _row(system: str, tier: str, trace: Trace, measured: dict[str, Any], simulat
             "evidence": record}
 
 
+def alternating(items: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, item) in the order they run: every item once a round, every other round reversed
+    (A B C, C B A, ...), so a drift in the machine's speed falls on every item alike."""
+    return [(r, item) for r in range(rounds) for item in (items if r % 2 == 0 else list(reversed(items)))]
+
+
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's row over its rounds: the round whose measured throughput is the median (the lower of
+    the two middle ones for an even count), so every figure in the row comes from one run, with each
+    round's throughputs and ratio under ``rounds``. A single round's row as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda row: row["measured_throughput"] or 0.0)
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["rounds"] = [{key: run[key] for key in ("measured_throughput", "simulated_throughput", "ratio")}
+                     for run in runs]
+    return row
+
+
+@contextlib.contextmanager
+def _cloud(plan_path: str, weights: str, link_kind: str, first_rate_bps: float) -> Iterator[tuple[Any, Any]]:
+    """(the kernel-shaped link or None, the server process behind it)."""
+    from dyno.runtime import ServerConfig, ServerProcess
+
+    with contextlib.ExitStack() as stack:
+        kernel = None
+        if link_kind == "tbf":
+            from dyno.emulate.netns import KernelLink
+
+            kernel = stack.enter_context(KernelLink.create(first_rate_bps))
+        config = ServerConfig(torch_threads=1, max_queue_ms=2000.0)
+        address = f"{kernel.server_ip}:0" if kernel else "127.0.0.1:0"
+        yield kernel, stack.enter_context(ServerProcess(server_in, kernel.server_ns if kernel else None, SERVER_CPU,
+                                                        plan_path, weights, config=config, threads=1,
+                                                        address=address, log=os.devnull))
+
+
 def ground_truth(plan_path: str | Path, *, systems: Sequence[str] = BENCH_SYSTEMS, traces: Sequence[Trace],
                  tiers: Sequence[str] = ("low", "mid", "high"), slo: str = "throughput;drop<=1",
                  duration: float = 30.0, in_flight: int = 8, data: str | None = None, n: int = 400,
                  weights: str = "trained", link: str = "auto", device_emulation: str = "auto",
-                 reference_ms: float | None = None, rtt_ms: float = 0.5, timeout: float = 10.0,
+                 reference_ms: float | None = None, rtt_ms: float = 0.5, timeout: float = 10.0, rounds: int = 1,
                  progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the ``--json`` document."""
     from dyno.bench.reference import Speeds
     from dyno.plan import Plan
     from dyno.policy import SLO
-    from dyno.runtime import ServerConfig, ServerProcess
 
+    if rounds < 1 or len(set(systems)) != len(systems):
+        raise ConfigError(f"each system once and rounds >= 1, got {list(systems)} and {rounds}")
     plan = Plan.load(plan_path)
     parsed = SLO.parse(slo)
     speeds = Speeds(float(reference_ms), "--reference-ms") if reference_ms else Speeds.for_plan(plan)
@@ -203,41 +247,35 @@ def ground_truth(plan_path: str | Path, *, systems: Sequence[str] = BENCH_SYSTEM
     device_kind = choose_device(device_emulation)
     fp32 = fp32_correct(plan, data, n, weights)
     nominal = sorted(t.mean_bps for t in traces)[len(traces) // 2]
-    tick = progress.task("bench", len(systems) * len(traces) * len(tiers))
+    tick = progress.task("bench", len(systems) * len(traces) * len(tiers) * rounds)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        kernel = None
-        if link_kind == "tbf":
-            from dyno.emulate.netns import KernelLink
-
-            kernel = stack.enter_context(KernelLink.create(traces[0].rate_bps(0.0)))
-        config = ServerConfig(torch_threads=1, max_queue_ms=2000.0)
-        address = f"{kernel.server_ip}:0" if kernel else "127.0.0.1:0"
-        server = stack.enter_context(ServerProcess(server_in, kernel.server_ns if kernel else None, SERVER_CPU,
-                                                   str(plan_path), weights, config=config, threads=1,
-                                                   address=address, log=os.devnull))
+    with _cloud(str(plan_path), weights, link_kind, traces[0].rate_bps(0.0)) as (kernel, server):
+        common = {"plan_path": str(plan_path), "weights": weights, "data": data, "n": n, "slo": slo,
+                  "server": server.address, "duration": duration, "in_flight": in_flight,
+                  "device_emulation": device_kind, "cpu": CLIENT_CPU, "netns": kernel.client_ns if kernel else None,
+                  "link": link_kind, "timeout": timeout, "nominal_bandwidth_bps": nominal}
         for tier in tiers:
             wanted = speeds.device(tier)
             k = max(1.0, wanted)
             for trace in traces:
-                for system in systems:
-                    tick(status=f"{tier} {trace.name} {system}")
-                    spec = {"plan_path": str(plan_path), "weights": weights, "data": data, "n": n, "system": system,
-                            "slo": slo, "server": server.address, "duration": duration, "in_flight": in_flight,
-                            "slowdown": k, "device_emulation": device_kind, "cpu": CLIENT_CPU,
-                            "netns": kernel.client_ns if kernel else None, "link": link_kind, "timeout": timeout,
+                runs: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+                for r, system in alternating(systems, rounds):
+                    tick(status=f"{tier} {trace.name} {system}" + (f" #{r + 1}" if rounds > 1 else ""))
+                    spec = {**common, "system": system, "slowdown": k,
                             "trace": {"times": trace.times, "rates": trace.rates_bps, "name": trace.name},
-                            "initial_bandwidth_bps": max(trace.rate_bps(0.0), 1e3), "nominal_bandwidth_bps": nominal}
+                            "initial_bandwidth_bps": max(trace.rate_bps(0.0), 1e3)}
                     if kernel is not None:
                         kernel.set_rate(1e9)          # the client measures its own cost on a fast link
                     measured = _measure(spec, kernel, trace, timeout=120.0)
                     simulated = _simulated(plan, system, trace, slo=parsed, slowdown=k, duration=duration,
                                            in_flight=in_flight, rtt_ms=rtt_ms, nominal=nominal,
                                            overheads=measured["overheads"])
-                    rows.append(_row(system, tier, trace, measured, simulated, duration=duration, slo=parsed,
-                                     fp32=fp32, k=(wanted, k)))
+                    runs[system].append(_row(system, tier, trace, measured, simulated, duration=duration, slo=parsed,
+                                             fp32=fp32, k=(wanted, k)))
+                rows += [median_round(runs[system]) for system in systems]
     return {"plan": plan.model, "plan_hash": plan.hash, "link": link_kind, "link_detail": link_why,
             "device_emulation": device_kind, "slo": str(parsed), "duration_s": duration, "in_flight": in_flight,
+            "rounds": rounds,
             "speeds": speeds.describe({t: speeds.device(t) for t in tiers}), "rtt_ms_simulated": rtt_ms,
             "rows": rows, "seconds": time.perf_counter() - started}

@@ -38,7 +38,8 @@ def summary(document: dict[str, Any]) -> dict[str, Any]:
 def markdown(document: dict[str, Any]) -> str:
     """The rows as a markdown table, then the agreement and DynO / X tables."""
     lines = [f"`dyno bench` {document['plan']}: link {document['link']} ({document.get('link_detail', '')}), "
-             f"device {document['device_emulation']}, SLO `{document['slo']}`, {document['duration_s']:g} s per run",
+             f"device {document['device_emulation']}, SLO `{document['slo']}`, {document['duration_s']:g} s per run"
+             + (f", each system's median of {document['rounds']} rounds" if document.get("rounds", 1) > 1 else ""),
              "", "| system | tier | trace | measured inf/s | simulated inf/s | measured/simulated | top-1 | "
              "drop vs fp32 (95% CI) | bytes/inf | p95 ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in document["rows"]:

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tier", default="low,mid,high", help="comma-separated tiers (default: %(default)s)")
     p.add_argument("--slo", default=DEFAULT_SLO, help="the SLO every system gets (default: %(default)s)")
     p.add_argument("--duration", type=positive_float, default=30.0, help="seconds per run (default 30)")
+    p.add_argument("--rounds", type=bounded_int(1, 100), default=1,
+                   help="run each trace's systems this many times, every other round in reverse order, and keep "
+                   "each system's median round (default 1; more where the machine's speed drifts between runs)")
     p.add_argument("--in-flight", type=bounded_int(1, 1024), default=8, help="each client's window (default 8)")
     p.add_argument("--link", choices=("auto", "tbf", "token-bucket"), default="auto",
                    help="auto: tbf where the machine allows it, else the in-process token bucket")
@@ -83,7 +86,7 @@ def _bench(args: argparse.Namespace) -> None:
                                 slo=args.slo, duration=args.duration, in_flight=args.in_flight, data=args.data,
                                 n=args.n, weights=args.weights, link=args.link, device_emulation=args.device_emulation,
                                 reference_ms=args.reference_ms, rtt_ms=args.rtt_ms, timeout=args.timeout,
-                                progress=progress)
+                                rounds=args.rounds, progress=progress)
     document["summary"] = summary(document)
     if args.plot:
         document["plot"] = str(plot_ground(document, args.plot))

@@ -193,3 +193,20 @@ def test_a_cold_worker_computes_its_next_batch_slower_by_the_idle_time_before_it
     for bad in (((0.0, 0.5),), ((5.0, 1.0), (1.0, 2.0)), ((0.0, 11.0),)):
         with pytest.raises(ConfigError, match="cold"):
             CloudConfig(cold=bad)
+
+
+def test_the_goals_compare_cloud_seconds_where_both_attain_the_slo_and_count_full_onloading():
+    from dyno.bench.fleet import goals
+
+    def entry(n, dyno, cloud):      # (goodput, attainment, cloud_s) per system
+        return {"devices": n, "policies": {name: {"goodput": g, "slo_attainment": a, "cloud_s": c}
+                                           for name, (g, a, c) in (("dyno", dyno), ("cloud-only", cloud))}}
+
+    fleet = [entry(1, (10, 1.0, 0.0), (10, 0.95, 0.002)), entry(4, (40, 0.99, 0.0005), (39, 0.92, 0.002)),
+             entry(16, (160, 0.97, 0.0004), (90, 0.5, 0.002))]
+    out = goals(fleet, ["dyno", "cloud-only"])
+    share = out["dyno_cloud_s_share_at_equal_attainment"]
+    assert share["devices"] == [1, 4]               # N = 16: cloud-only below 90%, not compared
+    assert share["median"] == pytest.approx(0.125) and share["max"] == pytest.approx(0.25)
+    assert out["cloud_only_below_90"] == {"devices": 16, "cloud_only": 0.5, "dyno": 0.97}
+    assert out["goodput_vs_best_baseline"]["16"] == {"best": "cloud-only", "ratio": pytest.approx(160 / 90)}

@@ -11,7 +11,8 @@ and frame rate), and the fleet simulator runs the same configuration beside it: 
 slowdowns, and the speeds measured at the start (``dyno.bench.calibrate``: the client's own work per
 inference, the device's and the server's time over the plan's profile as the scales of the simulated
 devices and cloud, and how much slower the server computes a request that finds it idle: at 10 requests
-a second it is cold for each; read again before each fleet size, whose entry keeps it as ``warmth``).
+a second it is cold for each; read again just before each system's run at each size, and the size's
+entry keeps each system's as ``warmth``).
 
 Measured per system and N, in the simulator's shape: goodput, SLO attainment, cloud-seconds per
 inference (the server's own counter of its compute thread's CPU time over the answered inferences; on
@@ -215,8 +216,9 @@ def _calibrate(plan: Any, weights: str, n: int, cloud: Any) -> tuple[dict[str, A
 
 def _warmth(plan: Any, sender: tuple[Any, Any], cloud: Any) -> dict[str, Any]:
     """How much slower the server computes a request after idling, now (``calibrate.server_warmth`` on its
-    compute counter). Read again before each fleet size: here it drifts over minutes (after 100 ms idle,
-    1.13 ms a request in one calibration and 1.62 a few minutes later at N = 1), as a shared host's do."""
+    compute counter). Read again just before each run: here it drifts within a minute or two (after 100 ms
+    idle, 1.18 ms a request and 1.48 a minute later), as a shared host's do; eight clients cost the server
+    what one does at the same spacing (0.90-1.36 against 0.97-1.22 ms at 12.5 ms, six rounds taking turns)."""
     from dyno.bench.calibrate import server_warmth
 
     with one_torch_thread():
@@ -256,14 +258,13 @@ def _one_size(cloud: Any, plan: Any, size: int, setup: dict[str, Any], tick: Any
     from dyno.policy.model import shared_model
     from dyno.simulate import run_fleet
 
-    warmth = _warmth(plan, setup["sender"], cloud)
-    sim_config = setup["sim_config"]
-    sim_config = dataclasses.replace(sim_config, cloud=dataclasses.replace(
-        sim_config.cloud, cold=tuple(map(tuple, warmth["cold"]))))
-    m_entry: dict[str, Any] = {"devices": size, "policies": {}, "warmth": warmth}
+    m_entry: dict[str, Any] = {"devices": size, "policies": {}, "warmth": {}}
     s_entry: dict[str, Any] = {"devices": size, "policies": {}}
     for name in setup["policies"]:
         tick(status=f"{size} x {name}")
+        warmth = m_entry["warmth"][name] = _warmth(plan, setup["sender"], cloud)
+        sim_config = dataclasses.replace(setup["sim_config"], cloud=dataclasses.replace(
+            setup["sim_config"].cloud, cold=tuple(map(tuple, warmth["cold"]))))
         specs = fleet_specs(setup["traces"], size, name, mix=setup["mix"], tiers=setup["tiers"], slo=setup["slo"],
                             rate=setup["rate"], seed=setup["seed"])
         clients = client_specs(specs, name, setup["rate"])

@@ -7,9 +7,13 @@ whose ``func`` default takes the parsed arguments and returns an exit code (or N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from typing import Any, Iterator
 
 from dyno.errors import DynoError
 
@@ -52,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``) as ``SystemExit(143)`` while a command runs, so its ``with`` blocks
+    still stop what it started: a killed ``dyno bench`` left its server process running and its two
+    network namespaces behind. Only where signals can be set (the main thread); restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _device_install() -> bool:
     """Whether this is a device install (``dyno[device]``: onnxruntime, no torch)."""
     import importlib.util
@@ -74,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = args.debug or os.environ.get("DYNO_DEBUG", "") not in ("", "0")
     try:
-        code = args.func(args)
+        with _terminate_as_exit():
+            code = args.func(args)
     except DynoError as error:
         print(f"dyno {args.command}: error: {error}", file=sys.stderr)
         return 1

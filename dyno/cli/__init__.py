@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _terminate_as_exit() -> Iterator[None]:
     """SIGTERM (``kill``, ``timeout``) as ``SystemExit(143)`` while a command runs, so its ``with`` blocks
-    still stop what it started: a killed ``dyno bench`` left its server process running and its two
-    network namespaces behind. Only where signals can be set (the main thread); restored afterwards."""
+    still undo what it set up: a killed ``dyno bench`` left its two network namespaces behind. Only where
+    signals can be set (the main thread); restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -86,3 +86,19 @@ def cached_fmnist_resnet() -> str | None:
     if not offline.default_plan_path("fmnist-resnet").exists():
         return f"no cached plan at {offline.default_plan_path('fmnist-resnet')} (dyno demo makes it)"
     return None
+
+
+def dyno_json(*args: str, timeout: float = 600) -> dict:
+    """``python -m dyno ARGS`` on fmnist-resnet's cached weights and plan (skipped where they are not
+    cached): its ``--json`` document, after checking it exited 0."""
+    import json
+    import subprocess
+    import sys
+
+    reason = cached_fmnist_resnet()
+    if reason:
+        pytest.skip(reason)
+    out = subprocess.run([sys.executable, "-m", "dyno", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)

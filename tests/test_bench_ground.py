@@ -4,7 +4,6 @@ per run; skipped where Fashion-MNIST or the cached weights and plan are not pres
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cached_fmnist_resnet, needs_fmnist
+from conftest import REPO, cached_fmnist_resnet, dyno_json, needs_fmnist
 
 from dyno.bench.ground import alternating, median_round
 
@@ -39,16 +38,9 @@ def test_a_system_s_row_is_its_median_round_whole_with_every_round_beside_it():
 
 @needs_fmnist
 def test_a_small_bench_runs_each_system_in_rounds_and_keeps_its_median_round(tmp_path):
-    reason = cached_fmnist_resnet()
-    if reason:
-        pytest.skip(reason)
-    out = subprocess.run(
-        [sys.executable, "-m", "dyno", "bench", "--systems", "dyno,device-only", "--tier", "low", "--trace", "builtin",
-         "--duration", "2", "--rounds", "2", "--link", "token-bucket", "--device-emulation", "pad", "--n", "40",
-         "--plot", "", "--markdown", str(tmp_path / "bench.md"), "--no-progress", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    document = json.loads(out.stdout)
+    document = dyno_json("bench", "--systems", "dyno,device-only", "--tier", "low", "--trace", "builtin", "--duration",
+                         "2", "--rounds", "2", "--link", "token-bucket", "--device-emulation", "pad", "--n", "40",
+                         "--plot", "", "--markdown", str(tmp_path / "bench.md"), "--no-progress", "--json")
     assert document["rounds"] == 2 and document["link"] == "token-bucket" and document["device_emulation"] == "pad"
     assert [r["system"] for r in document["rows"]] == ["dyno", "device-only"]
     for row in document["rows"]:

@@ -8,13 +8,10 @@ The run is skipped where Ray, Fashion-MNIST, or fmnist-resnet's trained weights 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, cached_fmnist_resnet, needs_fmnist
+from conftest import dyno_json, needs_fmnist
 
 from dyno.bench.autoscale import active_spans, parse_steps
 from dyno.bench.scale_out import _summary, derived
@@ -60,15 +57,8 @@ def test_scale_out_takes_medians_over_rounds_then_the_overhead_and_the_scaling()
 
 @needs_fmnist
 def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
-    reason = cached_fmnist_resnet()
-    if reason:
-        pytest.skip(reason)
-    out = subprocess.run(
-        [sys.executable, "-m", "dyno", "bench-runtime", "--what", "fleet", "--devices", "2", "--duration", "3",
-         "--processes", "1", "--policies", "cloud-only", "--trace", "fast", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    document = json.loads(out.stdout)
+    document = dyno_json("bench-runtime", "--what", "fleet", "--devices", "2", "--duration", "3", "--processes", "1",
+                         "--policies", "cloud-only", "--trace", "fast", "--json")
     cores = sorted(os.sched_getaffinity(0))
     assert document["server"] == "embedded"
     assert document["cloud_cpu"] == (cores[-1] if len(cores) > 1 else None)
@@ -85,15 +75,8 @@ def test_fleet_bench_on_the_embedded_server_puts_it_on_a_core_of_its_own():
 @needs_fmnist
 def test_fleet_bench_against_two_ray_replicas_says_so_and_counts_the_replicas_compute():
     pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyno[ray]')")
-    reason = cached_fmnist_resnet()
-    if reason:
-        pytest.skip(reason)
-    out = subprocess.run(
-        [sys.executable, "-m", "dyno", "bench-runtime", "--what", "fleet", "--server", "ray", "--replicas", "2",
-         "--devices", "3", "--duration", "3", "--processes", "1", "--policies", "cloud-only", "--trace", "fast",
-         "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    document = json.loads(out.stdout)
+    document = dyno_json("bench-runtime", "--what", "fleet", "--server", "ray", "--replicas", "2", "--devices", "3",
+                         "--duration", "3", "--processes", "1", "--policies", "cloud-only", "--trace", "fast", "--json")
     assert document["server"] == "ray" and document["replicas"] == 2
     trip = document["round_trip_ms"]
     assert trip["n"] == 200 and 0 < trip["p50"] <= trip["p95"]

@@ -168,9 +168,11 @@ def test_overload_finishes_on_the_device_and_backs_off(model, plan, splits, inpu
     # the refusal, or (if a write was under way as it arrived) grpc's INTERNAL, which the client takes
     # as overload too and says so
     assert stats["overloaded"] >= 1 and any(e.startswith(("RESOURCE_EXHAUSTED", WRITE_RACE)) for e in errors), errors
-    # it did not come straight back to be refused again: every return waits out a hold-off of at least
-    # 0.8 x 2 s (a slow machine's map lasts long enough for one or two returns; straight back would be dozens)
-    assert stats.get("reconnects", 0) <= 1 + elapsed / 1.6, (stats, elapsed)
+    # it did not come straight back to be refused again: every return after an overload waits out a hold-off
+    # of at least 0.8 x 2 s (a slow machine's map lasts long enough for one or two; straight back would be
+    # dozens). One more is allowed: a stream that ends otherwise (an error, not an overload) is reopened at
+    # once by design, and CI once saw 2 reconnects in 0.9 s here
+    assert stats.get("reconnects", 0) <= 2 + elapsed / 1.6, (stats, elapsed, errors)
     assert stats["cloud"] >= 1 and stats["fallback"] + stats.get("unavailable", 0) >= 1
 
 

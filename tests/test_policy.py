@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from dyno.errors import PolicyError
 from dyno.plan import CutPlan, Option, Plan
 from dyno.policy import OBJECTIVES, SLO, Decision, Estimates, State, make, names
 from dyno.policy.dyno_policy import DynoPolicy
+from dyno.policy.front import undominated
 from dyno.policy.model import PerfModel, meets, predict, rows_of, violation
 from dyno.wire import on_the_wire, request_envelope
 
@@ -205,9 +207,11 @@ def test_estimates_and_state_validate():
 
 # ------------------------------------------------------------------------- DynO vs brute force
 
-def brute_force(plan: Plan, est: Estimates, slo: SLO, batch: int, in_flight=None) -> tuple[int, bool]:
-    """The DynO rule in a plain loop over rows with the scalar model."""
+def brute_force(plan: Plan, est: Estimates, slo: SLO, batch: int, in_flight=None, among=None) -> tuple[int, bool]:
+    """The DynO rule in a plain loop over rows with the scalar model: over every row, or the indices
+    ``among`` (the result indexes ``rows_of(plan)`` either way)."""
     rows = rows_of(plan)
+    pool_all = list(range(len(rows))) if among is None else list(among)
     floor = slo.min_throughput
     if slo.min_throughput_of is not None:
         stripped = dataclasses.replace(slo, min_throughput_of=None, min_throughput=None)
@@ -215,13 +219,13 @@ def brute_force(plan: Plan, est: Estimates, slo: SLO, batch: int, in_flight=None
         base = next(r for r in rows if (r.cut, r.codec, r.bits) == (d.cut, d.codec, d.bits))
         relative = predict(plan, base, est, batch, in_flight=in_flight).throughput * slo.min_throughput_ratio
         floor = relative if floor is None else max(floor, relative)
-    preds = [predict(plan, r, est, batch, in_flight=in_flight) for r in rows]
-    cand = [i for i, p in enumerate(preds) if meets(p, slo, plan.accuracy_fp32, floor)]
+    preds = {i: predict(plan, rows[i], est, batch, in_flight=in_flight) for i in pool_all}
+    cand = [i for i, p in preds.items() if meets(p, slo, plan.accuracy_fp32, floor)]
     ok = bool(cand)
     if not ok:   # least violating, among the rows meeting accuracy and bytes if any does
-        static = [i for i, p in enumerate(preds) if meets(p, dataclasses.replace(
+        static = [i for i, p in preds.items() if meets(p, dataclasses.replace(
             slo, max_latency_ms=None, min_throughput=None, min_throughput_of=None), plan.accuracy_fp32, None)]
-        pool = static or list(range(len(rows)))
+        pool = static or pool_all
         v = {i: violation(preds[i], slo, plan.accuracy_fp32, floor) for i in pool}
         cand = [i for i in pool if v[i] == min(v.values())]
     for k, objective in enumerate(slo.objectives):
@@ -264,15 +268,22 @@ estimates = st.builds(
 @given(seed=st.integers(0, 10_000), n_cuts=st.integers(2, 9), est=estimates, slo=slos,
        batch=st.sampled_from([1, 4, 8]), in_flight=st.none() | st.integers(1, 16))
 def test_dyno_equals_brute_force(seed, n_cuts, est, slo, batch, in_flight):
+    """DynO's row is the plain loop's over each cut's undominated rows, and as good as the loop's over
+    every row: the same on the last objective (the one that picks exactly), the SLO met alike."""
     plan = make_plan(n_cuts, seed=seed, bits=(2, 4, 8))
     state = State(plan, est, slo, batch, in_flight)
     policy = DynoPolicy(margin=0.0, probe_every=0)
-    expected, ok = brute_force(plan, est, slo, batch, in_flight)
+    front = np.flatnonzero(undominated(PerfModel(plan), slo.confidence))
+    expected, ok = brute_force(plan, est, slo, batch, in_flight, among=front)
     d = policy.decide(state)
     r = rows_of(plan)[expected]
     assert (d.cut, d.codec, d.bits) == (r.cut, r.codec, r.bits)
     assert d.predicted.meets_slo == ok
     assert (d.note == "") == ok
+    anywhere, ok_anywhere = brute_force(plan, est, slo, batch, in_flight)
+    last = slo.objectives[-1]
+    value = lambda i: predict(plan, rows_of(plan)[i], est, batch, in_flight=in_flight).value(last)  # noqa: E731
+    assert ok_anywhere == ok and value(anywhere) == pytest.approx(value(expected), rel=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

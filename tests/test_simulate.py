@@ -197,6 +197,7 @@ def test_simulate_command_over_a_directory(tmp_path, capsys):
 def test_bench_decide_reports_a_figure():
     results = bench_decide(n=50, repeats=1)
     assert results[0]["cuts"] == 80 and results[0]["rows"] > 80 * 16
+    assert all(80 < r["priced_rows"] <= r["rows"] for r in results)
     assert all(0 < r["us_per_decision"] < 10_000 for r in results)
     assert all(math.isfinite(r["us_min"]) for r in results)
 

@@ -2,6 +2,7 @@
 
 Times ``DynoPolicy.decide`` on a synthetic plan of 80 cuts x 16 bit widths (and on ``--plan`` if given),
 with the estimates changing on every call (so nothing is cached between decisions), and reports the
+plan's rows and the rows DynO prices (each cut's undominated ones: ``dyno.policy.front``), and the
 median over repeats of the mean time per decision, wall-clock and CPU time of this process (on a
 shared machine the CPU figure is the one to compare with the 50 us goal; wall-clock includes waiting
 for a core).
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 from dyno.policy import SLO, Estimates, PerfModel, State, make
+from dyno.policy.front import undominated
 from dyno.simulate.synthetic import synthetic_plan
 
 __all__ = ["bench_decide"]
@@ -35,8 +37,9 @@ def _time(plan, slo: SLO, n: int, repeats: int) -> dict[str, Any]:
             policy.decide(s)
         wall.append((time.perf_counter() - start) / n * 1e6)
         cpu.append((time.process_time() - start_cpu) / n * 1e6)
-    rows = len(PerfModel(plan).rows)
-    return {"plan": plan.model, "cuts": len(plan.cuts), "rows": rows, "slo": str(slo),
+    model = PerfModel(plan)
+    return {"plan": plan.model, "cuts": len(plan.cuts), "rows": len(model.rows),
+            "priced_rows": int(undominated(model, slo.confidence).sum()), "slo": str(slo),
             "us_per_decision": statistics.median(wall), "us_min": min(wall),
             "cpu_us_per_decision": statistics.median(cpu)}
 

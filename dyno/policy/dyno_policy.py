@@ -29,9 +29,10 @@ Per decision (all vectorised over the plan's rows, arrays built once per plan):
    device so the device's estimate cannot either.
    ``probe_every=0`` turns this off.
 
-The pure rule (steps 1-3, 5) is remembered for the last estimates it saw, the mix while they move less
-than ``MIX_TOLERANCE``: a device whose estimates have not changed since its last decision (a device-only
-streak) pays only for steps 4, 6 and 7.
+Only each cut's undominated rows are priced (``dyno.policy.front``): the same choice up to exact ties,
+from a fraction of the rows. The pure rule (steps 1-3, 5) is remembered for the last estimates it saw,
+the mix while they move less than ``MIX_TOLERANCE``: a device whose estimates have not changed since its
+last decision (a device-only streak) pays only for steps 4, 6 and 7.
 
 The coder is a dimension of the rows like the cut and the bits: a plan lists each width with every
 coder on its bytes/time front, so a slow link picks a stronger coder and a fast one LZ4. ``codecs``
@@ -51,6 +52,7 @@ from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Estimates, Policy, State
 from dyno.policy.explore import PROBE_INTERVAL_S, Explorer
 from dyno.policy.floor import FloorResolver
+from dyno.policy.front import undominated
 from dyno.policy.mix import Mix, Mixer, best_mix
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
@@ -99,6 +101,7 @@ class DynoPolicy(Policy):
             raise PolicyError("probe_hope must be > 0 (or None: probe whatever the link)")
         self.probe_hope = probe_hope
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
+        self._fronts: dict[tuple[PerfModel, float], PerfModel] = {}
         self._models = ModelCache(power)
         self._floors = FloorResolver()
         self._phase = 0.0
@@ -126,6 +129,17 @@ class DynoPolicy(Policy):
             self._allowed = (model, np.array([r.codec not in quant for r in model.rows], dtype=bool))
         return self._allowed[1]
 
+    def _model(self, state: State) -> PerfModel:
+        """The rows this policy prices: each cut's undominated ones among those it may choose."""
+        whole = self._models.get(state.plan)
+        key = (whole, state.slo.confidence)
+        front = self._fronts.get(key)
+        if front is None:
+            if len(self._fronts) > 8:   # a policy sees one plan and SLO, a few at most
+                self._fronts.clear()
+            front = self._fronts[key] = whole.subset(undominated(whole, state.slo.confidence, self.allowed(whole)))
+        return front
+
     def choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
         """(row, meets_slo, model, evaluation, floor) without hysteresis or exploration: the pure rule."""
         key = (id(state.plan), state.estimates, state.slo, state.batch, state.in_flight)
@@ -137,12 +151,11 @@ class DynoPolicy(Policy):
         return chosen
 
     def _choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:
-        model = self._models.get(state.plan)
+        model = self._model(state)
         slo = state.slo
         ev = model.evaluate(state.estimates, state.batch, state.in_flight)
         floor = self._floors.floor(state, model, ev)
-        allowed = self.allowed(model)
-        static = model.static_mask(slo, allowed)
+        static = model.static_mask(slo)   # the front holds only rows this policy may choose
         feasible = model.feasible(ev, slo, floor, static)
         candidates = np.flatnonzero(feasible)
         if len(candidates):
@@ -150,8 +163,6 @@ class DynoPolicy(Policy):
         v = model.violations(ev, slo, floor)
         if static.any():   # accuracy and bytes hold where any row can hold them: latency and rate give way
             v = np.where(static, v, np.inf)
-        elif allowed is not None:
-            v = np.where(allowed, v, np.inf)
         candidates = np.flatnonzero(v == v.min())
         return model.select(ev, candidates, slo.objectives, slo.tolerance, state.batch), False, model, ev, floor
 
@@ -164,8 +175,10 @@ class DynoPolicy(Policy):
         return Decision(row.cut, row.codec, row.bits, predicted, note)
 
     def choose_index(self, state: State) -> int:
-        """``decide``'s row (``PerfModel`` order) without building its ``Prediction`` (the simulator)."""
-        return self._pick(state)[0]
+        """``decide``'s row (in the order of the plan's whole ``PerfModel``) without building its
+        ``Prediction`` (the simulator)."""
+        i, _, model, _, _ = self._pick(state)
+        return int(model.whole_index[i])
 
     def _pick(self, state: State) -> tuple[int, str, PerfModel, float | None, Mix | None]:
         """(row, note, model, floor, mix): the pure rule, then hysteresis, the mix, exploration."""
@@ -178,7 +191,7 @@ class DynoPolicy(Policy):
         current = self._current
         if self.margin > 0 and current is not None and current != best:
             if ok:
-                still = bool(model.feasible(ev, slo, floor, model.static_mask(slo, self.allowed(model)))[current])
+                still = bool(model.feasible(ev, slo, floor, model.static_mask(slo))[current])
             else:  # both infeasible: only the violation decides, with the same margin
                 v = model.violations(ev, slo, floor)
                 still = v[current] <= v[best] * (1.0 + self.margin)
@@ -215,7 +228,7 @@ class DynoPolicy(Policy):
         held_key, held_est, held = self._mix_memo
         if held_key == key and _close(held_est, state.estimates):
             return held
-        static = model.static_mask(state.slo, self.allowed(model))
+        static = model.static_mask(state.slo)
         partners = np.flatnonzero(model.feasible(ev, state.slo, None, static))
         mix = best_mix(ev, chosen, partners, state.in_flight)
         if mix is not None and not mix.throughput > float(ev.throughput[chosen]) * (1.0 + self.margin):
@@ -249,7 +262,7 @@ class DynoPolicy(Policy):
         return bool(model.offloaded[row])
 
     def _probe_row(self, model: PerfModel, ev, slo: SLO, batch: int) -> int | None:
-        candidates = np.flatnonzero(model.static_mask(slo, self.allowed(model)) & (model.offloaded > 0))
+        candidates = np.flatnonzero(model.static_mask(slo) & (model.offloaded > 0))
         if not len(candidates):
             return None
         return model.select(ev, candidates, ("throughput", "bytes"), 0.0, batch)

@@ -33,10 +33,17 @@ class FloorResolver:
             sub = State(state.plan, state.estimates, stripped, state.batch, state.in_flight)
             row_for = getattr(baseline, "row_for", None)
             if row_for is not None:   # a RowPolicy: the row index, no Prediction built
-                i = row_for(sub)[1]
+                whole, i = row_for(sub)[:2]
+                key = whole.rows[i].cut, whole.rows[i].codec, whole.rows[i].bits
             else:
                 d = baseline.decide(sub)
-                i = model.index[(d.cut, d.codec, d.bits)]
-            relative = float(ev.throughput[i]) * slo.min_throughput_ratio
+                key = d.cut, d.codec, d.bits
+            j = model.index.get(key)
+            if j is not None:
+                throughput = float(ev.throughput[j])
+            else:   # a row ``model`` leaves out (DynO prices only undominated rows): priced alone
+                throughput = model.whole.prediction(model.whole.index[key], state.estimates, state.batch, None,
+                                                    None, state.in_flight).throughput
+            relative = throughput * slo.min_throughput_ratio
             floor = relative if floor is None else max(floor, relative)
         return floor

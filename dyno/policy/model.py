@@ -139,10 +139,11 @@ class Evaluation:
 class PerfModel:
     """The model over every row of one plan, vectorised. Build once per plan; evaluate per decision."""
 
-    def __init__(self, plan: "Plan", *, power: DevicePower = DEFAULT_POWER) -> None:
+    def __init__(self, plan: "Plan", *, power: DevicePower = DEFAULT_POWER, rows: Sequence[Row] | None = None
+                 ) -> None:
         self.plan = plan
         self.power = power
-        self.rows: list[Row] = rows_of(plan)
+        self.rows: list[Row] = rows_of(plan) if rows is None else list(rows)
         if len(self.rows) < 1:
             raise PolicyError("the plan has no rows to choose from")
         self.index = {(r.cut, r.codec, r.bits): i for i, r in enumerate(self.rows)}
@@ -167,6 +168,16 @@ class PerfModel:
                 self._cut_rows.setdefault(r.cut, []).append(i)
         self._factors: tuple[tuple | None, np.ndarray] = (None, np.ones(len(self.rows)))
         self._batched: tuple[tuple | None, tuple[np.ndarray, np.ndarray]] = (None, (self.bytes, self.bytes))
+        #: the model of every row of the plan this one is a ``subset`` of, and each row's index there
+        self.whole: PerfModel = self
+        self.whole_index = np.arange(len(self.rows))
+
+    def subset(self, keep: np.ndarray) -> "PerfModel":
+        """The model of the rows ``keep`` selects and the device-only row (still last), priced as here."""
+        picked = np.flatnonzero(keep | (np.arange(len(self.rows)) == self.device_only))
+        sub = PerfModel(self.plan, power=self.power, rows=[self.rows[i] for i in picked])
+        sub.whole, sub.whole_index = self.whole, self.whole_index[picked]
+        return sub
 
     def cloud_ps(self, batch: int) -> np.ndarray:
         """Profiled server ms per sample for every row at ``batch`` (0 on the device-only row)."""
@@ -240,7 +251,9 @@ class PerfModel:
     def drop_bound(self, confidence: float) -> np.ndarray:
         """Per row, the drop's upper confidence bound in points (``drop_bounds``)."""
         bound = self._bounds.get(confidence)
-        if bound is None:
+        if bound is None and self.whole is not self:   # an inferred width's bound reads the measured ones
+            bound = self._bounds[confidence] = self.whole.drop_bound(confidence)[self.whole_index]
+        elif bound is None:
             bound = self._bounds[confidence] = drop_bounds(self.rows, self.plan.accuracy_fp32, confidence)
         return bound
 
@@ -283,20 +296,29 @@ class PerfModel:
 
     def violations(self, ev: Evaluation, slo: SLO, floor: float | None) -> np.ndarray:
         """Vector form of ``violation`` (same formulas)."""
-        v = np.zeros(len(self.rows))
+        v = self._static_violations(slo)
         if slo.max_latency_ms is not None:
             m = slo.max_latency_ms
             latency = np.minimum(self.latency_at_rate(ev, slo), 1e9)   # never inf: rows stay comparable
-            v += np.where(latency > m, latency / m - 1.0 if m > 0 else latency, 0.0)
-        if slo.max_accuracy_drop is not None:
-            d = slo.max_accuracy_drop
-            bound = np.minimum(self.drop_bound(slo.confidence), 1e6)   # never inf: rows stay comparable
-            v += np.where(bound > d + EPS, (bound - d) / max(d, 1.0), 0.0)
-        if slo.max_bytes is not None:
-            b = slo.max_bytes
-            v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
+            v = v + np.where(latency > m, latency / m - 1.0 if m > 0 else latency, 0.0)
         if floor is not None and floor > 0:
-            v += np.where(ev.throughput < floor * (1.0 - EPS), 1.0 - ev.throughput / floor, 0.0)
+            v = v + np.where(ev.throughput < floor * (1.0 - EPS), 1.0 - ev.throughput / floor, 0.0)
+        return v
+
+    def _static_violations(self, slo: SLO) -> np.ndarray:
+        """The part of ``violations`` no estimate moves (accuracy drop and bytes), once per SLO."""
+        key = ("violations", slo.max_accuracy_drop, slo.max_bytes, slo.confidence)
+        v = self._static_cache.get(key)
+        if v is None:
+            v = np.zeros(len(self.rows))
+            if slo.max_accuracy_drop is not None:
+                d = slo.max_accuracy_drop
+                bound = np.minimum(self.drop_bound(slo.confidence), 1e6)   # never inf: rows stay comparable
+                v += np.where(bound > d + EPS, (bound - d) / max(d, 1.0), 0.0)
+            if slo.max_bytes is not None:
+                b = slo.max_bytes
+                v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
+            self._static_cache[key] = v
         return v
 
     def select(self, ev: Evaluation, candidates: np.ndarray, objectives: Sequence[str],

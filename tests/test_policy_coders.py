@@ -128,3 +128,12 @@ def test_a_subset_model_prices_its_rows_as_the_whole_model_does():
         assert (b.throughput[i], b.latency[i]) == (a.throughput[w], a.latency[w])
     # an inferred width's bound reads the measured widths of the whole plan, kept or not
     assert np.array_equal(sub.drop_bound(0.95), whole.drop_bound(0.95)[sub.whole_index])
+
+
+def test_dyno_policies_on_one_plan_share_one_front():
+    # a fleet of a thousand simulated devices prices one set of rows per plan, not one each
+    plan = synthetic_plan(12, bits=(2, 4, 8), codecs=CODERS, seed=5)
+    state = State(plan, Estimates(bandwidth_bps=3e6, rtt_ms=30.0, device_slowdown=4.0), SLO.parse("throughput;drop<=1"))
+    a, b, lz4 = make("dyno"), make("dyno"), make("dyno", codecs=("shuffle-lz4",))
+    assert a.choose(state)[2] is b.choose(state)[2]
+    assert {r.codec for r in lz4.choose(state)[2].rows} & set(CODERS[1:]) == set()

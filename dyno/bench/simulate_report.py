@@ -18,7 +18,8 @@ def print_decide(results: list[dict[str, Any]]) -> None:
     """``dyno simulate --bench-decide``: microseconds per DynO decision."""
     console = stdout_console()
     for r in results:
-        console.print(f"{r['plan']}: {r['cuts']} cuts, {r['rows']} (cut, codec, bits) rows ({r['priced_rows']} undominated), SLO {r['slo']}: "
+        console.print(f"{r['plan']}: {r['cuts']} cuts, {r['rows']} (cut, codec, bits) rows "
+                      f"({r['priced_rows']} undominated), SLO {r['slo']}: "
                       f"{r['us_per_decision']:.1f} us per decision wall-clock (best run {r['us_min']:.1f} us), "
                       f"{r['cpu_us_per_decision']:.1f} us CPU", highlight=False)
 

@@ -52,7 +52,7 @@ from dyno.packing import QUANT_CODECS
 from dyno.policy.base import OBJECTIVES, SLO, Decision, Estimates, Policy, State
 from dyno.policy.explore import PROBE_INTERVAL_S, Explorer
 from dyno.policy.floor import FloorResolver
-from dyno.policy.front import undominated
+from dyno.policy.front import front_model
 from dyno.policy.mix import Mix, Mixer, best_mix
 from dyno.policy.model import DevicePower, Evaluation, ModelCache, PerfModel
 from dyno.policy.registry import register
@@ -101,7 +101,7 @@ class DynoPolicy(Policy):
             raise PolicyError("probe_hope must be > 0 (or None: probe whatever the link)")
         self.probe_hope = probe_hope
         self._allowed: tuple[PerfModel | None, np.ndarray | None] = (None, None)
-        self._fronts: dict[tuple[PerfModel, float], PerfModel] = {}
+        self._front: tuple[tuple[PerfModel, float], PerfModel] | None = None
         self._models = ModelCache(power)
         self._floors = FloorResolver()
         self._phase = 0.0
@@ -133,11 +133,11 @@ class DynoPolicy(Policy):
         """The rows this policy prices: each cut's undominated ones among those it may choose."""
         whole = self._models.get(state.plan)
         key = (whole, state.slo.confidence)
-        front = self._fronts.get(key)
-        if front is None:
-            if len(self._fronts) > 8:   # a policy sees one plan and SLO, a few at most
-                self._fronts.clear()
-            front = self._fronts[key] = whole.subset(undominated(whole, state.slo.confidence, self.allowed(whole)))
+        held = self._front
+        if held is not None and held[0] == key:
+            return held[1]
+        front = front_model(whole, state.slo.confidence, self.allowed(whole))
+        self._front = (key, front)
         return front
 
     def choose(self, state: State) -> tuple[int, bool, PerfModel, Evaluation, float | None]:

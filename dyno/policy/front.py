@@ -16,7 +16,17 @@ import numpy as np
 
 from dyno.policy.model import PerfModel
 
-__all__ = ["undominated"]
+__all__ = ["undominated", "front_model"]
+
+
+def front_model(whole: PerfModel, confidence: float, allowed: np.ndarray | None = None) -> PerfModel:
+    """The model of ``whole``'s undominated rows among ``allowed``, built once per model and shared as
+    ``shared_model`` shares the whole: a fleet of simulated devices prices one front, not one each."""
+    key = (confidence, None if allowed is None else allowed.tobytes())
+    front = whole.fronts.get(key)
+    if front is None:
+        front = whole.fronts[key] = whole.subset(undominated(whole, confidence, allowed))
+    return front
 
 
 def undominated(model: PerfModel, confidence: float, allowed: np.ndarray | None = None) -> np.ndarray:

@@ -171,6 +171,7 @@ class PerfModel:
         #: the model of every row of the plan this one is a ``subset`` of, and each row's index there
         self.whole: PerfModel = self
         self.whole_index = np.arange(len(self.rows))
+        self.fronts: dict[tuple, PerfModel] = {}   # dyno.policy.front's subsets of this model
 
     def subset(self, keep: np.ndarray) -> "PerfModel":
         """The model of the rows ``keep`` selects and the device-only row (still last), priced as here."""

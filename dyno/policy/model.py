@@ -137,7 +137,8 @@ class Evaluation:
 
 
 class PerfModel:
-    """The model over every row of one plan, vectorised. Build once per plan; evaluate per decision."""
+    """The model over the rows of one plan (every row, or a ``subset``), vectorised. Build once per plan;
+    evaluate per decision."""
 
     def __init__(self, plan: "Plan", *, power: DevicePower = DEFAULT_POWER, rows: Sequence[Row] | None = None
                  ) -> None:
@@ -319,6 +320,7 @@ class PerfModel:
             if slo.max_bytes is not None:
                 b = slo.max_bytes
                 v += np.where(self.bytes > b, (self.bytes - b) / max(b, 1.0), 0.0)
+            v.flags.writeable = False   # shared by every decision under this SLO
             self._static_cache[key] = v
         return v
 
